@@ -1,0 +1,1 @@
+"""Root conftest: the rig's own tests live in tests/, device suites in suites/."""
