@@ -1,0 +1,60 @@
+"""Parsing /proc/interrupts and judging delivery from per-CPU deltas.
+
+The text comes from real kernels: this machine's own /proc/interrupts, and a 16-CPU layout with an
+offline CPU. Raising NMIs on real devices is tested in test_nmi_lab.py against lab guests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rig.errors import DeviceError
+from rig.nmi import Delivery, InterruptCounts, parse_proc_interrupts
+
+WITH_OFFLINE_CPU = """\
+           CPU0       CPU1       CPU3
+  0:         44          0          0   IO-APIC   2-edge      timer
+NMI:         16        778         21   Non-maskable interrupts
+LOC:     123456     234567     345678   Local timer interrupts
+PMI:         16        778         21   Performance monitoring interrupts
+ERR:          0
+"""
+
+
+def test_parse_this_machines_proc_interrupts() -> None:
+    text = Path("/proc/interrupts").read_text()
+    counts = parse_proc_interrupts(text)
+    header_cpus = text.splitlines()[0].split()
+    assert len(counts.cpus) == len(header_cpus)
+    assert len(counts.row("NMI")) == len(counts.cpus)
+
+
+def test_offline_cpus_keep_their_numbers() -> None:
+    c = parse_proc_interrupts(WITH_OFFLINE_CPU)
+    assert c.cpus == (0, 1, 3)
+    assert c.row("NMI") == (16, 778, 21)
+    assert c.row("MCE") == (0, 0, 0)  # absent rows read as zeros
+
+
+def test_not_proc_interrupts() -> None:
+    with pytest.raises(DeviceError, match="no CPU header"):
+        parse_proc_interrupts("bash: cat: not found\n")
+
+
+def _counts(nmi: tuple[int, ...]) -> InterruptCounts:
+    return InterruptCounts(cpus=tuple(range(len(nmi))), rows={"NMI": nmi})
+
+
+def test_delivery_names_the_missing_cpu() -> None:
+    d = Delivery("qmp", 3, _counts((5, 5)), _counts((8, 5)), expected_cpus=(0, 1))
+    assert d.per_cpu == (3, 0)
+    assert not d.ok and d.missing_cpus == [1]
+    assert "MISSING on cpu 1" in d.summary()
+    d = Delivery("qmp", 3, _counts((5, 5)), _counts((8, 6)), expected_cpus=(0, 1))
+    assert d.ok and d.counted == 4
+
+
+def test_nothing_raised_is_not_ok() -> None:
+    assert not Delivery("ipmi", 0, _counts((1,)), _counts((2,)), expected_cpus=(0,)).ok
