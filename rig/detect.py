@@ -1,0 +1,405 @@
+"""Console line -> events: the crash detector.
+
+Why a separate, pure module: the console reader calls it on every line of every device, the
+report and triage tools re-run it over saved logs, and tests feed it captured text. So it does
+no I/O, starts no threads, imports nothing of the rig but :mod:`rig.vocab`, and is cheap on the
+99.9 % of lines that mean nothing: one combined pre-filter regex rejects them before any
+specific pattern is tried.
+
+What a line may look like (everything in front of the message is stripped before matching):
+``2025-01-02T03:04:05.678Z `` (the rig's ``console.log`` format, see :mod:`rig.console`; its time
+becomes :attr:`Event.time` when the caller gives none), a syslog level ``<4>``, a kernel
+timestamp ``[   12.345678]`` with an optional caller id ``[    T1]``, a ``shadow-box: `` (or
+Hyper-box ``alcatraz: ``) prefix, and a ``watchdog: `` / ``NMI watchdog: `` / ``rcu: `` /
+``kernel: `` prefix.
+
+Incident rule (one crash, one event; the monitor takes the FIRST crash event as the verdict):
+    A crash-kind event (:data:`rig.vocab.CRASH_KINDS`) opens an *incident*. While it is open,
+    further crash-kind lines are the same report and are not emitted (``BUG: kernel NULL
+    pointer dereference`` then ``Oops: 0002`` is one OOPS; ``kernel BUG at`` then ``invalid
+    opcode`` is one BUG; a repeated ``HANG`` banner or soft-lockup report is one event) --
+    except PANIC: the first ``Kernel panic - not syncing`` of an incident is always emitted,
+    because it says something new (the machine has stopped), e.g. ``[OOPS, PANIC]`` for an oops
+    with ``panic_on_oops``. An incident closes at ``---[ end trace ... ]---``, at a boot banner,
+    or after :attr:`Detector.incident_lines` lines with no crash-kind line.
+Notice kinds (WARNING, NMI, SHADOWBOX_START/ALERT) never open or close incidents and are emitted
+every time, except that a ``Dazed and confused`` line that follows an ``Uhhuh`` line is the same
+NMI (both are printed for one unclaimed NMI) and ``------------[ cut here ]------------`` only
+pairs with the ``WARNING:`` (or ``kernel BUG at``) line after it; a cut-here block that ends
+without either is reported as one WARNING.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from rig.vocab import CRASH_KINDS, EventKind
+
+__all__ = ["Event", "Detector", "scan", "first_crash", "strip_prefixes"]
+
+
+@dataclass(frozen=True)
+class Event:
+    """One meaningful console line. ``title`` is short and stable (no addresses) for grouping."""
+
+    kind: EventKind
+    line_no: int
+    text: str
+    time: float | None
+    cpu: int | None
+    title: str
+
+
+# --- the cheap pre-filter: every line that can produce an event or change state contains one of
+# these literals. Keep it in sync with the rules below (tests feed every rule through feed()).
+_TRIGGERS = (
+    "Linux version",
+    "BUG",
+    "Oops",
+    "Kernel panic",
+    "PANIC: ",
+    "general protection fault",
+    "LOCKUP",
+    "INFO: ",
+    "WARNING: ",
+    "cut here",
+    "end trace",
+    "NMI",
+    "Dazed",
+    "Unable to handle kernel",
+    "invalid opcode:",
+    "stack segment: ",
+    "divide error: ",
+    "int3: ",
+    "UBSAN: ",
+    "Internal error: ",
+    "Unhandled fault: ",
+    "shadow-box: ",
+    "alcatraz: ",
+    "VM [",
+    "Execution ",
+    "VMX ",
+    "Kernel version is not",
+    "errorcode=",
+    "GRMCODE=",
+    "HANG ",
+)
+_PREFILTER = re.compile("|".join(re.escape(t) for t in _TRIGGERS))
+
+# --- prefixes
+_ISO = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?) ")
+_HEAD = re.compile(
+    r"(?:<\d{1,3}>)?"  # syslog level
+    r"(?:\[\s*\d+\.\d+\](?:\[\s*[TC]\d+\])? ?)?"  # kernel timestamp, optional caller id
+)
+_SB_PREFIX = re.compile(r"(?:shadow-box|alcatraz): ")
+_SUBSYS = re.compile(r"(?:NMI watchdog|watchdog|rcu|kernel): ")
+
+# --- kernel rules
+_BANNER = re.compile(r"Linux version (\S+)")
+_PANIC = re.compile(r"Kernel panic - not syncing: ?(.*)")
+_DOUBLE_FAULT = re.compile(r"PANIC: double fault")
+_SOFT = re.compile(r"BUG: soft lockup - CPU#(\d+) stuck for")
+_HARD = re.compile(r"Watchdog detected hard LOCKUP on cpu (\d+)")
+_RCU = re.compile(r"INFO: (rcu_\w+) (?:self-)?detected (?:expedited )?stall")
+_HUNG = re.compile(r"INFO: task (.+):(\d+) blocked for more than (\d+) seconds")
+_OOPS_BUG = re.compile(
+    r"BUG: (unable to handle kernel NULL pointer dereference|kernel NULL pointer dereference"
+    r"|unable to handle page fault|unable to handle kernel paging request|unable to handle kernel)"
+)
+_GPF = re.compile(r"(?:Oops: )?general protection fault")
+_OOPS = re.compile(r"Oops(?:: | - )|Oops$")
+_OOPS_TRAP = re.compile(
+    r"(invalid opcode|stack segment|divide error|int3|Unable to handle kernel [a-zA-Z ]+?|Internal error"
+    r"|Unhandled fault)(?=:| at|$)"
+)
+_KBUG = re.compile(r"(?:kernel|Kernel) BUG at ([^\s!]+)")
+_BUG = re.compile(r"BUG:? ?(KASAN|KFENCE|KCSAN|KMSAN|UBSAN)?:? ?([^:,\[]*)")
+_BUG_START = re.compile(r"BUG: |BUG kmalloc-|UBSAN: ")
+_WARNING_CPU = re.compile(r"WARNING: CPU: (\d+) PID: \d+ at (\S+)(?: (\S+?)\+0x)?")
+_WARNING = re.compile(r"WARNING: (.*)")
+_CUT_HERE = "------------[ cut here ]------------"
+_END_TRACE = re.compile(r"---\[ end trace")
+_HARMLESS_INFO = ("INFO: lockdep is turned off",)
+# --- NMI evidence
+_UHHUH = re.compile(r"Uhhuh\. NMI received for unknown reason \w+ on CPU (\d+)")
+_DAZED = "Dazed and confused, but trying to continue"
+_NMI_BT = re.compile(r"NMI backtrace for cpu (\d+)")
+_NMI_SLOW = re.compile(r"INFO: NMI handler \((.*?)\) took too long")
+# --- Shadow-box
+_SB_VM = re.compile(r"VM \[(\d+)\] (?:GRMCODE=\d+ )?(.*)")
+_SB_ALERTS = (
+    ("Memory attack", "Memory attack"),
+    ("GDTR or IDTR attack", "GDTR or IDTR attack"),
+    ("Task count is different", "Task count is different"),
+    ("Hidden task", "Hidden task"),
+    ("Module count is different", "Module count is different"),
+    ("Hidden module", "Hidden module"),
+    ("Process try to unload", "unload attempt"),
+)
+_SB_HANG = re.compile(r"HANG (\S.*?)\s*$")
+_SB_ERRORCODE = re.compile(r"errorcode=(-?\d+)")
+_SB_GRMCODE = re.compile(r"GRMCODE=(\d+)")
+#: Gooroom result codes that mean success (``Execution Complete`` is followed by 020008).
+SB_GRM_OK = frozenset({"020008"})
+
+_ADDR = re.compile(r"\+0x[0-9a-f]+/0x[0-9a-f]+|\b0x[0-9a-f]+\b|\b[0-9a-f]{12,}\b")
+
+
+def _tidy(s: str, limit: int = 80) -> str:
+    """Drop addresses and offsets so that titles of the same problem compare equal."""
+    s = _ADDR.sub("", s).strip(" ,:!.")
+    s = re.sub(r"\s{2,}", " ", s)
+    return s[:limit]
+
+
+def strip_prefixes(line: str) -> tuple[str, float | None, bool]:
+    """Return ``(message, wall_time_or_None, had_shadowbox_prefix)`` for one console line.
+
+    Why exported: the monitor and triage show the message the way a person reads it.
+    """
+    s = line.rstrip("\r\n")
+    t: float | None = None
+    m = _ISO.match(s)
+    if m:
+        try:
+            t = datetime.fromisoformat(m.group(1)).timestamp()
+        except ValueError:
+            t = None
+        s = s[m.end() :]
+    s = s[_HEAD.match(s).end() :]  # type: ignore[union-attr]  # _HEAD matches the empty string
+    sb = False
+    m2 = _SB_PREFIX.match(s)
+    if m2:
+        sb = True
+        s = s[m2.end() :]
+    else:
+        m3 = _SUBSYS.match(s)
+        if m3:
+            s = s[m3.end() :]
+    return s, t, sb
+
+
+class Detector:
+    """Stateful line classifier for one console (one device). Feed lines in order.
+
+    ``booted``: set when capture starts mid-run, so that the first ``Linux version`` banner seen
+    is already a REBOOT. ``incident_lines``: how many lines without a crash line close an
+    incident (see the module docstring).
+    """
+
+    def __init__(self, *, booted: bool = False, incident_lines: int = 300) -> None:
+        self.booted = booted
+        self.boots = 0
+        self.incident_lines = incident_lines
+        self.line_no = 0
+        self._incident_last: int | None = None  # line number of the last crash line of the open incident
+        self._incident_panicked = False
+        self._cut_here: int | None = None  # line number of a pending "cut here"
+        self._uhhuh_pending = 0
+
+    # -- public
+    def feed(self, line: str, *, line_no: int | None = None, time: float | None = None) -> list[Event]:
+        """Classify one line; return the events it produces (usually none)."""
+        if line_no is None:
+            self.line_no += 1
+            line_no = self.line_no
+        else:
+            self.line_no = line_no
+        if not _PREFILTER.search(line):
+            return []
+        msg, t, sb = strip_prefixes(line)
+        if time is None:
+            time = t
+        text = line.rstrip("\r\n")
+        if t is not None:
+            text = text[_ISO.match(text).end() :]  # type: ignore[union-attr]
+        if self._incident_last is not None and line_no - self._incident_last > self.incident_lines:
+            self._close_incident()
+        hit = self._classify(msg, sb, line_no)
+        if hit is None:
+            return []
+        kind, cpu, title = hit
+        if kind in CRASH_KINDS:
+            open_ = self._incident_last is not None
+            self._incident_last = line_no
+            if open_ and (kind is not EventKind.PANIC or self._incident_panicked):
+                return []
+            if kind is EventKind.PANIC:
+                self._incident_panicked = True
+        return [Event(kind=kind, line_no=line_no, text=text, time=time, cpu=cpu, title=title)]
+
+    def scan(self, lines: Iterable[str]) -> list[Event]:
+        """Feed every line (numbered from the detector's current position); return all events."""
+        out: list[Event] = []
+        feed = self.feed
+        for line in lines:
+            ev = feed(line)
+            if ev:
+                out.extend(ev)
+        return out
+
+    @property
+    def in_incident(self) -> bool:
+        """True while a crash report is being printed (the monitor keeps reading a while)."""
+        return self._incident_last is not None
+
+    # -- internals
+    def _close_incident(self) -> None:
+        self._incident_last = None
+        self._incident_panicked = False
+
+    def _classify(self, msg: str, sb: bool, line_no: int) -> tuple[EventKind, int | None, str] | None:
+        # Boot banner first: it resets all state.
+        m = _BANNER.match(msg)
+        if m:
+            self._close_incident()
+            self._cut_here = None
+            self._uhhuh_pending = 0
+            self.boots += 1
+            if self.booted:
+                return EventKind.REBOOT, None, f"reboot into {m.group(1)}"
+            self.booted = True
+            return None
+
+        if sb or _SB_VM.match(msg):
+            hit = self._shadowbox(msg)
+            if hit is not None:
+                return hit
+
+        # A pending "cut here" pairs with the next WARNING / kernel BUG line.
+        if msg.startswith(_CUT_HERE):
+            self._cut_here = line_no
+            return None
+        if _END_TRACE.match(msg):
+            pending = self._cut_here
+            self._cut_here = None
+            self._close_incident()
+            if pending is not None:
+                return EventKind.WARNING, None, "WARNING (cut here block)"
+            return None
+
+        # NMI evidence (before INFO:, which "NMI handler took too long" also starts with).
+        m = _UHHUH.search(msg)
+        if m:
+            self._uhhuh_pending = min(self._uhhuh_pending + 1, 64)
+            return EventKind.NMI, int(m.group(1)), f"NMI unknown reason CPU#{m.group(1)}"
+        if msg.startswith(_DAZED):
+            if self._uhhuh_pending:
+                self._uhhuh_pending -= 1
+                return None
+            return EventKind.NMI, None, "NMI unknown reason"
+        m = _NMI_BT.match(msg)
+        if m:
+            return EventKind.NMI, int(m.group(1)), f"NMI backtrace CPU#{m.group(1)}"
+        m = _NMI_SLOW.match(msg)
+        if m:
+            return EventKind.NMI, None, "NMI handler took too long"
+        if msg.startswith(_HARMLESS_INFO):
+            return None
+
+        m = _PANIC.match(msg)
+        if m:
+            return EventKind.PANIC, None, _tidy("panic: " + m.group(1))
+        if _DOUBLE_FAULT.match(msg):
+            return EventKind.PANIC, None, "double fault"
+        m = _SOFT.match(msg)
+        if m:
+            return EventKind.SOFT_LOCKUP, int(m.group(1)), f"soft lockup CPU#{m.group(1)}"
+        m = _HARD.search(msg)
+        if m:
+            return EventKind.HARD_LOCKUP, int(m.group(1)), f"hard lockup CPU#{m.group(1)}"
+        m = _RCU.match(msg)
+        if m:
+            return EventKind.RCU_STALL, None, f"rcu stall ({m.group(1)})"
+        m = _HUNG.match(msg)
+        if m:
+            return EventKind.HUNG_TASK, None, f"hung task {m.group(1)}"
+        m = _OOPS_BUG.match(msg)
+        if m:
+            return EventKind.OOPS, None, m.group(1)
+        if _GPF.match(msg):
+            return EventKind.GPF, None, "general protection fault"
+        if _OOPS.match(msg):
+            return EventKind.OOPS, None, "Oops"
+        m = _OOPS_TRAP.match(msg)
+        if m:
+            return EventKind.OOPS, None, _tidy(m.group(1))
+        m = _KBUG.match(msg)
+        if m:
+            self._cut_here = None
+            return EventKind.BUG, None, f"kernel BUG at {_tidy(m.group(1))}"
+        if _BUG_START.match(msg):
+            m = _BUG.match(msg)
+            assert m is not None  # _BUG matches any string starting with "BUG"
+            if msg.startswith("UBSAN: "):
+                return EventKind.BUG, None, _tidy(msg)
+            tool, what = m.group(1), _tidy(m.group(2).split(" at ")[0], 60)
+            return EventKind.BUG, None, f"BUG: {tool}: {what}" if tool else f"BUG: {what}"
+        m = _WARNING_CPU.match(msg)
+        if m:
+            self._cut_here = None
+            where = m.group(2) + (f" {m.group(3)}" if m.group(3) else "")
+            return EventKind.WARNING, int(m.group(1)), f"WARNING at {where}"
+        m = _WARNING.match(msg)
+        if m:
+            self._cut_here = None
+            return EventKind.WARNING, None, _tidy("WARNING: " + m.group(1))
+        return None
+
+    def _shadowbox(self, msg: str) -> tuple[EventKind, int | None, str] | None:
+        cpu: int | None = None
+        body = msg
+        m = _SB_VM.match(msg)
+        if m:
+            cpu = int(m.group(1))
+            body = m.group(2)
+            if "INT NMI callback" in body:
+                return EventKind.NMI, cpu, f"shadow-box NMI callback CPU#{cpu}"
+            if "NMI Interrupt Occured" in body:
+                return EventKind.SHADOWBOX_HANG, cpu, "NMI Interrupt Occured"
+            if "Thread run fail" in body:
+                return EventKind.SHADOWBOX_FAIL, cpu, "Thread run fail"
+            for needle, title in _SB_ALERTS:
+                if needle in body:
+                    return EventKind.SHADOWBOX_ALERT, cpu, title
+            return None
+        body = body.strip()
+        if body.startswith("Execution Complete"):
+            return EventKind.SHADOWBOX_START, None, "Execution Complete"
+        if body.startswith("Execution Fail"):
+            return EventKind.SHADOWBOX_FAIL, None, "Execution Fail"
+        if body.startswith("Kernel version is not supported"):
+            return EventKind.SHADOWBOX_FAIL, None, "kernel version not supported"
+        if body.startswith(("[*] VMX not support", "VMX not support")):
+            return EventKind.SHADOWBOX_FAIL, None, "VMX not supported"
+        if body.startswith(("[*] VMX is disabled by BIOS", "VMX is disabled by BIOS")):
+            return EventKind.SHADOWBOX_FAIL, None, "VMX disabled by BIOS"
+        m2 = _SB_HANG.match(body)
+        if m2:
+            return EventKind.SHADOWBOX_HANG, None, f"HANG {_tidy(m2.group(1))}"
+        m2 = _SB_ERRORCODE.search(body)
+        if m2:
+            if int(m2.group(1)) != 0:
+                return EventKind.SHADOWBOX_FAIL, None, f"errorcode={int(m2.group(1))}"
+            return None
+        m2 = _SB_GRMCODE.search(body)
+        if m2 and m2.group(1) not in SB_GRM_OK:
+            return EventKind.SHADOWBOX_FAIL, None, f"GRMCODE={m2.group(1)}"
+        return None
+
+
+def scan(lines: Iterable[str], *, booted: bool = False) -> list[Event]:
+    """Run a fresh :class:`Detector` over ``lines`` (a saved log, a test capture)."""
+    return Detector(booted=booted).scan(lines)
+
+
+def first_crash(events: Iterable[Event]) -> Event | None:
+    """The first crash-kind event, or None. The monitor turns it into ``crash(<kind>)``."""
+    for ev in events:
+        if ev.kind in CRASH_KINDS:
+            return ev
+    return None

@@ -1,0 +1,426 @@
+"""rig.detect on synthetic lines (one per rule) and on real console captures.
+
+The synthetic lines are copied in the kernel's (6.1) and Shadow-box's printk formats; the real
+captures in tests/data/console/ come from Debian's kernel booted under QEMU (kernel_*.log, made by
+this test's author: clean boot, QMP inject-nmi + sysrq-l, sysrq-c panic) and from lab guests
+(other files, saved by the lab's helper). Shadow-box itself cannot run here (no VT-x under TCG), so
+its lines are typed in from its printk formats.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rig.detect import Detector, Event, first_crash, scan, strip_prefixes
+from rig.vocab import CRASH_KINDS, EventKind
+
+DATA = Path(__file__).parent / "data" / "console"
+
+TS = "[   42.123456] "
+
+
+def kinds(events: list[Event]) -> list[EventKind]:
+    return [e.kind for e in events]
+
+
+# (line, kind, cpu, title) -- each line alone, on a fresh booted detector
+SINGLE = [
+    ("Kernel panic - not syncing: Fatal exception", EventKind.PANIC, None, "panic: Fatal exception"),
+    ("PANIC: double fault, error_code: 0x0", EventKind.PANIC, None, "double fault"),
+    ("Oops: 0002 [#1] PREEMPT SMP NOPTI", EventKind.OOPS, None, "Oops"),
+    (
+        "BUG: kernel NULL pointer dereference, address: 0000000000000000",
+        EventKind.OOPS,
+        None,
+        "kernel NULL pointer dereference",
+    ),
+    (
+        "BUG: unable to handle page fault for address: ffffffffc0a01000",
+        EventKind.OOPS,
+        None,
+        "unable to handle page fault",
+    ),
+    ("invalid opcode: 0000 [#1] PREEMPT SMP NOPTI", EventKind.OOPS, None, "invalid opcode"),
+    (
+        "Unable to handle kernel NULL pointer dereference at virtual address 0000000000000008",
+        EventKind.OOPS,
+        None,
+        "Unable to handle kernel NULL pointer dereference",
+    ),
+    (
+        "general protection fault, probably for non-canonical address 0xdead000000000100: 0000 [#1] SMP",
+        EventKind.GPF,
+        None,
+        "general protection fault",
+    ),
+    (
+        "Oops: general protection fault, probably for non-canonical address 0xdffffc0000000000",
+        EventKind.GPF,
+        None,
+        "general protection fault",
+    ),
+    ("kernel BUG at mm/slub.c:4321!", EventKind.BUG, None, "kernel BUG at mm/slub.c:4321"),
+    (
+        "BUG: scheduling while atomic: swapper/0/0/0x00000002",
+        EventKind.BUG,
+        None,
+        "BUG: scheduling while atomic",
+    ),
+    (
+        "BUG: sleeping function called from invalid context at kernel/locking/mutex.c:580",
+        EventKind.BUG,
+        None,
+        "BUG: sleeping function called from invalid context",
+    ),
+    (
+        "BUG: KASAN: use-after-free in sb_foo+0x12/0x30 [shadow_box]",
+        EventKind.BUG,
+        None,
+        "BUG: KASAN: use-after-free in sb_foo",
+    ),
+    (
+        "watchdog: BUG: soft lockup - CPU#1 stuck for 22s! [insmod:312]",
+        EventKind.SOFT_LOCKUP,
+        1,
+        "soft lockup CPU#1",
+    ),
+    (
+        "BUG: soft lockup - CPU#3 stuck for 23s! [kworker/3:1:99]",
+        EventKind.SOFT_LOCKUP,
+        3,
+        "soft lockup CPU#3",
+    ),
+    ("watchdog: Watchdog detected hard LOCKUP on cpu 2", EventKind.HARD_LOCKUP, 2, "hard lockup CPU#2"),
+    ("NMI watchdog: Watchdog detected hard LOCKUP on cpu 0", EventKind.HARD_LOCKUP, 0, "hard lockup CPU#0"),
+    ("watchdog: CPU1: Watchdog detected hard LOCKUP on cpu 1", EventKind.HARD_LOCKUP, 1, "hard lockup CPU#1"),
+    (
+        "rcu: INFO: rcu_preempt self-detected stall on CPU",
+        EventKind.RCU_STALL,
+        None,
+        "rcu stall (rcu_preempt)",
+    ),
+    (
+        "rcu: INFO: rcu_sched detected stalls on CPUs/tasks:",
+        EventKind.RCU_STALL,
+        None,
+        "rcu stall (rcu_sched)",
+    ),
+    (
+        "INFO: rcu_preempt detected expedited stalls on CPUs/tasks: {",
+        EventKind.RCU_STALL,
+        None,
+        "rcu stall (rcu_preempt)",
+    ),
+    (
+        "INFO: task kworker/0:1:57 blocked for more than 120 seconds.",
+        EventKind.HUNG_TASK,
+        None,
+        "hung task kworker/0:1",
+    ),
+    (
+        "WARNING: CPU: 1 PID: 312 at kernel/smp.c:912 smp_call_function_many_cond+0x3a1/0x3c0",
+        EventKind.WARNING,
+        1,
+        "WARNING at kernel/smp.c:912 smp_call_function_many_cond",
+    ),
+    (
+        "WARNING: possible circular locking dependency detected",
+        EventKind.WARNING,
+        None,
+        "WARNING: possible circular locking dependency detected",
+    ),
+    ("Uhhuh. NMI received for unknown reason 21 on CPU 0.", EventKind.NMI, 0, "NMI unknown reason CPU#0"),
+    ("Dazed and confused, but trying to continue", EventKind.NMI, None, "NMI unknown reason"),
+    ("NMI backtrace for cpu 1", EventKind.NMI, 1, "NMI backtrace CPU#1"),
+    (
+        "NMI backtrace for cpu 1 skipped: idling at native_safe_halt+0xb/0x10",
+        EventKind.NMI,
+        1,
+        "NMI backtrace CPU#1",
+    ),
+    (
+        "INFO: NMI handler (perf_event_nmi_handler) took too long to run: 1.234 msecs",
+        EventKind.NMI,
+        None,
+        "NMI handler took too long",
+    ),
+    ("shadow-box: VM [3] INT NMI callback", EventKind.NMI, 3, "shadow-box NMI callback CPU#3"),
+    ("shadow-box: Execution Complete", EventKind.SHADOWBOX_START, None, "Execution Complete"),
+    ("shadow-box: Execution Fail", EventKind.SHADOWBOX_FAIL, None, "Execution Fail"),
+    ("shadow-box: Execution Fail [2]", EventKind.SHADOWBOX_FAIL, None, "Execution Fail"),
+    ("shadow-box:     [*] VMX not support", EventKind.SHADOWBOX_FAIL, None, "VMX not supported"),
+    ("shadow-box:     [*] VMX is disabled by BIOS", EventKind.SHADOWBOX_FAIL, None, "VMX disabled by BIOS"),
+    (
+        "shadow-box: Kernel version is not supported, [#1 SMP PREEMPT_DYNAMIC Debian 6.1.192-2]",
+        EventKind.SHADOWBOX_FAIL,
+        None,
+        "kernel version not supported",
+    ),
+    ("shadow-box: VM [1] Thread run fail", EventKind.SHADOWBOX_FAIL, 1, "Thread run fail"),
+    ("shadow-box: errorcode=2", EventKind.SHADOWBOX_FAIL, None, "errorcode=2"),
+    ("shadow-box: GRMCODE=020010", EventKind.SHADOWBOX_FAIL, None, "GRMCODE=020010"),
+    (
+        "shadow-box: VM [0] Memory attack is detected, guest linear=ffffffff81000000 guest physical=1000000 "
+        "virt_to_phys=1000000",
+        EventKind.SHADOWBOX_ALERT,
+        0,
+        "Memory attack",
+    ),
+    (
+        "shadow-box: VM [2] GRMCODE=020101 GDTR or IDTR attack is detected",
+        EventKind.SHADOWBOX_ALERT,
+        2,
+        "GDTR or IDTR attack",
+    ),
+    (
+        "shadow-box: VM [1] Task count is different, expect=120 real=121",
+        EventKind.SHADOWBOX_ALERT,
+        1,
+        "Task count is different",
+    ),
+    (
+        "shadow-box: VM [1] Hidden task, PID=1234 TGID=1234 fork name=evil process name=evil",
+        EventKind.SHADOWBOX_ALERT,
+        1,
+        "Hidden task",
+    ),
+    (
+        "shadow-box: VM [0] Module count is different, expect=40 real=39",
+        EventKind.SHADOWBOX_ALERT,
+        0,
+        "Module count is different",
+    ),
+    (
+        'shadow-box: VM [0] Hidden module, module name="rootkit" ptr=ffffffffc0000000',
+        EventKind.SHADOWBOX_ALERT,
+        0,
+        "Hidden module",
+    ),
+    ("shadow-box: HANG NMI fault", EventKind.SHADOWBOX_HANG, None, "HANG NMI fault"),
+    ("shadow-box: HANG Error SYMBOL_NULL", EventKind.SHADOWBOX_HANG, None, "HANG Error SYMBOL_NULL"),
+    ("shadow-box: VM [2] NMI Interrupt Occured", EventKind.SHADOWBOX_HANG, 2, "NMI Interrupt Occured"),
+]
+
+
+@pytest.mark.parametrize("line,kind,cpu,title", SINGLE, ids=[s[0][:50] for s in SINGLE])
+@pytest.mark.parametrize("prefix", ["", TS, "<4>" + TS, "2025-01-02T03:04:05.678Z " + TS])
+def test_single_line(line: str, kind: EventKind, cpu: int | None, title: str, prefix: str) -> None:
+    ev = Detector(booted=True).feed(prefix + line + "\r\n", line_no=7)
+    assert len(ev) == 1, ev
+    e = ev[0]
+    assert (e.kind, e.cpu, e.title, e.line_no) == (kind, cpu, title, 7)
+    assert e.text == (prefix.split("Z ", 1)[-1] if "Z " in prefix else prefix) + line
+
+
+HARMLESS = [
+    "INFO: lockdep is turned off.",
+    "Sending NMI from CPU 0 to CPUs 1:",
+    "NMI watchdog: Perf NMI watchdog permanently disabled",
+    "ACPI: LAPIC_NMI (acpi_id[0xff] dfl dfl lint[0x1])",
+    "shadow-box: VM [0] ===================WARNING======================",
+    "shadow-box: Execution Complete errorcode=0",  # START only, not FAIL
+    "shadow-box: GRMCODE=020008",
+    "shadow-box: VM [1] Kernel module is loaded, current PID=10 PPID=1 process name=insmod",
+    "---[ end Kernel panic - not syncing: Fatal exception ]---",
+    "rig: userspace up",
+    "random: crng init done",
+    "",
+    "\x00\x01\x7f garbage \ufffd",
+    "HANGING around",  # not a Shadow-box banner without the prefix shape
+]
+
+
+@pytest.mark.parametrize("line", HARMLESS)
+def test_harmless_lines_are_not_failures(line: str) -> None:
+    ev = Detector(booted=True).feed(TS + line)
+    assert not [e for e in ev if e.kind in CRASH_KINDS or e.kind is EventKind.WARNING], ev
+
+
+def test_time_from_console_log_format_and_override() -> None:
+    d = Detector(booted=True)
+    (e,) = d.feed("2025-01-02T03:04:05.678Z [ 1.0] Kernel panic - not syncing: x")
+    assert e.time == pytest.approx(1735787045.678)
+    assert e.text == "[ 1.0] Kernel panic - not syncing: x"
+    (e,) = Detector(booted=True).feed("Kernel panic - not syncing: x", time=5.0)
+    assert e.time == 5.0
+    (e,) = Detector(booted=True).feed("Kernel panic - not syncing: x")
+    assert e.time is None
+
+
+def test_strip_prefixes() -> None:
+    assert strip_prefixes("2025-01-02T03:04:05.678Z <4>[   12.5][    T1] shadow-box: VM [1] x\r\n")[::2] == (
+        "VM [1] x",
+        True,
+    )
+    assert strip_prefixes("[  1.000000] watchdog: BUG: soft lockup")[0] == "BUG: soft lockup"
+
+
+def test_boot_banner_first_is_boot_later_is_reboot() -> None:
+    banner = TS + "Linux version 6.1.0-56-amd64 (debian-kernel@lists.debian.org) #1 SMP"
+    d = Detector()
+    assert d.feed(banner) == []
+    (e,) = d.feed(banner)
+    assert e.kind is EventKind.REBOOT and e.title == "reboot into 6.1.0-56-amd64"
+    assert d.boots == 2
+    (e,) = Detector(booted=True).feed(banner)
+    assert e.kind is EventKind.REBOOT
+
+
+def test_oops_then_panic_one_oops_and_one_panic() -> None:
+    lines = [
+        "BUG: kernel NULL pointer dereference, address: 0000000000000000",
+        "#PF: supervisor write access in kernel mode",
+        "#PF: error_code(0x0002) - not-present page",
+        "Oops: 0002 [#1] PREEMPT SMP NOPTI",
+        "CPU: 1 PID: 312 Comm: insmod Tainted: G           OE      6.1.0-56-amd64 #1",
+        "RIP: 0010:crash_init+0x5/0x1000 [crashme]",
+        "---[ end trace 0000000000000000 ]---",
+        "RIP: 0010:crash_init+0x5/0x1000 [crashme]",
+        "Kernel panic - not syncing: Fatal exception",
+        "Kernel Offset: 0x26e00000 from 0xffffffff81000000",
+        "---[ end Kernel panic - not syncing: Fatal exception ]---",
+    ]
+    ev = scan([TS + x for x in lines], booted=True)
+    assert kinds(ev) == [EventKind.OOPS, EventKind.PANIC]
+    fc = first_crash(ev)
+    assert fc is not None and fc.kind is EventKind.OOPS and fc.line_no == 1
+
+
+def test_kernel_bug_with_cut_here_is_one_bug() -> None:
+    lines = [
+        "------------[ cut here ]------------",
+        "kernel BUG at mm/slub.c:4321!",
+        "invalid opcode: 0000 [#1] PREEMPT SMP NOPTI",
+        "---[ end trace 0000000000000000 ]---",
+    ]
+    assert kinds(scan(lines, booted=True)) == [EventKind.BUG]
+
+
+def test_warning_block_is_one_warning_and_not_a_crash() -> None:
+    lines = [
+        "------------[ cut here ]------------",
+        "WARNING: CPU: 0 PID: 1 at kernel/foo.c:12 foo+0x1/0x2",
+        "Modules linked in: e1000",
+        "---[ end trace 0000000000000000 ]---",
+        "------------[ cut here ]------------",
+        "sb: custom WARN message without a WARNING line",
+        "---[ end trace 0000000000000000 ]---",
+    ]
+    ev = scan(lines, booted=True)
+    assert kinds(ev) == [EventKind.WARNING, EventKind.WARNING]
+    assert ev[1].title == "WARNING (cut here block)"
+    assert first_crash(ev) is None
+
+
+def test_repeated_reports_collapse_until_the_incident_ends() -> None:
+    sb_hang = [
+        "shadow-box: ===============================",
+        "shadow-box: HANG NMI fault",
+        "shadow-box: ===============================",
+    ]
+    d = Detector(booted=True, incident_lines=50)
+    ev = d.scan(sb_hang * 10)
+    assert kinds(ev) == [EventKind.SHADOWBOX_HANG]
+    assert d.in_incident
+    d.scan(["quiet"] * 60)
+    assert kinds(d.scan(sb_hang)) == [EventKind.SHADOWBOX_HANG]
+
+
+def test_soft_lockup_then_panic() -> None:
+    ev = scan(
+        [
+            "watchdog: BUG: soft lockup - CPU#1 stuck for 22s! [insmod:312]",
+            "Call Trace:",
+            "watchdog: BUG: soft lockup - CPU#1 stuck for 48s! [insmod:312]",
+            "Kernel panic - not syncing: softlockup: hung tasks",
+        ],
+        booted=True,
+    )
+    assert kinds(ev) == [EventKind.SOFT_LOCKUP, EventKind.PANIC]
+
+
+def test_reboot_closes_incident() -> None:
+    d = Detector(booted=True)
+    assert kinds(d.feed("Oops: 0000 [#1] SMP")) == [EventKind.OOPS]
+    assert kinds(d.feed("Linux version 6.1.0-56-amd64 (x)")) == [EventKind.REBOOT]
+    assert kinds(d.feed("Oops: 0000 [#1] SMP")) == [EventKind.OOPS]
+
+
+def test_uhhuh_dazed_pairs_count_once() -> None:
+    lines = [
+        "Uhhuh. NMI received for unknown reason 21 on CPU 1.",
+        "Uhhuh. NMI received for unknown reason 31 on CPU 0.",
+        "Dazed and confused, but trying to continue",
+        "Dazed and confused, but trying to continue",
+        "Dazed and confused, but trying to continue",  # a third without its Uhhuh (ratelimited)
+    ]
+    ev = scan(lines, booted=True)
+    assert [(e.kind, e.cpu) for e in ev] == [(EventKind.NMI, 1), (EventKind.NMI, 0), (EventKind.NMI, None)]
+
+
+def test_line_numbers_follow_feed_or_caller() -> None:
+    d = Detector(booted=True)
+    d.scan(["a", "b"])
+    (e,) = d.feed("Oops: 0000 [#1]")
+    assert e.line_no == 3
+    (e,) = d.feed("Kernel panic - not syncing: x", line_no=100)
+    assert e.line_no == 100
+
+
+# ---- real captures ---------------------------------------------------------------------------------
+# file -> (kind of first_crash or None, kinds that must appear, kinds that must not appear)
+_NO_FAIL = frozenset(CRASH_KINDS | {EventKind.REBOOT})
+EXPECTED: dict[str, tuple[EventKind | None, set[EventKind], frozenset[EventKind]]] = {
+    "kernel_clean_boot.log": (None, set(), frozenset(EventKind)),
+    "kernel_nmi_sysrq.log": (None, {EventKind.NMI}, _NO_FAIL | {EventKind.WARNING}),
+    "kernel_sysrq_crash.log": (EventKind.PANIC, {EventKind.PANIC}, frozenset({EventKind.REBOOT})),
+    "clean_boot.log": (None, set(), _NO_FAIL | {EventKind.WARNING}),
+    "nmi_heavy.log": (None, {EventKind.NMI}, _NO_FAIL),
+    "panic.log": (EventKind.PANIC, {EventKind.PANIC}, frozenset()),
+    "oops.log": (EventKind.OOPS, {EventKind.OOPS}, frozenset()),
+    "softlockup.log": (EventKind.SOFT_LOCKUP, {EventKind.SOFT_LOCKUP}, frozenset()),
+    "rcu_stall.log": (EventKind.RCU_STALL, {EventKind.RCU_STALL}, frozenset()),
+    "hung_task.log": (EventKind.HUNG_TASK, {EventKind.HUNG_TASK}, frozenset()),
+    "warn.log": (None, {EventKind.WARNING}, _NO_FAIL),
+    "bug.log": (EventKind.BUG, {EventKind.BUG}, frozenset()),
+    "fail_start.log": (EventKind.SHADOWBOX_FAIL, {EventKind.SHADOWBOX_FAIL}, frozenset()),
+    "alert.log": (None, {EventKind.SHADOWBOX_ALERT}, _NO_FAIL),
+    "hang_banner.log": (EventKind.SHADOWBOX_HANG, {EventKind.SHADOWBOX_HANG}, frozenset()),
+}
+CAPTURES = sorted(p.name for p in DATA.glob("*.log")) if DATA.is_dir() else []
+
+
+def _read_lines(path: Path) -> list[str]:
+    # Split the way rig.console does: \r\n, \r and \n all end a line.
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
+def test_own_captures_exist() -> None:
+    for name in ("kernel_clean_boot.log", "kernel_nmi_sysrq.log", "kernel_sysrq_crash.log"):
+        assert name in CAPTURES, f"tests/data/console/{name} is missing"
+
+
+@pytest.mark.parametrize("name", CAPTURES)
+def test_real_capture(name: str) -> None:
+    if name not in EXPECTED:
+        pytest.skip(f"tests/data/console/{name}: no expectation yet; add it to EXPECTED in this file")
+    crash, must, must_not = EXPECTED[name]
+    ev = scan(_read_lines(DATA / name))
+    got = {e.kind for e in ev}
+    fc = first_crash(ev)
+    summary = [(e.line_no, e.kind.value, e.title) for e in ev][:20]
+    assert (fc.kind if fc else None) == crash, summary
+    assert must <= got, summary
+    assert not (got & must_not), summary
+
+
+def test_nmi_capture_counts_every_injected_nmi() -> None:
+    """4 QMP inject-nmi x 2 CPUs (apic_extnmi=all) and 2 sysrq-l rounds on a 2-CPU guest."""
+    ev = scan(_read_lines(DATA / "kernel_nmi_sysrq.log"))
+    unknown = [e for e in ev if e.title.startswith("NMI unknown reason")]
+    backtrace = [e for e in ev if e.title.startswith("NMI backtrace")]
+    assert len(unknown) == 8 and {e.cpu for e in unknown} == {0, 1}
+    assert len(backtrace) == 4
