@@ -2,15 +2,222 @@
 
 from __future__ import annotations
 
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
 import click
+from rich.console import Console
+from rich.table import Table
 
 from rig import __version__
+from rig.errors import RigError, Unavailable
+from rig.inventory import Device, load_inventory
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _adhoc_dir(root: Path, what: str) -> Path:
+    return root / "adhoc" / f"{time.strftime('%Y%m%d-%H%M%S')}-{what}"
 
 
 @click.group()
 @click.version_option(__version__, prog_name="rig")
-def main() -> None:
+@click.option(
+    "--devices",
+    "devices_paths",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    default=[Path("devices")],
+    show_default=True,
+    help="Inventory folder(s) or file(s).",
+)
+@click.option("--report-dir", type=click.Path(path_type=Path), default=Path("reports"), show_default=True)
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.pass_context
+def main(ctx: click.Context, devices_paths: Sequence[Path], report_dir: Path, verbose: int) -> None:
     """shadowbox-rig: deploy Shadow-box, raise NMIs, watch consoles, judge hangs."""
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(verbose, 2), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    ctx.obj = {"devices": list(devices_paths), "report_dir": report_dir}
+
+
+def _load(ctx: click.Context, names: Sequence[str] = (), tags: Sequence[str] = ()) -> list[Device]:
+    try:
+        devices = load_inventory(ctx.obj["devices"], names=names, tags=tags)
+    except RigError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not devices:
+        raise click.ClickException(
+            f"no devices in {', '.join(map(str, ctx.obj['devices']))}: run 'rig lab up' for a virtual lab, "
+            "or copy a file from devices/examples/"
+        )
+    return devices
+
+
+@main.command("devices")
+@click.option("--tag", "tags", multiple=True, help="Only devices with this tag (repeatable).")
+@click.pass_context
+def devices_cmd(ctx: click.Context, tags: Sequence[str]) -> None:
+    """List the devices in the inventory."""
+    table = Table(title="devices")
+    for col in ("name", "tags", "ssh", "console", "power", "nmi sources", "file"):
+        table.add_column(col)
+    for d in _load(ctx, tags=tags):
+        table.add_row(
+            d.name,
+            ",".join(d.tags),
+            f"{d.ssh.user}@{d.ssh.host}:{d.ssh.port}",
+            d.console.url if d.console else "-",
+            d.power.kind,
+            ",".join(d.nmi_sources),
+            str(d.source_file or ""),
+        )
+    out.print(table)
+
+
+@dataclass
+class CheckRow:
+    device: str
+    cells: dict[str, str] = field(default_factory=dict)
+    ok: bool = True
+
+
+def check_device(device: Device, log_dir: Path) -> CheckRow:
+    """Reach SSH, console, BMC and each NMI source of one device; one reason per cell."""
+    from rig.dut import Dut
+
+    row = CheckRow(device.name)
+    try:
+        dut = Dut(device, log_dir / device.name)
+        dut.open(monitor=False)
+    except RigError as exc:
+        row.ok = False
+        row.cells["ssh"] = f"[red]{type(exc).__name__}: {exc}"
+        return row
+    try:
+        res = dut.ssh.run("uname -r; cat /proc/cmdline", timeout=15)
+        kernel, _, cmdline = res.out.partition("\n")
+        missing = [f for f in device.kernel.cmdline_requires if f not in cmdline.split()]
+        row.cells["ssh"] = f"[green]ok[/] {kernel.strip()}"
+        if missing:
+            row.cells["ssh"] += f" [yellow](cmdline lacks {' '.join(missing)})"
+        if dut.console is not None:
+            fault = dut.console.lab_fault()
+            row.cells["console"] = f"[red]{fault}" if fault else "[green]connected"
+            row.ok &= fault is None
+        else:
+            row.cells["console"] = "-"
+        try:
+            row.cells["power"] = f"[green]{dut.power.status()}"
+        except Unavailable as exc:
+            row.cells["power"] = f"[yellow]{exc.reason}"
+        except RigError as exc:
+            row.cells["power"] = f"[red]{exc}"
+            row.ok = False
+        for name, src in dut.nmi_sources().items():
+            row.cells[f"nmi:{name}"] = (
+                f"[yellow]unavailable: {src.reason}" if isinstance(src, Unavailable) else "[green]ok"
+            )
+    except RigError as exc:
+        row.ok = False
+        row.cells.setdefault("ssh", f"[red]{exc}")
+    finally:
+        dut.close()
+    return row
+
+
+@main.command()
+@click.argument("names", nargs=-1)
+@click.option("--tag", "tags", multiple=True)
+@click.pass_context
+def check(ctx: click.Context, names: Sequence[str], tags: Sequence[str]) -> None:
+    """Reach SSH, console, BMC and each NMI source; one row per device."""
+    devices = _load(ctx, names, tags)
+    log_dir = _adhoc_dir(ctx.obj["report_dir"], "check")
+    with ThreadPoolExecutor(max_workers=min(8, len(devices))) as pool:
+        rows = list(pool.map(lambda d: check_device(d, log_dir), devices))
+    cols: list[str] = []
+    for r in rows:
+        cols.extend(c for c in r.cells if c not in cols)
+    table = Table(title="rig check")
+    table.add_column("device")
+    for c in cols:
+        table.add_column(c, overflow="fold")
+    for r in rows:
+        table.add_row(r.device, *(r.cells.get(c, "-") for c in cols))
+    out.print(table)
+    if not all(r.ok for r in rows):
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("name")
+@click.option("--via", "source", required=True, type=click.Choice(["ipmi", "sysrq", "perf", "qmp"]))
+@click.option("--count", default=1, show_default=True)
+@click.option("--interval", default=0.0, show_default=True, help="Seconds between NMIs.")
+@click.pass_context
+def nmi(ctx: click.Context, name: str, source: str, count: int, interval: float) -> None:
+    """Raise NMIs on one device and show the per-CPU deltas of /proc/interrupts."""
+    from rig.dut import Dut
+
+    (device,) = _load(ctx, [name])
+    try:
+        with Dut(device, _adhoc_dir(ctx.obj["report_dir"], "nmi") / device.name).open(monitor=False) as dut:
+            delivery = dut.nmi_source(source).deliver(count, interval)
+    except Unavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    except RigError as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+    table = Table(title=f"{name}: {source} x{delivery.raised}")
+    table.add_column("cpu")
+    table.add_column(f"{delivery.row} before", justify="right")
+    table.add_column("after", justify="right")
+    table.add_column("delta", justify="right")
+    for cpu, b, a, d in zip(
+        delivery.after.cpus,
+        delivery.before.row(delivery.row),
+        delivery.after.row(delivery.row),
+        delivery.per_cpu,
+        strict=True,
+    ):
+        table.add_row(str(cpu), str(b), str(a), ("[green]+" if d > 0 else "[red]+") + str(d))
+    out.print(table)
+    out.print(delivery.summary())
+    if not delivery.ok:
+        sys.exit(1)
+
+
+@main.command("console")
+@click.argument("name")
+@click.option("--seconds", type=float, default=0.0, help="Stop after this long (0 = until Ctrl-C).")
+@click.pass_context
+def console_cmd(ctx: click.Context, name: str, seconds: float) -> None:
+    """Live tail of one device's serial console (also written to disk)."""
+    from rig.console import ConsoleCapture
+
+    (device,) = _load(ctx, [name])
+    if device.console is None:
+        raise click.ClickException(f"device {name} has no [console] in {device.source_file}")
+    log_dir = _adhoc_dir(ctx.obj["report_dir"], "console") / name
+    cap = ConsoleCapture(device.console.url, log_dir, name=name, baudrate=device.console.baud)
+    cap.subscribe(lambda line: out.print(line.text, markup=False, highlight=False))
+    err.print(f"[dim]{name}: {device.console.url} -> {log_dir} (Ctrl-C to stop)")
+    cap.start()
+    try:
+        deadline = time.monotonic() + seconds if seconds else None
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        cap.stop()
 
 
 def _register_subcommands() -> None:

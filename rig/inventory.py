@@ -61,7 +61,7 @@ class SecretRef(_Strict):
         if isinstance(data, dict) and "password" in data:
             raise ValueError(
                 "plain-text 'password' is not allowed in an inventory; "
-                "use password_env = \"VARIABLE\" or password_file = \"path\" instead"
+                'use password_env = "VARIABLE" or password_file = "path" instead'
             )
         return data
 
@@ -74,17 +74,14 @@ class SecretRef(_Strict):
             value = os.environ.get(self.password_env)
             if value is None:
                 raise ConfigError(
-                    f"{what}: environment variable {self.password_env} is not set; "
-                    f"export it before running the rig"
+                    f"{what}: environment variable {self.password_env} is not set; export it before running the rig"
                 )
             return SecretStr(value)
         if self.password_file is not None:
             try:
                 return SecretStr(self.password_file.read_text().strip())
             except OSError as exc:
-                raise ConfigError(
-                    f"{what}: cannot read password_file {self.password_file}: {exc.strerror}"
-                ) from None
+                raise ConfigError(f"{what}: cannot read password_file {self.password_file}: {exc.strerror}") from None
         raise ConfigError(f"{what}: no password_env or password_file given")
 
 
@@ -110,8 +107,7 @@ class SshConfig(SecretRef):
     def _needs_host_key(self) -> SshConfig:
         if self.host_key is None and self.known_hosts is None:
             raise ValueError(
-                "host keys are verified: give host_key = \"ssh-ed25519 AAAA...\" "
-                "or known_hosts = \"path/to/known_hosts\""
+                'host keys are verified: give host_key = "ssh-ed25519 AAAA..." or known_hosts = "path/to/known_hosts"'
             )
         if self.key_file is None and not self.has_secret():
             raise ValueError("give key_file (preferred) or password_env/password_file for login")
@@ -138,9 +134,7 @@ class ConsoleConfig(_Strict):
             return v
         parts = urlsplit(v)
         if parts.scheme not in ("rfc2217", "socket"):
-            raise ValueError(
-                f"console url {v!r}: use /dev/ttyXXX, rfc2217://host:port or socket://host:port"
-            )
+            raise ValueError(f"console url {v!r}: use /dev/ttyXXX, rfc2217://host:port or socket://host:port")
         try:
             port = parts.port
         except ValueError:
@@ -202,7 +196,9 @@ class ShadowboxConfig(_Strict):
 
     recipe: Literal["upstream", "gooroom", "sbsim"] = "upstream"
     source: Path | None = Field(default=None, description="Source tree on the controller.")
-    build_on: Literal["device", "controller"] = "device"
+    build_on: Literal["device", "controller"] | None = Field(
+        default=None, description="Where to build; default: the recipe's (device for Shadow-box, controller for sbsim)."
+    )
     kernel_headers: Path | None = Field(
         default=None, description="Headers on the controller, when build_on = 'controller'."
     )
@@ -241,9 +237,7 @@ class Device(_Strict):
     @classmethod
     def _name_shape(cls, v: str) -> str:
         if not NAME_RE.match(v):
-            raise ValueError(
-                f"device name {v!r}: use letters, digits, '.', '_' or '-' (max 63), starting alnum"
-            )
+            raise ValueError(f"device name {v!r}: use letters, digits, '.', '_' or '-' (max 63), starting alnum")
         return v
 
     @model_validator(mode="after")
@@ -358,9 +352,7 @@ def load_inventory(
     if names:
         unknown = [n for n in names if n not in seen]
         if unknown:
-            raise InventoryError(
-                f"unknown device(s) {', '.join(unknown)}; known: {', '.join(sorted(seen)) or 'none'}"
-            )
+            raise InventoryError(f"unknown device(s) {', '.join(unknown)}; known: {', '.join(sorted(seen)) or 'none'}")
         devices = [d for d in devices if d.name in names]
     if tags:
         devices = [d for d in devices if set(tags) & set(d.tags)]

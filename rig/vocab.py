@@ -40,13 +40,13 @@ CRASH_KINDS: frozenset[EventKind] = frozenset(
         EventKind.RCU_STALL,
         EventKind.HUNG_TASK,
         EventKind.SHADOWBOX_HANG,
-        EventKind.SHADOWBOX_FAIL,
     }
 )
 
-#: Kinds that are worth reporting but do not by themselves fail a device.
+#: Kinds that are worth reporting but do not by themselves fail a device. A Shadow-box start
+#: failure is here, not a crash: the laptop is fine, the deploy step reports it by name.
 NOTICE_KINDS: frozenset[EventKind] = frozenset(
-    {EventKind.WARNING, EventKind.SHADOWBOX_ALERT, EventKind.SHADOWBOX_START, EventKind.NMI}
+    {EventKind.WARNING, EventKind.SHADOWBOX_ALERT, EventKind.SHADOWBOX_START, EventKind.SHADOWBOX_FAIL, EventKind.NMI}
 )
 
 

@@ -1,0 +1,350 @@
+"""The pytest plugin: one test run drives every selected laptop, each device in one xdist worker.
+
+Registered through the ``pytest11`` entry point, so any checkout that installs the rig gets:
+
+- options ``--rig-devices``, ``--rig-device``, ``--rig-tag``, ``--rig-report-dir``,
+  ``--rig-soak-minutes`` (and ini keys ``rig_devices``, ``rig_report_dir``, ``rig_soak_minutes``);
+- fixtures ``device`` (parametrized over the selected devices; test ids carry the device name),
+  ``dut`` (connected, console captured, hang monitor running; the test fails on a crash or hang with
+  the console excerpt), ``shadowbox`` (deployed and verified), ``nmi_sources`` (what the device offers),
+  ``rig_run`` (the run's report writer);
+- markers ``rig_requires(capability, ...)`` (skip with the device's reason) and ``soak``;
+- with ``-n N`` the distribution mode becomes ``loadgroup`` and every device is its own xdist group,
+  so no device is ever driven by two workers while devices run side by side.
+
+Why the verdict is judged in ``pytest_runtest_makereport``: the monitor watches the device for the
+whole call; a test body that passed on a machine that hung meanwhile must still fail, and it must
+fail as the test (with the console excerpt), not as a teardown error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import time
+from collections.abc import Generator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rig.errors import LabFault, RigError, Unavailable
+from rig.inventory import Device, load_inventory
+from rig.vocab import VerdictKind
+
+log = logging.getLogger(__name__)
+
+DUTS_KEY = pytest.StashKey[dict[str, Any]]()
+RUN_KEY = pytest.StashKey[Any]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("rig", "shadowbox-rig device matrix")
+    g.addoption(
+        "--rig-devices",
+        action="append",
+        default=None,
+        metavar="PATH",
+        help="inventory folder or file (repeatable; default: ini rig_devices or devices/)",
+    )
+    g.addoption("--rig-device", action="append", default=[], metavar="NAME", help="only this device (repeatable)")
+    g.addoption("--rig-tag", action="append", default=[], metavar="TAG", help="only devices with this tag")
+    g.addoption("--rig-report-dir", default=None, metavar="DIR", help="where run reports go (default reports/)")
+    g.addoption("--rig-soak-minutes", type=float, default=None, help="length of soak tests (default 20)")
+    parser.addini("rig_devices", "inventory folders/files", type="paths", default=[])
+    parser.addini("rig_report_dir", "report folder", default="reports")
+    parser.addini("rig_soak_minutes", "soak length in minutes", default="20")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "rig_requires(*capabilities): skip devices that lack a capability "
+        "(ipmi, sysrq, perf, qmp, vmx, console, power, lab)",
+    )
+    config.addinivalue_line("markers", "soak: a long run under load (length: --rig-soak-minutes)")
+    if getattr(config.option, "numprocesses", None) and getattr(config.option, "dist", "no") in ("no", "load"):
+        config.option.dist = "loadgroup"
+    config.stash[DUTS_KEY] = {}
+
+
+def pytest_configure_node(node: Any) -> None:  # xdist hook: share one run id with every worker
+    node.workerinput["rig_run_id"] = _run_id(node.config)
+
+
+def _run_id(config: pytest.Config) -> str:
+    winput = getattr(config, "workerinput", None)
+    if winput and "rig_run_id" in winput:
+        return str(winput["rig_run_id"])
+    if not hasattr(config, "_rig_run_id"):
+        config._rig_run_id = os.environ.get("RIG_RUN_ID") or (  # type: ignore[attr-defined]
+            time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+        )
+    return str(config._rig_run_id)  # type: ignore[attr-defined]
+
+
+def soak_minutes_of(config: pytest.Config) -> float:
+    v = config.getoption("--rig-soak-minutes")
+    return float(v if v is not None else config.getini("rig_soak_minutes"))
+
+
+def report_dir(config: pytest.Config) -> Path:
+    v = config.getoption("--rig-report-dir") or config.getini("rig_report_dir")
+    p = Path(v)
+    return p if p.is_absolute() else Path(config.rootpath) / p
+
+
+def selected_devices(config: pytest.Config) -> list[Device]:
+    cached = getattr(config, "_rig_devices", None)
+    if cached is not None:
+        return list(cached)
+    paths = config.getoption("--rig-devices") or config.getini("rig_devices") or [Path(config.rootpath) / "devices"]
+    try:
+        devices = load_inventory(paths, names=config.getoption("--rig-device"), tags=config.getoption("--rig-tag"))
+    except RigError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config._rig_devices = devices  # type: ignore[attr-defined]
+    return devices
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "device" not in metafunc.fixturenames:
+        return
+    devices = selected_devices(metafunc.config)
+    params = [pytest.param(d, id=d.name, marks=pytest.mark.xdist_group(d.name)) for d in devices]
+    if not params:
+        params = [
+            pytest.param(
+                None,
+                id="no-devices",
+                marks=pytest.mark.skip(
+                    reason="no devices selected: run 'rig lab up' or point --rig-devices at an inventory"
+                ),
+            )
+        ]
+    metafunc.parametrize("device", params, scope="session")
+
+
+# ---------------------------------------------------------------------------------------------
+# fixtures
+
+
+@pytest.fixture(scope="session")
+def rig_run(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """The run's report writer (``reports/<run-id>/``), shared by every test of this process."""
+    from rig.report import RunReport
+
+    config = request.config
+    run = RunReport(report_dir(config), _run_id(config))
+    config.stash[RUN_KEY] = run
+    yield run
+    run.close()
+
+
+@pytest.fixture(scope="session")
+def _dut_pool(request: pytest.FixtureRequest, rig_run: Any) -> Iterator[dict[str, Any]]:
+    pool: dict[str, Any] = request.config.stash[DUTS_KEY]
+    yield pool
+    for dut in pool.values():
+        try:
+            dut.close()
+        except Exception as exc:  # noqa: BLE001 - closing is best effort at the end of a run
+            log.warning("closing %s: %s", dut.name, exc)
+    pool.clear()
+
+
+def _capabilities(dut: Any) -> dict[str, str | None]:
+    """capability -> None if offered, else the reason it is not."""
+    caps: dict[str, str | None] = {}
+    for name in ("ipmi", "sysrq", "perf", "qmp"):
+        if name not in dut.device.nmi_sources:
+            caps[name] = f"not in nmi_sources of {dut.device.source_file}"
+            continue
+        try:
+            dut.nmi_source(name).check()
+            caps[name] = None
+        except Unavailable as exc:
+            caps[name] = exc.reason
+    caps["console"] = None if dut.console is not None else "no [console] in the inventory"
+    caps["power"] = None if dut.device.power.kind != "manual" else "manual power: no remote power control"
+    caps["lab"] = None if "lab" in dut.device.tags else "not a virtual-lab device"
+    res = dut.ssh.run("grep -qw vmx /proc/cpuinfo && echo yes || echo no", timeout=10)
+    caps["vmx"] = None if res.out.strip() == "yes" else "the CPU shows no 'vmx' flag (no VT-x)"
+    return caps
+
+
+@pytest.fixture
+def dut(request: pytest.FixtureRequest, device: Device, _dut_pool: dict[str, Any], rig_run: Any) -> Iterator[Any]:
+    """The device, connected and watched. Recovered first if an earlier test left it crashed or hung."""
+    from rig.dut import Dut
+
+    if device is None:
+        pytest.skip("no devices selected")
+    dev_report = rig_run.device(device)
+    d: Dut | None = _dut_pool.get(device.name)
+    try:
+        if d is None:
+            d = Dut(device, dev_report.dir)
+            d.open()
+            _dut_pool[device.name] = d
+            dev_report.set_identity(d)
+            d.caps = _capabilities(d)
+        elif d.needs_recovery:
+            took = d.recover()
+            dev_report.event("recovery", f"power cycle and ready in {took:.1f} s", seconds=took)
+            d.needs_recovery = False
+        else:
+            d.monitor.stop()
+            d.monitor.resume()
+            d.monitor.start()
+    except LabFault as exc:
+        dev_report.event("lab-fault", str(exc))
+        pytest.fail(f"LAB FAULT on {device.name} (not a device failure): {exc}", pytrace=False)
+    d.accepted_verdict = None
+    _check_requires(request, d)
+    request.node._rig_dut = d
+    request.node._rig_started = time.time()
+    request.node._rig_irq_before = None
+    with contextlib.suppress(RigError):
+        request.node._rig_irq_before = d.interrupts()
+    yield d
+
+
+def _check_requires(request: pytest.FixtureRequest, d: Any) -> None:
+    for mark in request.node.iter_markers("rig_requires"):
+        for cap in mark.args:
+            reason = d.caps.get(cap, f"unknown capability {cap!r}")
+            if reason is not None:
+                pytest.skip(f"{d.name} lacks {cap}: {reason}")
+
+
+@pytest.fixture
+def soak_minutes(request: pytest.FixtureRequest) -> float:
+    """Length of soak tests: --rig-soak-minutes, ini rig_soak_minutes, default 20."""
+    return soak_minutes_of(request.config)
+
+
+@pytest.fixture
+def rig_report(dut: Any, rig_run: Any) -> Any:
+    """This device's report page, to record evidence (NMI deliveries, callbacks, timeline events)."""
+    return rig_run.device(dut.device)
+
+
+@pytest.fixture
+def nmi_sources(dut: Any) -> dict[str, Any]:
+    """The NMI sources this device offers: name -> ready source (unavailable ones are left out)."""
+    return {k: v for k, v in dut.nmi_sources().items() if not isinstance(v, Unavailable)}
+
+
+@pytest.fixture
+def shadowbox(dut: Any, rig_run: Any) -> Any:
+    """Shadow-box deployed on the device and verified started (a fresh boot is used if it was loaded)."""
+    dev_report = rig_run.device(dut.device)
+    try:
+        result = dut.deploy_shadowbox()
+    except RigError as exc:
+        dev_report.event("deploy-failed", str(exc))
+        raise
+    dev_report.set_deploy(result)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# verdicts
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    d = getattr(item, "_rig_dut", None)
+    if d is None or report.when != "call":
+        return
+    verdict = d.monitor.verdict()
+    accepted = d.accepted_verdict is not None and d.accepted_verdict.kind is verdict.kind
+    if not verdict.ok:
+        d.needs_recovery = verdict.kind is not VerdictKind.LAB_FAULT
+    lab_fault = call.excinfo is not None and call.excinfo.errisinstance(LabFault)
+    if lab_fault and call.excinfo is not None:
+        from rig.monitor import Verdict
+
+        verdict = Verdict(VerdictKind.LAB_FAULT, None, str(call.excinfo.value))
+        report.longrepr = f"LAB FAULT on {d.name} (not a device failure): {call.excinfo.value}"
+    if accepted:
+        pass  # the test provoked this verdict on purpose and checked it
+    elif verdict.kind not in (VerdictKind.OK, VerdictKind.LAB_FAULT):
+        excerpt = _wait_excerpt(d, verdict)
+        if report.passed or not lab_fault:
+            report.outcome = "failed"
+            report.longrepr = (
+                f"{d.name}: verdict {verdict.text}: {verdict.reason}\n--- console (last lines) ---\n{excerpt}"
+            )
+    elif verdict.kind is VerdictKind.LAB_FAULT and report.passed:
+        report.outcome = "failed"
+        report.longrepr = f"LAB FAULT on {d.name} (not a device failure): {verdict.reason}"
+    report.user_properties.append(("rig_device", d.name))
+    report.user_properties.append(("rig_verdict", verdict.text))
+    run = item.config.stash.get(RUN_KEY, None)
+    if run is not None:
+        after = None
+        if verdict.ok:
+            with contextlib.suppress(RigError):
+                after = d.interrupts()
+        run.device(d.device).test_result(
+            nodeid=item.nodeid,
+            name=item.name,
+            outcome=report.outcome,
+            duration=report.duration,
+            verdict=verdict,
+            irq_before=getattr(item, "_rig_irq_before", None),
+            irq_after=after,
+            longrepr=str(report.longrepr) if report.failed else "",
+        )
+
+
+def _wait_excerpt(d: Any, verdict: Any, lines: int = 60) -> str:
+    """Keep reading for the crash tail (the whole oops), then return the last console lines."""
+    if d.console is None:
+        return "(no console)"
+    if verdict.kind is VerdictKind.CRASH:
+        end = verdict.at + d.device.monitor.crash_tail_seconds
+        while time.time() < end:
+            time.sleep(0.2)
+    return "\n".join(line.text for line in d.console.tail(lines))
+
+
+# ---------------------------------------------------------------------------------------------
+# end of run: the matrix summary, once, on the controller
+
+
+def _is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    from rig.report import write_summary
+
+    config = session.config
+    run_dir = report_dir(config) / _run_id(config)
+    if not _is_worker(config) and run_dir.is_dir() and any(run_dir.glob("*/report.json")):
+        write_summary(run_dir)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    import json
+
+    run_dir = report_dir(config) / _run_id(config)
+    summary_path = run_dir / "summary.json"
+    if _is_worker(config) or not summary_path.exists():
+        return
+    summary = json.loads(summary_path.read_text())
+    tr = terminalreporter
+    tr.section("rig: device verdicts")
+    for dev in summary["devices"]:
+        verdicts = [c["verdict"] for c in dev["tests"].values()]
+        bad = [f"{name}: {c['verdict']}" for name, c in dev["tests"].items() if c["outcome"] != "passed"]
+        state = "PASS" if not bad else "FAIL"
+        tr.write_line(f"{dev['device']:<20} {state}  {len(verdicts)} tests  " + ("; ".join(bad) if bad else "all ok"))
+    tr.write_line(f"reports: {run_dir}")

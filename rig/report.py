@@ -1,0 +1,237 @@
+"""Run reports, written as the run goes.
+
+Layout: ``reports/<run-id>/run.json``, ``reports/<run-id>/<device>/report.json`` (schema below) next
+to that device's ``console.raw`` / ``console.log``, and ``reports/<run-id>/summary.json`` (devices by
+tests, each cell a verdict) written when the run ends.
+
+Why incremental: a run killed at 3 a.m. must leave a readable report. Every change rewrites the
+device's ``report.json`` atomically (temp file + rename) with ``"status": "incomplete"``; only a
+clean end marks it ``"complete"``.
+
+Secrets never reach a report: the device section is built from an allow-list of inventory fields.
+
+report.json, schema version 1::
+
+    {"schema": "shadowbox-rig/device-report", "version": 1, "status": "incomplete|complete",
+     "run_id": str, "rig_version": str,
+     "device": {"name", "tags", "description", "ssh": "user@host:port", "console": url|null, "power": kind},
+     "identity": {"kernel", "cmdline", "cpu_model", "microcode", "cpus"},
+     "deploy": {...} | null,
+     "tests": [{"nodeid", "name", "outcome", "duration", "verdict": {...}, "nmi": {...}|null, "failure": str}],
+     "nmi_deliveries": [{"test", "source", "raised", "row", "cpus", "per_cpu", "missing_cpus", "ok", ...}],
+     "shadowbox_callbacks": {"<cpu>": count},
+     "timeline": [{"t": unix time, "kind": str, "text": str, ...}]}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from rig import __version__
+from rig.inventory import Device
+
+SCHEMA_VERSION = 1
+
+
+def write_json_atomic(path: Path, data: object) -> None:
+    """Write JSON so a reader (or a crash) never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=1, default=str)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def public_device_fields(dev: Device) -> dict[str, Any]:
+    """The inventory fields a report may show: an allow-list, so no secret reference leaks."""
+    return {
+        "name": dev.name,
+        "tags": list(dev.tags),
+        "description": dev.description,
+        "ssh": f"{dev.ssh.user}@{dev.ssh.host}:{dev.ssh.port}",
+        "console": dev.console.url if dev.console else None,
+        "power": dev.power.kind,
+        "nmi_sources": list(dev.nmi_sources),
+        "shadowbox_recipe": dev.shadowbox.recipe,
+    }
+
+
+class DeviceReport:
+    """One device's page of the run; every method persists immediately."""
+
+    def __init__(self, run: RunReport, device: Device) -> None:
+        self.run = run
+        self.dir = run.dir / device.name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.data: dict[str, Any] = {
+            "schema": "shadowbox-rig/device-report",
+            "version": SCHEMA_VERSION,
+            "status": "incomplete",
+            "run_id": run.run_id,
+            "rig_version": __version__,
+            "device": public_device_fields(device),
+            "identity": {},
+            "deploy": None,
+            "tests": [],
+            "nmi_deliveries": [],
+            "shadowbox_callbacks": {},
+            "timeline": [],
+        }
+        self.flush()
+
+    @property
+    def path(self) -> Path:
+        return self.dir / "report.json"
+
+    def flush(self) -> None:
+        write_json_atomic(self.path, self.data)
+
+    def event(self, kind: str, text: str, **extra: Any) -> None:
+        self.data["timeline"].append({"t": time.time(), "kind": kind, "text": text, **extra})
+        self.flush()
+
+    def set_identity(self, dut: Any) -> None:
+        """Kernel, command line, CPU model and microcode, read from the device."""
+        script = (
+            "uname -r; cat /proc/cmdline; grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2; "
+            "grep -m1 '^microcode' /proc/cpuinfo | cut -d: -f2; grep -c ^processor /proc/cpuinfo"
+        )
+        try:
+            lines = dut.ssh.run(script, timeout=15).out.splitlines()
+        except Exception as exc:  # noqa: BLE001 - identity is nice to have; the run goes on
+            self.event("identity-failed", str(exc))
+            return
+        lines += [""] * 5
+        self.data["identity"] = {
+            "kernel": lines[0].strip(),
+            "cmdline": lines[1].strip(),
+            "cpu_model": lines[2].strip(),
+            "microcode": lines[3].strip(),
+            "cpus": lines[4].strip(),
+        }
+        self.event("connected", f"kernel {lines[0].strip()}")
+
+    def nmi_delivery(self, test: str, delivery: Any) -> None:
+        """One source's raise-and-count, with per-CPU deltas (the report's NMI evidence)."""
+        self.data["nmi_deliveries"].append({"test": test, **delivery.to_json()})
+        self.event("nmi", delivery.summary())
+
+    def shadowbox_callbacks(self, per_cpu: dict[int, int]) -> None:
+        """Shadow-box's host-side ``VM [n] INT NMI callback`` lines, counted per CPU (cumulative)."""
+        total = self.data["shadowbox_callbacks"]
+        for cpu, n in per_cpu.items():
+            total[str(cpu)] = total.get(str(cpu), 0) + n
+        self.flush()
+
+    def set_deploy(self, result: Any) -> None:
+        self.data["deploy"] = result.to_json()
+        self.event("deploy", f"{result.recipe} started, result code {result.result_code}")
+
+    def test_result(
+        self,
+        *,
+        nodeid: str,
+        name: str,
+        outcome: str,
+        duration: float,
+        verdict: Any,
+        irq_before: Any = None,
+        irq_after: Any = None,
+        longrepr: str = "",
+    ) -> None:
+        nmi = None
+        if irq_before is not None and irq_after is not None:
+            nmi = {
+                "cpus": list(irq_after.cpus),
+                "NMI": {"before": list(irq_before.row("NMI")), "after": list(irq_after.row("NMI"))},
+                "PMI": {"before": list(irq_before.row("PMI")), "after": list(irq_after.row("PMI"))},
+            }
+        self.data["tests"].append(
+            {
+                "nodeid": nodeid,
+                "name": name,
+                "outcome": outcome,
+                "duration": round(duration, 3),
+                "verdict": verdict.to_json(),
+                "nmi": nmi,
+                "failure": longrepr[-4000:],
+            }
+        )
+        self.event("test", f"{name}: {outcome} ({verdict.text})")
+
+    def close(self) -> None:
+        self.data["status"] = "complete"
+        self.flush()
+
+
+class RunReport:
+    """A run's folder; one :class:`DeviceReport` per device driven by this process."""
+
+    def __init__(self, root: Path, run_id: str) -> None:
+        self.run_id = run_id
+        self.dir = root / run_id
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._devices: dict[str, DeviceReport] = {}
+        run_json = self.dir / "run.json"
+        if not run_json.exists():
+            write_json_atomic(
+                run_json,
+                {
+                    "run_id": run_id,
+                    "started": time.time(),
+                    "controller": socket.gethostname(),
+                    "rig_version": __version__,
+                    "status": "incomplete",
+                },
+            )
+
+    def device(self, device: Device) -> DeviceReport:
+        rep = self._devices.get(device.name)
+        if rep is None:
+            rep = self._devices[device.name] = DeviceReport(self, device)
+        return rep
+
+    def close(self) -> None:
+        for rep in self._devices.values():
+            rep.close()
+
+
+def write_summary(run_dir: Path) -> dict[str, Any]:
+    """Gather every device's report.json into summary.json (devices x tests -> verdict)."""
+    devices: list[dict[str, Any]] = []
+    for rep_path in sorted(run_dir.glob("*/report.json")):
+        data = json.loads(rep_path.read_text())
+        cells = {
+            t["name"].split("[")[0]: {"outcome": t["outcome"], "verdict": t["verdict"]["verdict"]}
+            for t in data["tests"]
+        }
+        devices.append(
+            {
+                "device": data["device"]["name"],
+                "status": data["status"],
+                "identity": data.get("identity", {}),
+                "tests": cells,
+            }
+        )
+    summary = {
+        "schema": "shadowbox-rig/run-summary",
+        "version": SCHEMA_VERSION,
+        "run_id": run_dir.name,
+        "finished": time.time(),
+        "devices": devices,
+    }
+    write_json_atomic(run_dir / "summary.json", summary)
+    run_json = run_dir / "run.json"
+    if run_json.exists():
+        meta = json.loads(run_json.read_text())
+        meta.update(status="complete", finished=summary["finished"])
+        write_json_atomic(run_json, meta)
+    return summary

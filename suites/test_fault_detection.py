@@ -1,0 +1,63 @@
+"""The rig's own acceptance test on lab devices: each sbsim failure switch gives the right verdict.
+
+sbsim is the lab's Shadow-box stand-in (rig/lab/sbsim). Each test provokes one failure on purpose,
+checks the verdict the monitor reached, accepts it (so the plugin does not fail the test for it),
+and leaves the device to be recovered by power cycle before the next test.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from rig.shadowbox import DeployFailed
+from rig.vocab import VerdictKind
+
+pytestmark = pytest.mark.rig_requires("lab")
+
+
+def _bound(dut) -> float:
+    h = dut.device.monitor.heartbeat_interval
+    return 3 * h + 2
+
+
+def test_hang_after_nmis_is_a_hang(dut, nmi_sources):
+    """The seed bug: the NMI handler never returns; the machine goes silent with no log."""
+    dut.deploy_shadowbox(module_params={"hang_after_nmi": 3})
+    src = nmi_sources.get("qmp") or nmi_sources.get("ipmi")
+    if src is None:
+        pytest.skip("needs an external NMI source (qmp or ipmi)")
+    src.raise_(3, interval=0.2)
+    verdict = dut.monitor.wait(timeout=_bound(dut) + 15)
+    assert verdict is not None, "no verdict: the monitor missed the hang"
+    assert verdict.kind is VerdictKind.HANG, verdict.reason
+    assert verdict.since_heartbeat is not None and verdict.since_heartbeat <= _bound(dut) + 1
+    dut.accept_verdict()
+
+
+def test_panic_after_nmi_is_a_panic(dut, nmi_sources):
+    dut.deploy_shadowbox(module_params={"panic_after_nmi": 2})
+    src = nmi_sources.get("qmp") or nmi_sources.get("ipmi")
+    if src is None:
+        pytest.skip("needs an external NMI source (qmp or ipmi)")
+    src.raise_(2, interval=0.2)
+    verdict = dut.monitor.wait(timeout=30)
+    assert verdict is not None and verdict.text == "crash(panic)", verdict
+    dut.accept_verdict()
+
+
+def test_oops_is_an_oops(dut):
+    dut.deploy_shadowbox()
+    dut.ssh.run("echo oops > /sys/module/sbsim/parameters/trigger", timeout=10)
+    verdict = dut.monitor.wait(timeout=30)
+    assert verdict is not None and verdict.text == "crash(oops)", verdict
+    dut.accept_verdict()
+
+
+def test_refusal_to_start_is_named(dut):
+    with pytest.raises(DeployFailed) as exc:
+        dut.deploy_shadowbox(module_params={"fail_start": 1})
+    assert exc.value.reason == "no-vmx", str(exc.value)
+    time.sleep(1)
+    assert dut.verdict().ok  # a refusal is not a crash: the device is still fine
