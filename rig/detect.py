@@ -18,15 +18,18 @@ Incident rule (one crash, one event; the monitor takes the FIRST crash event as 
     further crash-kind lines are the same report and are not emitted (``BUG: kernel NULL
     pointer dereference`` then ``Oops: 0002`` is one OOPS; ``kernel BUG at`` then ``invalid
     opcode`` is one BUG; a repeated ``HANG`` banner or soft-lockup report is one event) --
-    except PANIC: the first ``Kernel panic - not syncing`` of an incident is always emitted,
-    because it says something new (the machine has stopped), e.g. ``[OOPS, PANIC]`` for an oops
-    with ``panic_on_oops``. An incident closes at ``---[ end trace ... ]---``, at a boot banner,
+    except escalations, emitted once per incident each because they say something new: the
+    first ``Kernel panic - not syncing`` (the machine has stopped; ``[OOPS, PANIC]`` for an oops
+    with ``panic_on_oops``) and the first soft/hard lockup (which CPU is stuck; a spinning CPU
+    trips the RCU stall detector (21 s) before the soft-lockup one, giving
+    ``[RCU_STALL, SOFT_LOCKUP]``). An incident closes at ``---[ end trace ... ]---``, at a boot banner,
     or after :attr:`Detector.incident_lines` lines with no crash-kind line.
 Notice kinds (WARNING, NMI, SHADOWBOX_START/ALERT) never open or close incidents and are emitted
 every time, except that a ``Dazed and confused`` line that follows an ``Uhhuh`` line is the same
 NMI (both are printed for one unclaimed NMI) and ``------------[ cut here ]------------`` only
 pairs with the ``WARNING:`` (or ``kernel BUG at``) line after it; a cut-here block that ends
-without either is reported as one WARNING.
+without either is reported as one WARNING. SHADOWBOX_FAIL (a notice: the deploy step names the
+failure) is emitted once per start attempt (attempts are separated by Shadow-box's banner).
 """
 
 from __future__ import annotations
@@ -86,6 +89,7 @@ _TRIGGERS = (
     "errorcode=",
     "GRMCODE=",
     "HANG ",
+    "Hypervisor-Based Kernel Protector",
 )
 _PREFILTER = re.compile("|".join(re.escape(t) for t in _TRIGGERS))
 
@@ -146,6 +150,14 @@ _SB_GRMCODE = re.compile(r"GRMCODE=(\d+)")
 #: Gooroom result codes that mean success (``Execution Complete`` is followed by 020008).
 SB_GRM_OK = frozenset({"020008"})
 
+#: Crash kinds that are still emitted inside an open incident, once per group, because they say
+#: something new: the machine stopped (panic) / which CPU is stuck (a lockup after an RCU stall).
+_ESCALATION: dict[EventKind, str] = {
+    EventKind.PANIC: "panic",
+    EventKind.SOFT_LOCKUP: "lockup",
+    EventKind.HARD_LOCKUP: "lockup",
+}
+
 _ADDR = re.compile(r"\+0x[0-9a-f]+/0x[0-9a-f]+|\b0x[0-9a-f]+\b|\b[0-9a-f]{12,}\b")
 
 
@@ -197,9 +209,10 @@ class Detector:
         self.incident_lines = incident_lines
         self.line_no = 0
         self._incident_last: int | None = None  # line number of the last crash line of the open incident
-        self._incident_panicked = False
+        self._incident_groups: set[str] = set()
         self._cut_here: int | None = None  # line number of a pending "cut here"
         self._uhhuh_pending = 0
+        self._sb_failed = False  # a SHADOWBOX_FAIL was emitted for the current start attempt
 
     # -- public
     def feed(self, line: str, *, line_no: int | None = None, time: float | None = None) -> list[Event]:
@@ -223,13 +236,19 @@ class Detector:
         if hit is None:
             return []
         kind, cpu, title = hit
+        if kind is EventKind.SHADOWBOX_FAIL:
+            # "VMX not support", "Execution Fail", "errorcode=2" are one failed start attempt.
+            if self._sb_failed:
+                return []
+            self._sb_failed = True
         if kind in CRASH_KINDS:
             open_ = self._incident_last is not None
             self._incident_last = line_no
-            if open_ and (kind is not EventKind.PANIC or self._incident_panicked):
+            group = _ESCALATION.get(kind)
+            if open_ and (group is None or group in self._incident_groups):
                 return []
-            if kind is EventKind.PANIC:
-                self._incident_panicked = True
+            if group is not None:
+                self._incident_groups.add(group)
         return [Event(kind=kind, line_no=line_no, text=text, time=time, cpu=cpu, title=title)]
 
     def scan(self, lines: Iterable[str]) -> list[Event]:
@@ -250,7 +269,7 @@ class Detector:
     # -- internals
     def _close_incident(self) -> None:
         self._incident_last = None
-        self._incident_panicked = False
+        self._incident_groups = set()
 
     def _classify(self, msg: str, sb: bool, line_no: int) -> tuple[EventKind, int | None, str] | None:
         # Boot banner first: it resets all state.
@@ -353,6 +372,8 @@ class Detector:
     def _shadowbox(self, msg: str) -> tuple[EventKind, int | None, str] | None:
         cpu: int | None = None
         body = msg
+        if "Hypervisor-Based Kernel Protector" in msg or msg.startswith("Execution Complete"):
+            self._sb_failed = False  # a new start attempt (banner) or a successful one
         m = _SB_VM.match(msg)
         if m:
             cpu = int(m.group(1))
