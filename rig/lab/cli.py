@@ -1,10 +1,105 @@
-"""``rig lab ...``: bring the virtual lab up and down."""
+"""``rig lab up/status/down``: bring the virtual lab up and down (thin layer over rig.lab.manager.Lab)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from rig.errors import RigError
+from rig.lab.manager import DEFAULT_COUNT, DEFAULT_PREFIX, GuestInfo, Lab
+
+_console = Console()
 
 
 @click.group()
-def lab() -> None:
+@click.option("--lab-dir", type=click.Path(path_type=Path), envvar="RIG_LAB_DIR", default=None,
+              help="Lab state folder (default <checkout>/.lab; env RIG_LAB_DIR).")
+@click.option("--inventory-dir", type=click.Path(path_type=Path), envvar="RIG_LAB_INVENTORY", default=None,
+              help="Where lab inventory files go (default <checkout>/devices/lab; env RIG_LAB_INVENTORY).")
+@click.pass_context
+def lab(ctx: click.Context, lab_dir: Path | None, inventory_dir: Path | None) -> None:
     """The virtual lab: QEMU laptops with a console server and a virtual BMC."""
+    ctx.obj = {"lab_dir": lab_dir, "inventory_dir": inventory_dir}
+
+
+def _lab(ctx: click.Context, **kw: object) -> Lab:
+    return Lab(ctx.obj["lab_dir"], ctx.obj["inventory_dir"], **kw)  # type: ignore[arg-type]
+
+
+def _table(guests: list[GuestInfo], title: str) -> Table:
+    t = Table(title=title)
+    t.caption = "ports are on 127.0.0.1; console is RFC 2217 (rfc2217://127.0.0.1:PORT?ign_set_control)"
+    for col in ("guest", "state", "ssh", "console", "bmc/udp", "pids qemu/ser2net/vbmc", "boot s"):
+        t.add_column(col, no_wrap=True)
+    for g in guests:
+        pids = "/".join(str(p or "-") for p in (g.qemu_pid, g.console_server_pid, g.bmc_pid))
+        t.add_row(
+            g.name, g.note + (f" ({', '.join(g.notes)})" if g.notes else ""),
+            str(g.ssh_port), str(g.console_port), str(g.bmc_port), pids,
+            f"{g.boot_seconds:.1f}" if g.boot_seconds is not None else "-",
+        )
+    return t
+
+
+@lab.command()
+@click.option("--count", type=click.IntRange(1, 16), default=DEFAULT_COUNT, show_default=True,
+              help="Number of guests.")
+@click.option("--name-prefix", default=DEFAULT_PREFIX, show_default=True, help="Guests are <prefix>-1..N.")
+@click.option("--accel", type=click.Choice(["auto", "tcg", "kvm"]), default=None,
+              help="QEMU accelerator (default: env RIG_LAB_ACCEL or auto = KVM only if it really boots).")
+@click.pass_context
+def up(ctx: click.Context, count: int, name_prefix: str, accel: str | None) -> None:
+    """Build the image if needed and boot the guests (idempotent)."""
+    tasks: dict[str, TaskID] = {}
+    with Progress(SpinnerColumn(), TextColumn("[bold]{task.fields[what]:<10}"),
+                  TextColumn("{task.description}"), TimeElapsedColumn(), console=_console) as progress:
+
+        def report(what: str, message: str) -> None:
+            if what not in tasks:
+                tasks[what] = progress.add_task(message, what=what)
+            else:
+                progress.update(tasks[what], description=message)
+
+        try:
+            guests = _lab(ctx, accel=accel, progress=report).up(count=count, name_prefix=name_prefix)
+        except RigError as exc:
+            progress.stop()
+            _console.print(f"[red]rig lab up failed:[/red] {exc}", markup=True, highlight=False)
+            raise SystemExit(1) from None
+    _console.print(_table(guests, "rig lab up"))
+    for g in guests:
+        _console.print(f"{g.name}: inventory {g.inventory_file}")
+
+
+@lab.command()
+@click.pass_context
+def status(ctx: click.Context) -> None:
+    """Show every guest of the lab folder and whether its processes run."""
+    try:
+        guests = _lab(ctx).status()
+    except RigError as exc:
+        _console.print(f"[red]rig lab status failed:[/red] {exc}", highlight=False)
+        raise SystemExit(1) from None
+    if not guests:
+        _console.print("lab is down (no guests)")
+        return
+    _console.print(_table(guests, "rig lab status"))
+
+
+@lab.command()
+@click.pass_context
+def down(ctx: click.Context) -> None:
+    """Stop every guest, console server and virtual BMC this lab folder started."""
+    try:
+        stopped = _lab(ctx).down()
+    except RigError as exc:
+        _console.print(f"[red]rig lab down failed:[/red] {exc}", highlight=False)
+        raise SystemExit(1) from None
+    if not stopped:
+        _console.print("lab was already down")
+    for name, what in stopped.items():
+        _console.print(f"{name}: stopped {', '.join(what) if what else 'nothing (was not running)'}")

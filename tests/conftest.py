@@ -1,0 +1,78 @@
+"""Shared fixtures of the rig's own tests.
+
+``lab`` (session scope) -- one virtual lab of 2 real QEMU guests for every test that asks for it.
+
+Why one per session: booting a TCG guest costs 10-20 s of two shared cores; every lab test of the
+session shares the same two guests. The lab is isolated from the checkout's own ``.lab`` (a user's
+``rig lab up`` is never touched): its state folder and inventory folder are temporary, its ports
+derive from that folder's path (see rig.lab.ports).
+
+API (the fixture yields a :class:`rig.lab.manager.Lab` after ``up(count=2)``)::
+
+    def test_x(lab):
+        g = lab.guest("lab-1")           # rig.lab.manager.GuestInfo
+        g.ssh_port, g.key_file, g.known_hosts        # paramiko: key login, RejectPolicy
+        g.console_url                    # "rfc2217://127.0.0.1:PORT?ign_set_control" (pyserial)
+        g.bmc_port, g.bmc_user, g.bmc_password_file  # ipmitool -I lanplus -p PORT -U admin -f FILE
+        g.qmp_socket                     # QMP for the rig (the BMC has its own socket)
+        g.serial_log                     # every console byte, written by QEMU itself
+        g.inventory_file                 # devices TOML, load with rig.inventory.load_device
+        g.kernel_version                 # e.g. "6.1.0-56-amd64" (headers: rig.lab.image.headers_dir())
+        lab.inventory_dir                # folder with lab-1.toml, lab-2.toml (rig.inventory.load_inventory)
+        lab.kill_console_server("lab-1"); lab.start_console_server("lab-1")   # fault injection
+        lab.restart_console_server("lab-1"); lab.kill_bmc("lab-1"); lab.start_bmc("lab-1")
+
+Rules for users of the fixture: the guests are shared, so a test that breaks one (kills its console
+server or BMC, powers it off, crashes or hangs its kernel) must put it back before returning --
+e.g. ``lab.start_console_server(name)``, or a power cycle and :func:`wait_lab_guest_ready` for a
+crashed guest. Mark such tests ``@pytest.mark.lab``. Under pytest-xdist each worker would boot its
+own lab: run lab tests in one worker (``-n 0``, or ``@pytest.mark.xdist_group("lab")`` with
+``--dist loadgroup``).
+
+``lab_devices`` (session scope): the two guests as rig.inventory.Device objects.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from rig.inventory import Device, load_inventory
+from rig.lab.manager import GuestInfo, Lab, ssh_login_check
+
+#: Power cycle / crash to "SSH login works" on a lab guest (TCG, shared cores).
+LAB_READY_TIMEOUT = 180.0
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """A lab of 2 guests (lab-1, lab-2), up for the whole session, torn down at its end."""
+    base = tmp_path_factory.mktemp("lab")
+    the_lab = Lab(root=base / "state", inventory_dir=base / "devices")
+    try:
+        the_lab.up(count=2)
+        yield the_lab
+    finally:
+        the_lab.down()
+
+
+@pytest.fixture(scope="session")
+def lab_devices(lab: Lab) -> list[Device]:
+    """The lab's inventory files, loaded the way the rig loads any laptop's."""
+    return load_inventory([lab.inventory_dir])
+
+
+def wait_lab_guest_ready(info: GuestInfo, timeout: float = LAB_READY_TIMEOUT) -> float:
+    """Wait until ``info``'s guest accepts an SSH login again (after a reset); return the seconds waited."""
+    t0 = time.monotonic()
+    last: Exception | None = None
+    while time.monotonic() - t0 < timeout:
+        try:
+            ssh_login_check(info.ssh_port, info.key_file, info.known_hosts)
+            return time.monotonic() - t0
+        except Exception as exc:  # noqa: BLE001 - any failure means "not yet"
+            last = exc
+            time.sleep(0.5)
+    raise TimeoutError(f"{info.name}: no SSH login within {timeout:.0f} s (last error: {last})")
