@@ -175,6 +175,14 @@ class BmcClient:
             raise self._login_error(exc) from None
         except OSError as exc:  # name resolution, unusable address
             raise LabFault(f"{self.label}: cannot send to the BMC: {exc.strerror or exc}", component="bmc") from None
+        except Exception as exc:
+            # pyghmi chokes on BMC replies it does not expect (e.g. struct.error when a BMC accepts
+            # a cipher suite it then does not speak): the BMC's fault, not the device's.
+            raise LabFault(
+                f"{self.label}: IPMI login failed inside pyghmi ({type(exc).__name__}: {self._scrub(exc)}); "
+                "the BMC answered something pyghmi cannot parse (try ipmitool -I lanplus -C 3)",
+                component="bmc",
+            ) from None
         self._cmd = cmd
         return cmd
 
@@ -187,6 +195,14 @@ class BmcClient:
             except PyghmiException as exc:
                 self._cmd = None
                 raise self._login_error(exc) from None
+            except LabFault:
+                raise
+            except Exception as exc:  # a reply pyghmi cannot parse
+                self._cmd = None
+                raise LabFault(
+                    f"{self.label}: IPMI request failed inside pyghmi ({type(exc).__name__}: {self._scrub(exc)})",
+                    component="bmc",
+                ) from None
             if not isinstance(rsp, dict):
                 self._cmd = None
                 raise self._unreachable()

@@ -67,10 +67,19 @@ class IpmiPowerControl:
         self.bmc.set_power("off")
 
     def cycle(self) -> None:
-        self.bmc.set_power("cycle")
+        """Power cycle; from 'off' it powers on (the IPMI spec lets a BMC ignore or refuse a
+        cycle of a chassis that is off, and recovery must not depend on which it does)."""
+        if self.bmc.power_state() == "off":
+            self.bmc.set_power("on")
+        else:
+            self.bmc.set_power("cycle")
 
     def reset(self) -> None:
-        self.bmc.set_power("reset")
+        """Hard reset; from 'off' it powers on, as QmpPowerControl.reset boots an 'off' guest."""
+        if self.bmc.power_state() == "off":
+            self.bmc.set_power("on")
+        else:
+            self.bmc.set_power("reset")
 
     def describe(self) -> str:
         return f"ipmi: {self.bmc.label} as {self.bmc.user!r}"
