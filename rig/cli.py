@@ -84,13 +84,27 @@ def devices_cmd(ctx: click.Context, tags: Sequence[str]) -> None:
 
 @dataclass
 class CheckRow:
+    """One device's check: per item a short status (ok / n/a / FAIL) and a reason when not ok."""
+
     device: str
-    cells: dict[str, str] = field(default_factory=dict)
+    cells: dict[str, tuple[str, str]] = field(default_factory=dict)
     ok: bool = True
+
+    def put(self, item: str, status: str, reason: str = "") -> None:
+        self.cells[item] = (status, reason)
+        if status == "FAIL":
+            self.ok = False
+
+
+def _wait_console(dut: object, timeout: float = 5.0) -> None:
+    console = getattr(dut, "console", None)
+    deadline = time.monotonic() + timeout
+    while console is not None and not console.connected and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def check_device(device: Device, log_dir: Path) -> CheckRow:
-    """Reach SSH, console, BMC and each NMI source of one device; one reason per cell."""
+    """Reach SSH, console, BMC and each NMI source of one device; one reason per item."""
     from rig.dut import Dut
 
     row = CheckRow(device.name)
@@ -98,39 +112,38 @@ def check_device(device: Device, log_dir: Path) -> CheckRow:
         dut = Dut(device, log_dir / device.name)
         dut.open(monitor=False)
     except RigError as exc:
-        row.ok = False
-        row.cells["ssh"] = f"[red]{type(exc).__name__}: {exc}"
+        row.put("ssh", "FAIL", f"{type(exc).__name__}: {exc}")
         return row
     try:
         res = dut.ssh.run("uname -r; cat /proc/cmdline", timeout=15)
         kernel, _, cmdline = res.out.partition("\n")
         missing = [f for f in device.kernel.cmdline_requires if f not in cmdline.split()]
-        row.cells["ssh"] = f"[green]ok[/] {kernel.strip()}"
+        row.put("ssh", "ok", kernel.strip())
         if missing:
-            row.cells["ssh"] += f" [yellow](cmdline lacks {' '.join(missing)})"
+            row.put("cmdline", "FAIL", f"kernel command line lacks {' '.join(missing)}")
         if dut.console is not None:
+            _wait_console(dut)
             fault = dut.console.lab_fault()
-            row.cells["console"] = f"[red]{fault}" if fault else "[green]connected"
-            row.ok &= fault is None
-        else:
-            row.cells["console"] = "-"
+            row.put("console", "FAIL" if fault else "ok", fault or "")
         try:
-            row.cells["power"] = f"[green]{dut.power.status()}"
+            row.put("power", "ok", str(dut.power.status()))
         except Unavailable as exc:
-            row.cells["power"] = f"[yellow]{exc.reason}"
+            row.put("power", "n/a", exc.reason)
         except RigError as exc:
-            row.cells["power"] = f"[red]{exc}"
-            row.ok = False
+            row.put("power", "FAIL", str(exc))
         for name, src in dut.nmi_sources().items():
-            row.cells[f"nmi:{name}"] = (
-                f"[yellow]unavailable: {src.reason}" if isinstance(src, Unavailable) else "[green]ok"
-            )
+            if isinstance(src, Unavailable):
+                row.put(f"nmi:{name}", "n/a", src.reason)
+            else:
+                row.put(f"nmi:{name}", "ok")
     except RigError as exc:
-        row.ok = False
-        row.cells.setdefault("ssh", f"[red]{exc}")
+        row.put("error", "FAIL", f"{type(exc).__name__}: {exc}")
     finally:
         dut.close()
     return row
+
+
+_STYLE = {"ok": "[green]ok", "n/a": "[yellow]n/a", "FAIL": "[red]FAIL"}
 
 
 @main.command()
@@ -138,7 +151,7 @@ def check_device(device: Device, log_dir: Path) -> CheckRow:
 @click.option("--tag", "tags", multiple=True)
 @click.pass_context
 def check(ctx: click.Context, names: Sequence[str], tags: Sequence[str]) -> None:
-    """Reach SSH, console, BMC and each NMI source; one row per device."""
+    """Reach SSH, console, BMC and each NMI source; one row per device, reasons below."""
     devices = _load(ctx, names, tags)
     log_dir = _adhoc_dir(ctx.obj["report_dir"], "check")
     with ThreadPoolExecutor(max_workers=min(8, len(devices))) as pool:
@@ -149,10 +162,14 @@ def check(ctx: click.Context, names: Sequence[str], tags: Sequence[str]) -> None
     table = Table(title="rig check")
     table.add_column("device")
     for c in cols:
-        table.add_column(c, overflow="fold")
+        table.add_column(c)
     for r in rows:
-        table.add_row(r.device, *(r.cells.get(c, "-") for c in cols))
+        table.add_row(r.device, *(_STYLE.get(r.cells[c][0], r.cells[c][0]) if c in r.cells else "-" for c in cols))
     out.print(table)
+    for r in rows:
+        for item, (status, reason) in r.cells.items():
+            if status != "ok" and reason:
+                out.print(f"{r.device} {item}: {_STYLE[status]}[/] {reason}", highlight=False)
     if not all(r.ok for r in rows):
         sys.exit(1)
 

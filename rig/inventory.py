@@ -226,7 +226,7 @@ class Device(_Strict):
     console: ConsoleConfig | None = None
     power: PowerConfig = Field(default_factory=lambda: ManualPower(kind="manual"))
     qmp: QmpConfig | None = None
-    nmi_sources: list[NmiSourceName] = Field(default_factory=lambda: ["sysrq"])
+    nmi_sources: list[NmiSourceName] = Field(default_factory=lambda: list[NmiSourceName](["sysrq"]))
     kernel: KernelExpectations = Field(default_factory=KernelExpectations)
     shadowbox: ShadowboxConfig = Field(default_factory=ShadowboxConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)

@@ -365,8 +365,8 @@ class Deployer:
                 key, f"{module}: {detail} (insmod still running after {self.start_timeout:g} s)"
             ) from None
         if res.exit_status != 0:
-            reason = self._log_reason() or self._console_reason()
-            key, _, detail = (reason or "insmod-failed: insmod failed").partition(": ")
+            found = self._log_reason() or self._console_reason()
+            key, _, detail = (found or "insmod-failed: insmod failed").partition(": ")
             raise DeployFailed(key, f"{module}: {detail}; insmod said: {res.err.strip()[-300:]}")
 
     def _await_start(self, mark: int, result: DeployResult) -> None:

@@ -1,0 +1,1 @@
+"""Benchmarks of shadowbox-rig. Run all with ``python -m benchmarks`` (``make bench``)."""

@@ -1,0 +1,293 @@
+"""One device under test, assembled from its inventory entry.
+
+Why this layer: suites, the CLI and the plugin talk to a ``Dut`` -- never to paramiko, pyserial or
+pyghmi -- so a physical laptop and a virtual-lab laptop are driven by the same code, and the
+lifecycle (lock, connect, capture, monitor, recover, close) lives in one place.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import TextIO
+
+from rig.bmc import BmcClient
+from rig.console import ConsoleCapture
+from rig.errors import ConfigError, DeviceError, RigError, Unavailable
+from rig.inventory import Device, IpmiPower
+from rig.monitor import HangMonitor, Verdict
+from rig.nmi import (
+    InterruptCounts,
+    IpmiDiagNmi,
+    NmiSource,
+    PerfNmi,
+    QmpNmi,
+    SysrqNmi,
+    read_interrupts,
+)
+from rig.power import IpmiPowerControl, PowerControl, power_for
+from rig.qmp import QmpClient
+from rig.shadowbox import Deployer, DeployResult, recipe_for
+from rig.ssh import SshClient
+
+log = logging.getLogger(__name__)
+
+#: Console lines that say a (re)booted device is ready for SSH: a getty/login prompt, or the lab's banner.
+READY_PATTERN = re.compile(r"login:|rig-lab: \S+ ready")
+#: Shadow-box's host-side NMI handler line (the fixed build drops the NMI and logs this).
+CALLBACK_RE = re.compile(r"shadow-box: VM \[(\d+)\] INT NMI callback")
+
+
+class DeviceBusy(RigError):
+    """Another rig run holds this device. Two runs never share a laptop."""
+
+
+class DeviceLock:
+    """An exclusive, machine-wide lock on one device, keyed by its SSH endpoint.
+
+    Keyed by ``user@host:port`` rather than by name so that two checkouts (or two inventory files)
+    pointing at the same laptop still exclude each other. The lock dies with the process, so a
+    killed run never leaves a device locked.
+    """
+
+    def __init__(self, device: Device, lock_dir: Path | None = None) -> None:
+        key = f"{device.ssh.user}@{device.ssh.host}:{device.ssh.port}"
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        base = lock_dir or Path(os.environ.get("RIG_LOCK_DIR", Path(tempfile.gettempdir()) / "shadowbox-rig-locks"))
+        base.mkdir(parents=True, exist_ok=True)
+        self.path = base / f"{digest}.lock"
+        self.device = device.name
+        self.key = key
+        self._fh: TextIO | None = None
+
+    def acquire(self, wait: float = 0.0) -> None:
+        fh = open(self.path, "a+")  # noqa: SIM115 - held for the lock's lifetime
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    fh.seek(0)
+                    holder = fh.read().strip() or "another process"
+                    fh.close()
+                    raise DeviceBusy(
+                        f"device {self.device} ({self.key}) is in use by {holder}; "
+                        f"wait for that run to finish (lock file {self.path})"
+                    ) from None
+                time.sleep(0.5)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        fh.flush()
+        self._fh = fh
+
+    def release(self) -> None:
+        if self._fh is not None:
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+
+class Dut:
+    """A connected device: SSH, console capture, power, NMI sources and a hang monitor."""
+
+    def __init__(self, device: Device, log_dir: Path, *, lock_wait: float = 0.0) -> None:
+        self.device = device
+        self.name = device.name
+        self.log_dir = log_dir
+        self.lock = DeviceLock(device)
+        self.lock_wait = lock_wait
+        self.ssh = SshClient(device.ssh, device=device.name)
+        self.console: ConsoleCapture | None = None
+        if device.console is not None:
+            self.console = ConsoleCapture(device.console.url, log_dir, name=device.name, baudrate=device.console.baud)
+        self.bmc: BmcClient | None = None
+        self.power: PowerControl
+        if isinstance(device.power, IpmiPower):
+            self.bmc = BmcClient(
+                device.power.host,
+                device.power.port,
+                device.power.user,
+                device.power.resolve_password(f"device {device.name} [power]"),
+                name=device.name,
+            )
+            self.power = IpmiPowerControl(self.bmc)
+        else:
+            self.power = power_for(device)
+        sock = device.qmp_socket()
+        self.qmp: QmpClient | None = QmpClient(sock) if sock is not None else None
+        self.monitor = HangMonitor(device.name, self.ssh, self.console, device.monitor, sudo=device.ssh.sudo)
+        #: Set when a test ended in a crash/hang/reboot: the next user power-cycles first.
+        self.needs_recovery = False
+        #: capability -> None (offered) or the reason it is not; filled by the plugin.
+        self.caps: dict[str, str | None] = {}
+        #: Shadow-box (or sbsim) loaded since the last boot: a second deploy needs a reboot first.
+        self.shadowbox_loaded = False
+        #: A verdict a test provoked on purpose (see accept_verdict).
+        self.accepted_verdict: Verdict | None = None
+        self._opened = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def open(self, *, monitor: bool = True) -> Dut:
+        """Lock the device, start console capture, connect SSH, start the hang monitor."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.lock.acquire(self.lock_wait)
+        try:
+            if self.console is not None:
+                self.console.subscribe(self.monitor.on_line)
+                self.console.start()
+            self.ssh.connect()
+            if monitor:
+                self.monitor.start()
+        except BaseException:
+            self.close()
+            raise
+        self._opened = True
+        return self
+
+    def close(self) -> None:
+        try:
+            self.monitor.stop()
+            if self._opened:
+                self.monitor.stop_heartbeat()
+        finally:
+            self.ssh.close()
+            if self.console is not None:
+                self.console.stop()
+            if self.bmc is not None:
+                self.bmc.close()
+            self.lock.release()
+            self._opened = False
+
+    def __enter__(self) -> Dut:
+        return self if self._opened else self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- capabilities ------------------------------------------------------------------------
+
+    def nmi_source(self, name: str) -> NmiSource:
+        """Build one NMI source by name (whether or not the device offers it: ``check`` says)."""
+        sudo = self.device.ssh.sudo
+        if name == "ipmi":
+            return IpmiDiagNmi(self.ssh, self.bmc)
+        if name == "qmp":
+            return QmpNmi(self.ssh, self.qmp)
+        if name == "sysrq":
+            return SysrqNmi(self.ssh, sudo=sudo)
+        if name == "perf":
+            return PerfNmi(self.ssh, sudo=sudo)
+        raise DeviceError(f"device {self.name}: unknown NMI source {name!r}")
+
+    def nmi_sources(self) -> dict[str, NmiSource | Unavailable]:
+        """Every source the inventory lists: a ready source, or :class:`Unavailable` with its reason."""
+        out: dict[str, NmiSource | Unavailable] = {}
+        for name in self.device.nmi_sources:
+            src = self.nmi_source(name)
+            try:
+                src.check()
+                if name == "ipmi" and self.bmc is not None:
+                    self.bmc.power_state()  # reachable and the password works (LabFault otherwise)
+                out[name] = src
+            except Unavailable as exc:
+                out[name] = exc
+        return out
+
+    def shadowbox_callbacks(self, since: int) -> dict[int, int]:
+        """Shadow-box host-side NMI callbacks (``VM [n] INT NMI callback``) per CPU since a console mark."""
+        counts: dict[int, int] = {}
+        if self.console is None:
+            return counts
+        for line in self.console.tail():
+            if line.number > since:
+                m = CALLBACK_RE.search(line.text)
+                if m:
+                    cpu = int(m.group(1))
+                    counts[cpu] = counts.get(cpu, 0) + 1
+        return counts
+
+    def interrupts(self) -> InterruptCounts:
+        return read_interrupts(self.ssh)
+
+    def verdict(self) -> Verdict:
+        return self.monitor.verdict()
+
+    def accept_verdict(self) -> Verdict:
+        """Take the current verdict as this test's intended result (fault-injection tests).
+
+        The plugin then does not fail the test for it, but the device is still recovered (power
+        cycle) before its next test.
+        """
+        v = self.monitor.verdict()
+        self.accepted_verdict = v
+        self.needs_recovery = not v.ok
+        return v
+
+    # -- recovery ----------------------------------------------------------------------------
+
+    def recover(self, *, timeout: float | None = None) -> float:
+        """Power-cycle the device and wait until it is ready again; return the seconds it took.
+
+        Waits for a ready line on the console (login prompt / lab banner) when there is a console,
+        then for SSH. The monitor is paused meanwhile and starts afresh, so the next test does not
+        inherit this verdict.
+        """
+        timeout = timeout or self.device.monitor.boot_timeout
+        t0 = time.monotonic()
+        self.monitor.stop()
+        self.monitor.pause()
+        mark = self.console.mark() if self.console is not None else 0
+        self.power.cycle()  # LabFault (BMC) or Unavailable (manual power) go to the caller as they are
+        if self.console is not None:
+            self.console.expect(READY_PATTERN, timeout=timeout, since=mark)
+        left = max(5.0, timeout - (time.monotonic() - t0))
+        self.ssh.wait_ready(timeout=left)
+        self.monitor.resume()
+        self.monitor.start()
+        self.shadowbox_loaded = False
+        took = time.monotonic() - t0
+        log.info("%s: recovered in %.1f s", self.name, took)
+        return took
+
+    # -- Shadow-box ----------------------------------------------------------------------------
+
+    def deploy_shadowbox(self, **overrides: object) -> DeployResult:
+        """Deploy the inventory's Shadow-box recipe; reboot first if one is already loaded.
+
+        ``overrides`` replace fields of the inventory's [shadowbox] section for this deploy
+        (e.g. ``module_params={"hang_after_nmi": 50}``), so a suite can try a variant build.
+        """
+        cfg = self.device.shadowbox.model_copy(update=overrides)
+        recipe = recipe_for(cfg.recipe)
+        source = cfg.source
+        if source is None:
+            raise ConfigError(
+                f"device {self.name}: [shadowbox] source is not set in {self.device.source_file}; "
+                "point it at the Shadow-box tree to deploy"
+            )
+        if self.shadowbox_loaded:
+            self.recover()
+        deployer = Deployer(
+            self.ssh,
+            self.console,
+            recipe,
+            Path(source),
+            device=self.name,
+            build_on=cfg.build_on,
+            kernel_headers=cfg.kernel_headers,
+            module_params=dict(cfg.module_params),
+            start_timeout=cfg.start_timeout,
+            sudo=self.device.ssh.sudo,
+        )
+        self.shadowbox_loaded = True  # even a failed insmod may have left something behind
+        return deployer.deploy()
