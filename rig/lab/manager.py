@@ -634,10 +634,15 @@ def _stray_pids(marker: str) -> list[int]:
     return found
 
 
-def ssh_login_check(port: int, key_file: Path, known_hosts: Path, timeout: float = 5.0) -> str:
+def ssh_login_check(
+    port: int, key_file: Path, known_hosts: Path, timeout: float = 10.0, banner_timeout: float = 2.0
+) -> str:
     """Log in with the lab key, verifying the host key against ``known_hosts``; return ``uname -n``.
 
-    Raises paramiko/socket errors as they come: the caller decides what is worth a retry.
+    Raises paramiko/socket errors as they come: the caller decides what is worth a retry. The short
+    ``banner_timeout`` matters while a guest boots: QEMU's forwarder accepts the TCP connection before
+    the guest listens, and only the missing banner tells that nobody is there yet (polling with a
+    long banner timeout would add seconds to the measured boot time).
     """
     client = paramiko.SSHClient()
     client.load_host_keys(str(known_hosts))
@@ -645,7 +650,7 @@ def ssh_login_check(port: int, key_file: Path, known_hosts: Path, timeout: float
     try:
         client.connect(
             "127.0.0.1", port=port, username="root", key_filename=str(key_file), timeout=timeout,
-            banner_timeout=timeout, auth_timeout=timeout, allow_agent=False, look_for_keys=False,
+            banner_timeout=banner_timeout, auth_timeout=timeout, allow_agent=False, look_for_keys=False,
         )
         _, stdout, _ = client.exec_command("uname -n", timeout=timeout)
         name = stdout.read().decode().strip()
