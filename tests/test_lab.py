@@ -173,6 +173,20 @@ def test_up_with_a_port_taken_names_port_and_holder(isolated_lab: Lab) -> None:
     assert lab_processes(isolated_lab.root) == []
 
 
+def test_second_lab_command_on_one_folder_is_refused(isolated_lab: Lab) -> None:
+    import fcntl
+
+    isolated_lab.root.mkdir(parents=True)
+    with open(isolated_lab.root / "lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("pid 4242\n")
+        held.flush()
+        with pytest.raises(LabFault, match=r"another `rig lab` command \(pid 4242\) is working on"):
+            isolated_lab.up(count=1)
+        fcntl.flock(held, fcntl.LOCK_UN)
+    assert isolated_lab.status() == []
+
+
 # --- a failing boot is rolled back (boots one guest briefly) -----------------------------------------
 
 
@@ -407,6 +421,17 @@ def test_status_shows_both_guests(lab: Lab) -> None:
 def test_up_down_cycle_leaves_no_process(isolated_lab: Lab) -> None:
     guests = isolated_lab.up(count=1, name_prefix="solo")
     assert [g.name for g in guests] == ["solo-1"] and guests[0].note == "started"
+    # a second `up` with a larger count starts only the missing guest, and heals a running one
+    assert isolated_lab.kill_console_server("solo-1")
+    more = isolated_lab.up(count=2, name_prefix="solo")
+    assert [(g.name, g.note) for g in more] == [("solo-1", "already up"), ("solo-2", "started")]
+    assert more[0].notes == ["console server restarted"] and more[0].console_server_pid
+    assert more[0].qemu_pid == guests[0].qemu_pid
+    stopped = isolated_lab.down()
+    assert set(stopped) == {"solo-1", "solo-2"}
+    assert lab_processes(isolated_lab.root) == []
+    guests = isolated_lab.up(count=1, name_prefix="solo")  # and up again after down
+    assert guests[0].note == "started"
     pids = [guests[0].qemu_pid, guests[0].console_server_pid]
     assert all(pids) and lab_processes(isolated_lab.root)
     assert (isolated_lab.inventory_dir / "solo-1.toml").is_file()
@@ -415,4 +440,4 @@ def test_up_down_cycle_leaves_no_process(isolated_lab: Lab) -> None:
     assert lab_processes(isolated_lab.root) == []
     assert not any(pid_alive(p) for p in pids if p)
     assert not (isolated_lab.inventory_dir / "solo-1.toml").exists()
-    assert isolated_lab.down() == {"solo-1": []}  # down twice: nothing left to stop
+    assert all(what == [] for what in isolated_lab.down().values())  # down twice: nothing to stop
