@@ -273,6 +273,7 @@ class HangMonitor:
         console_grace = 3 * h + 2
         last_probe = 0.0
         ssh_dead_since: float | None = None
+        failures = 0
         while not self._stop.wait(tick):
             with self._lock:
                 if self._verdict is not None or self._paused:
@@ -302,19 +303,29 @@ class HangMonitor:
                     continue
                 if alive:
                     ssh_dead_since = None
+                    failures = 0
                     continue
                 ssh_dead_since = ssh_dead_since or now
-                hb_age = None if self._last_hb_mono is None else self.clock() - self._last_hb_mono
+                failures += 1
+                t = self.clock()
+                hb_age = None if self._last_hb_mono is None else t - self._last_hb_mono
+                # Silent: no heartbeat for 2H (or, before the first one, for the start-up grace).
+                hb_silent = (hb_age is not None and hb_age >= silent_after) or (
+                    hb_age is None and t - started >= silent_after + 5.0
+                )
                 if self.console is None:
-                    self._declare(VerdictKind.HANG, None, "SSH dead and no console to tell a hang from a network fault")
-                elif hb_age is None or hb_age >= silent_after:
+                    if failures >= 2:
+                        self._declare(
+                            VerdictKind.HANG, None, "SSH dead and no console to tell a hang from a network fault"
+                        )
+                elif hb_silent:
+                    silent_for = hb_age if hb_age is not None else t - started
                     self._declare(
                         VerdictKind.HANG,
                         None,
-                        f"no heartbeat for {hb_age if hb_age is not None else now - started:.1f} s "
-                        f"and SSH does not answer within {h + 1:g} s",
+                        f"no heartbeat for {silent_for:.1f} s and SSH does not answer within {h + 1:g} s",
                     )
-                elif self.clock() - ssh_dead_since >= self.settings.ssh_probe_timeout + 2 * h:
+                elif hb_age is not None and t - ssh_dead_since >= self.settings.ssh_probe_timeout + 2 * h:
                     self._declare(
                         VerdictKind.LOST_CONNECTION, None, "SSH does not answer but the console heartbeat goes on"
                     )

@@ -292,9 +292,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         if verdict.ok:
             with contextlib.suppress(RigError):
                 after = d.interrupts()
+        callspec = getattr(item, "callspec", None)
+        params = [str(v) for k, v in (callspec.params.items() if callspec else []) if k != "device"]
+        label = getattr(item, "originalname", item.name) + (f"[{'-'.join(params)}]" if params else "")
         run.device(d.device).test_result(
             nodeid=item.nodeid,
-            name=item.name,
+            name=label,
             outcome=report.outcome,
             duration=report.duration,
             verdict=verdict,

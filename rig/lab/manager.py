@@ -53,6 +53,7 @@ from rig.lab.ports import (
     read_pid,
     stop_process,
 )
+from rig.lab.sbsim import sbsim_source_dir
 
 DEFAULT_COUNT = 2
 DEFAULT_PREFIX = "lab"
@@ -567,7 +568,10 @@ cmdline_requires = ["apic_extnmi=all"]
 version_prefix = {q(major_minor + ".")}
 
 [shadowbox]
+# sbsim: the lab's stand-in for Shadow-box (a test payload, not Shadow-box). Point source at a
+# real tree and recipe at "upstream"/"gooroom" to deploy the real thing on a physical laptop.
 recipe = "sbsim"
+source = {q(sbsim_source_dir())}
 build_on = "controller"
 kernel_headers = {q(image.headers_dir(info.kernel_version))}
 """
