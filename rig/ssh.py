@@ -47,6 +47,7 @@ from types import TracebackType
 
 import paramiko
 from paramiko.channel import Channel
+from paramiko.common import cMSG_CHANNEL_REQUEST
 
 from rig.errors import CommandTimeout, ConfigError, DeviceError, LabFault
 from rig.inventory import SshConfig
@@ -711,6 +712,7 @@ class SshClient:
         def expire() -> None:
             expired.set()
             for c in list(holder):
+                _signal_channel(c, "KILL")
                 c.close()
 
         timer = threading.Timer(self._left(deadline), expire)
@@ -738,6 +740,7 @@ class SshClient:
                 feeder.start()
             status = self._collect(chan, out, err, deadline, expired)
             if status is None:
+                _signal_channel(chan, "KILL")
                 raise self._timeout(text, timeout)
             if feeder is not None:
                 feeder.join(self._left(deadline))
@@ -992,6 +995,31 @@ class SshClient:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _signal_channel(chan: Channel, signame: str) -> None:
+    """Ask the server to signal the channel's command (RFC 4254 6.9 "signal" request).
+
+    Why: closing a channel does not end a command that runs without a terminal, so a timed-out
+    ``sleep 30`` would outlive its deadline. OpenSSH sends the signal to the session's process group,
+    dropbear to its shell. paramiko has no call for this request, so it is built from its Message
+    class; best effort (a frozen peer never acts on it, and the channel is closed right after).
+    """
+    if chan.closed or not chan.active:
+        return
+    transport = chan.get_transport()
+    if transport is None or not transport.is_active():
+        return
+    m = paramiko.Message()
+    m.add_byte(cMSG_CHANNEL_REQUEST)
+    m.add_int(chan.remote_chanid)
+    m.add_string("signal")
+    m.add_boolean(False)
+    m.add_string(signame)
+    try:
+        transport._send_user_message(m)  # type: ignore[attr-defined]
+    except Exception as exc:  # noqa: BLE001 - best effort, see above
+        log.debug("could not send signal %s: %s", signame, exc)
 
 
 def _close_quietly(t: paramiko.Transport) -> None:

@@ -7,9 +7,11 @@ effects (files written, processes killed) directly instead of trusting the clien
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import logging
 import os
+import signal
 import socket
 import subprocess
 import threading
@@ -94,22 +96,57 @@ def test_stdin_is_streamed(peer: SshPeer, clients: list[SshClient]) -> None:
     assert res.out.split()[0] == hashlib.sha256(data).hexdigest()
 
 
-def test_sleep_with_short_timeout_raises_command_timeout_fast(peer: SshPeer, clients: list[SshClient]) -> None:
+def _kill_pid_in(pidfile: Path) -> None:
+    """Clean up a command a test started on the (local) peer, by the pid it wrote."""
+    with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
+        os.kill(int(pidfile.read_text()), signal.SIGKILL)
+
+
+def _gone(pid: int, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return True
+        if state == "Z":
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_sleep_with_short_timeout_raises_command_timeout_fast(
+    peer: SshPeer, clients: list[SshClient], tmp_path: Path
+) -> None:
     c = client_for(peer, clients)
     c.connect()
+    pidfile = tmp_path / "pid"
     t0 = time.monotonic()
-    with pytest.raises(CommandTimeout) as ei:
-        c.run("sleep 30", timeout=1)
-    took = time.monotonic() - t0
-    assert took < 10, f"timeout=1 took {took:.1f} s"
-    msg = str(ei.value)
-    assert "lap-1" in msg and "sleep 30" in msg and "1 s" in msg
-    assert c.run("echo still-usable", timeout=10).out == "still-usable\n"
+    try:
+        with pytest.raises(CommandTimeout) as ei:
+            c.run(f"echo $$ > {pidfile}; exec sleep 30", timeout=1)
+        took = time.monotonic() - t0
+        assert took < 10, f"timeout=1 took {took:.1f} s"
+        msg = str(ei.value)
+        assert "lap-1" in msg and "sleep 30" in msg and "1 s" in msg
+        assert c.run("echo still-usable", timeout=10).out == "still-usable\n"
+        if peer.kind == "dropbear":
+            # The client asks the server to KILL a timed-out command; dropbear does it. (OpenSSH refuses
+            # signals for root sessions: "session signalling requires privilege separation".)
+            assert _gone(int(pidfile.read_text()), within=5), "timed-out command still runs"
+    finally:
+        _kill_pid_in(pidfile)
 
 
-def test_background_child_holding_stdout_does_not_block_until_deadline(peer: SshPeer, clients: list[SshClient]) -> None:
-    res = client_for(peer, clients).run("sleep 20 & echo started", timeout=15)
-    assert res.ok and res.out == "started\n"
+def test_background_child_holding_stdout_does_not_block_until_deadline(
+    peer: SshPeer, clients: list[SshClient], tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "pid"
+    try:
+        res = client_for(peer, clients).run(f"sleep 20 & echo $! > {pidfile}; echo started", timeout=15)
+        assert res.ok and res.out == "started\n"
+    finally:
+        _kill_pid_in(pidfile)
 
 
 def test_list_arguments_are_never_executed(peer: SshPeer, clients: list[SshClient], tmp_path: Path) -> None:
@@ -436,3 +473,12 @@ def test_probes_next_to_running_commands_never_break_them(peer: SshPeer, clients
         t.join(30)
     assert outs == [f"{i}\n" for i in range(40)]
     assert probes and all(probes), probes.count(False)
+
+
+def test_context_manager_connects_and_closes(peer: SshPeer) -> None:
+    with SshClient(peer.config(), device="lap-1") as c:
+        assert c.connected
+        assert c.run(["echo", "in"], timeout=10).out == "in\n"
+    assert not c.connected
+    with pytest.raises(DeviceError, match="closed; call connect"):
+        c.run("true", timeout=5)
