@@ -18,8 +18,13 @@ fault* every failure is and must never hang. So:
   resolve is a :class:`rig.errors.ConfigError`.
 * Values from inventories are never pasted into shell code unquoted: a command given as a list is
   joined with :func:`shlex.join`; a string is the caller's own shell code and runs as is.
-* One client is shared by threads (the hang monitor probes while a test runs commands). Channels run
-  in parallel on one Transport; (re)connecting is serialized by a lock.
+* One client is shared by threads (the hang monitor probes while a test runs commands). Each command
+  takes a connection from a small pool (one command per connection at a time: dropbear 2022.x drops
+  a connection whose channels start and end concurrently, see SshClient); opening connections is
+  serialized by a lock, so a booting device sees one handshake at a time.
+* A timed-out command is sent a KILL "signal" request before its channel is closed. dropbear kills
+  the command's shell; OpenSSH refuses signals for root sessions, so there a command that never
+  writes again can outlive its deadline on the device.
 
 Passwords are read through :meth:`rig.inventory.SecretRef.resolve_password` at login and appear in no
 message or log.
