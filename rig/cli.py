@@ -237,6 +237,18 @@ def console_cmd(ctx: click.Context, name: str, seconds: float) -> None:
         cap.stop()
 
 
+@main.command()
+@click.option("--soak-minutes", default=1.0, show_default=True, help="Length of the NMI soak on each laptop.")
+def demo(soak_minutes: float) -> None:
+    """The virtual lab's story: a fixed build survives NMIs, a buggy build hangs, the rig says so."""
+    from rig.demo import run_demo
+
+    checkout = Path.cwd()
+    if not (checkout / "suites").is_dir():
+        raise click.ClickException(f"run 'rig demo' from the shadowbox-rig checkout (no suites/ in {checkout})")
+    sys.exit(run_demo(checkout, soak_minutes, out))
+
+
 def _register_subcommands() -> None:
     from rig.lab.cli import lab
 

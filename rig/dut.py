@@ -31,7 +31,7 @@ from rig.nmi import (
     SysrqNmi,
     read_interrupts,
 )
-from rig.power import IpmiPowerControl, PowerControl, power_for
+from rig.power import IpmiPowerControl, ManualPowerControl, PowerControl, power_for
 from rig.qmp import QmpClient
 from rig.shadowbox import Deployer, DeployResult, recipe_for
 from rig.ssh import SshClient
@@ -131,21 +131,33 @@ class Dut:
         self.caps: dict[str, str | None] = {}
         #: Shadow-box (or sbsim) loaded since the last boot: a second deploy needs a reboot first.
         self.shadowbox_loaded = False
+        #: (settings, result) of the Shadow-box running since the last boot, if any.
+        self.deployment: tuple[str, DeployResult] | None = None
         #: A verdict a test provoked on purpose (see accept_verdict).
         self.accepted_verdict: Verdict | None = None
         self._opened = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def open(self, *, monitor: bool = True) -> Dut:
-        """Lock the device, start console capture, connect SSH, start the hang monitor."""
+    def open(self, *, monitor: bool = True, recover_unreachable: bool = True) -> Dut:
+        """Lock the device, start console capture, connect SSH, start the hang monitor.
+
+        A device that does not answer SSH (left hung or crashed by an earlier run) is power-cycled
+        once and waited for, when its power control allows: the rig recovers and goes on.
+        """
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.lock.acquire(self.lock_wait)
         try:
             if self.console is not None:
                 self.console.subscribe(self.monitor.on_line)
                 self.console.start()
-            self.ssh.connect()
+            try:
+                self.ssh.connect()
+            except DeviceError as exc:
+                if not recover_unreachable or isinstance(self.power, ManualPowerControl):
+                    raise
+                log.warning("%s: SSH unreachable at start (%s): power-cycling", self.name, exc)
+                self.recover(start_monitor=False)
             if monitor:
                 self.monitor.start()
         except BaseException:
@@ -235,7 +247,7 @@ class Dut:
 
     # -- recovery ----------------------------------------------------------------------------
 
-    def recover(self, *, timeout: float | None = None) -> float:
+    def recover(self, *, timeout: float | None = None, start_monitor: bool = True) -> float:
         """Power-cycle the device and wait until it is ready again; return the seconds it took.
 
         Waits for a ready line on the console (login prompt / lab banner) when there is a console,
@@ -253,8 +265,10 @@ class Dut:
         left = max(5.0, timeout - (time.monotonic() - t0))
         self.ssh.wait_ready(timeout=left)
         self.monitor.resume()
-        self.monitor.start()
+        if start_monitor:
+            self.monitor.start()
         self.shadowbox_loaded = False
+        self.deployment = None
         took = time.monotonic() - t0
         log.info("%s: recovered in %.1f s", self.name, took)
         return took
@@ -275,8 +289,11 @@ class Dut:
                 f"device {self.name}: [shadowbox] source is not set in {self.device.source_file}; "
                 "point it at the Shadow-box tree to deploy"
             )
-        if self.shadowbox_loaded:
-            self.recover()
+        key = cfg.model_dump_json()
+        if self.deployment is not None and self.deployment[0] == key:
+            return self.deployment[1]  # already running this very build since the last boot
+        if self.shadowbox_loaded or self._modules_loaded(recipe.modules):
+            self.recover()  # Shadow-box cannot be unloaded: a clean state needs a reboot
         deployer = Deployer(
             self.ssh,
             self.console,
@@ -290,4 +307,11 @@ class Dut:
             sudo=self.device.ssh.sudo,
         )
         self.shadowbox_loaded = True  # even a failed insmod may have left something behind
-        return deployer.deploy()
+        result = deployer.deploy()
+        self.deployment = (key, result)
+        return result
+
+    def _modules_loaded(self, modules: tuple[str, ...]) -> bool:
+        names = {m.removesuffix(".ko").replace("-", "_") for m in modules}
+        loaded = {line.split(" ", 1)[0] for line in self.ssh.run("cat /proc/modules", timeout=10).out.splitlines()}
+        return bool(names & loaded)

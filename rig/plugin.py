@@ -65,13 +65,52 @@ def pytest_configure(config: pytest.Config) -> None:
         "(ipmi, sysrq, perf, qmp, vmx, console, power, lab)",
     )
     config.addinivalue_line("markers", "soak: a long run under load (length: --rig-soak-minutes)")
+    # One device, one worker: make xdist group tests by device. The controller schedules by group
+    # ("loadgroup"); each worker must also know, because it is the worker that tags node ids with
+    # their group -- and a worker parses the command line before any plugin can change it.
     if getattr(config.option, "numprocesses", None) and getattr(config.option, "dist", "no") in ("no", "load"):
         config.option.dist = "loadgroup"
+    winput = getattr(config, "workerinput", None)
+    if winput is not None and winput.get("rig_loadgroup"):
+        config.option.loadgroup = True
     config.stash[DUTS_KEY] = {}
 
 
-def pytest_configure_node(node: Any) -> None:  # xdist hook: share one run id with every worker
+def pytest_configure_node(node: Any) -> None:  # xdist hook, on the controller, per worker
     node.workerinput["rig_run_id"] = _run_id(node.config)
+    node.workerinput["rig_loadgroup"] = node.config.getoption("dist") == "loadgroup"
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Schedule by device: every test of one device goes to one worker, devices side by side.
+
+    xdist's own ``loadgroup`` tags node ids with ``@group`` on the workers; with pytest 9 that tag
+    no longer reaches the node id (``Node.nodeid`` is not derived from ``_nodeid`` any more), so the
+    rig groups by the device name in the test id itself, which it knows from the inventory.
+    """
+    if config.getoption("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    names = sorted((d.name for d in selected_devices(config)), key=len, reverse=True)
+
+    class DeviceScheduling(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            if "@" in nodeid:
+                return nodeid.rsplit("@", 1)[1]
+            if nodeid.endswith("]"):
+                parts = nodeid.rsplit("[", 1)[1][:-1]
+                for name in names:
+                    if (
+                        parts == name
+                        or parts.startswith(name + "-")
+                        or parts.endswith("-" + name)
+                        or (f"-{name}-" in parts)
+                    ):
+                        return "device:" + name
+            return str(super()._split_scope(nodeid))
+
+    return DeviceScheduling(config, log)
 
 
 def _run_id(config: pytest.Config) -> str:

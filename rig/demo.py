@@ -1,0 +1,112 @@
+"""``rig demo``: the story the rig exists for, on the virtual lab, in a few minutes.
+
+Two virtual laptops. ``lab-1`` carries the *fixed* build; ``lab-2`` carries a build with the
+original bug (sbsim's ``hang_after_nmi`` switch: after enough NMIs the NMI handler never returns
+and the machine goes silent, with no log). The suites run on both in parallel (pytest-xdist, one
+worker per device) with a short soak, and the end of the output says which device passed and
+which hung, and when -- without anyone reading a log.
+
+The demo does not change the lab's own inventory files: it writes a copy per device under
+``<lab>/demo-devices/`` with the build choice added, as a lab engineer would keep one inventory
+per build.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+#: sbsim module parameters per demo device: lab-1 fixed, lab-2 with the seed bug.
+BUILDS: dict[str, tuple[str, dict[str, int]]] = {
+    "lab-1": ("fixed build (NMIs handled and dropped)", {}),
+    "lab-2": ("buggy build (NMI handler never returns after 300 NMIs)", {"hang_after_nmi": 300}),
+}
+SUITES = ("suites/test_deploy.py", "suites/test_nmi_delivery.py", "suites/test_nmi_soak.py")
+
+
+def write_demo_inventory(lab_inventory: Path, out_dir: Path) -> list[Path]:
+    """Copy the lab's inventory files, adding each device's build choice to [shadowbox]."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("*.toml"):
+        old.unlink()
+    written = []
+    for name, (label, params) in BUILDS.items():
+        src = lab_inventory / f"{name}.toml"
+        text = src.read_text()
+        text = text.replace('description = "', f'description = "{label}; ', 1)
+        if params:
+            inline = ", ".join(f"{k} = {v}" for k, v in params.items())
+            text = text.replace("[shadowbox]\n", f"[shadowbox]\nmodule_params = {{ {inline} }}\n", 1)
+        dst = out_dir / src.name
+        dst.write_text(text)
+        written.append(dst)
+    return written
+
+
+def summarize(run_dir: Path, console: Console) -> int:
+    """The few lines a lab engineer reads: per device, passed or hung, and when."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    console.rule("[bold]shadowbox-rig demo: result")
+    worst = 0
+    for dev in summary["devices"]:
+        name = dev["device"]
+        report = json.loads((run_dir / name / "report.json").read_text())
+        label = BUILDS.get(name, ("", {}))[0]
+        bad = {t: c for t, c in dev["tests"].items() if c["outcome"] != "passed"}
+        soak_end = [e for e in report["timeline"] if e["kind"] == "soak-end"]
+        ttf = soak_end[-1].get("time_to_failure") if soak_end else None
+        if not bad:
+            console.print(f"[green]PASSED[/]  {name}  {label}: {len(dev['tests'])} tests, no crash, no hang")
+            continue
+        worst = 1
+        verdicts = sorted({c["verdict"] for c in bad.values()})
+        when = f" after {ttf:.0f} s of NMIs" if ttf else ""
+        hung = [e for e in report["tests"] if e["verdict"]["kind"] == "hang"]
+        silence = ""
+        if hung and hung[-1]["verdict"]["since_heartbeat"] is not None:
+            silence = f", declared {hung[-1]['verdict']['since_heartbeat']:.1f} s after its last heartbeat"
+        console.print(
+            f"[red]FAILED[/]  {name}  {label}: {', '.join(verdicts).upper()}{when}{silence} (in {', '.join(bad)})"
+        )
+    console.print(f"reports: {run_dir}/  (per device: report.json, console.log; run: summary.json)")
+    return worst
+
+
+def run_demo(checkout: Path, soak_minutes: float, console: Console) -> int:
+    from rig.lab.manager import Lab
+
+    lab = Lab()
+    console.rule("[bold]1. the virtual lab: two QEMU laptops, console server, virtual BMC")
+    lab.up(count=2)
+    inventory = write_demo_inventory(lab.inventory_dir, lab.root / "demo-devices")
+    for p in inventory:
+        console.print(f"  {p.stem}: {BUILDS[p.stem][0]}  ({p})")
+    console.rule("[bold]2. the suites on both laptops in parallel (pytest -n 2)")
+    run_id = "demo-" + __import__("time").strftime("%Y%m%d-%H%M%S")
+    cmd = [
+        sys.executable, "-m", "pytest", *SUITES,
+        "--rig-devices", str(lab.root / "demo-devices"),
+        "--rig-soak-minutes", f"{soak_minutes:g}",
+        "-n", "2", "-p", "no:cacheprovider", "-q", "-rN",
+    ]  # fmt: skip
+    console.print("  " + " ".join(cmd[2:]), highlight=False)
+    env = {**os.environ, "RIG_RUN_ID": run_id}
+    subprocess.run(cmd, cwd=checkout, env=env, check=False)
+    run_dir = checkout / "reports" / run_id
+    if not (run_dir / "summary.json").exists():
+        console.print(f"[red]no summary in {run_dir}: the test run did not finish; see the output above")
+        return 2
+    worst = summarize(run_dir, console)
+    # The demo's point is the contrast: lab-2 is supposed to hang. Exit 0 when the rig saw exactly that.
+    return 0 if worst == 1 and _only_lab2_failed(run_dir) else 1
+
+
+def _only_lab2_failed(run_dir: Path) -> bool:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    failed = {d["device"] for d in summary["devices"] if any(c["outcome"] != "passed" for c in d["tests"].values())}
+    return failed == {"lab-2"}
