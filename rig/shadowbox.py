@@ -10,9 +10,12 @@ device's power control is the only way back to a clean state.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -290,7 +293,11 @@ class Deployer:
         res = self.shell.run("sh -c " + shlex.quote(PREFLIGHT_SCRIPT), timeout=30, sudo=self.sudo)
         return judge_preflight(self.recipe, parse_facts(res.out))
 
-    def build_on_controller(self, kernel_release: str) -> float:
+    def build_on_controller(self, kernel_release: str) -> Path:
+        """Build a copy of the tree against the controller's headers; return the built copy.
+
+        A copy, so the user's tree (or the rig's installed sbsim source) is never written to.
+        """
         headers = self.kernel_headers or Path(f"/usr/src/linux-headers-{kernel_release}")
         if not headers.is_dir():
             raise DeployFailed(
@@ -298,11 +305,12 @@ class Deployer:
                 f"kernel headers {headers} not found on the controller; install "
                 f"linux-headers-{kernel_release} or set [shadowbox] kernel_headers",
             )
-        t0 = time.monotonic()
+        build_dir = Path(tempfile.mkdtemp(prefix=f"rig-build-{self.device}-")) / self.tree.name
+        shutil.copytree(self.tree, build_dir, symlinks=True, ignore=shutil.ignore_patterns(".git"))
         proc = subprocess.run(
             ["sh", "-c", self.recipe.build],
-            cwd=self.tree,
-            env={"KDIR": str(headers), "PATH": "/usr/bin:/bin", "PWD": str(self.tree)},
+            cwd=build_dir,
+            env={"KDIR": str(headers), "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PWD": str(build_dir)},
             capture_output=True,
             text=True,
             timeout=600,
@@ -310,9 +318,11 @@ class Deployer:
         if proc.returncode != 0:
             tail = (proc.stdout + proc.stderr)[-2000:]
             raise DeployFailed(
-                "build-failed", f"'{self.recipe.build}' exited {proc.returncode} on the controller in {self.tree}", tail
+                "build-failed",
+                f"'{self.recipe.build}' exited {proc.returncode} on the controller (tree {self.tree})",
+                tail,
             )
-        return time.monotonic() - t0
+        return build_dir
 
     def build_on_device(self, remote: str) -> float:
         t0 = time.monotonic()
@@ -338,10 +348,13 @@ class Deployer:
             raise PreflightFailed(checks)
         result = DeployResult(self.recipe.name, checks, tree=str(self.tree), commit=git_commit(self.tree))
         kernel = self.shell.run("uname -r", timeout=10).out.strip()
+        upload = self.tree
         if self.build_on == "controller":
-            result.build_seconds = self.build_on_controller(kernel)
+            t0 = time.monotonic()
+            upload = self.build_on_controller(kernel)
+            result.build_seconds = time.monotonic() - t0
         self.shell.run(["rm", "-rf", REMOTE_DIR], timeout=30, sudo=self.sudo)
-        self.shell.upload_tree(self.tree, REMOTE_DIR)
+        self.shell.upload_tree(upload, REMOTE_DIR)
         if self.build_on == "device":
             result.build_seconds = self.build_on_device(REMOTE_DIR)
         mark = self.console.mark() if self.console is not None else 0

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from rig.errors import ConfigError
-from rig.shadowbox import PREFLIGHT_SCRIPT, RECIPES, DeployFailed, Deployer, judge_preflight, parse_facts, recipe_for
+from rig.shadowbox import PREFLIGHT_SCRIPT, RECIPES, Deployer, DeployFailed, judge_preflight, parse_facts, recipe_for
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +49,15 @@ def test_no_vmx_is_named() -> None:
 
 
 def test_lockdown_and_secure_boot_block() -> None:
-    facts = {"uname": "5.10.0", "vmx": "yes", "cmdline": "intremap=off", "jump_label": "n", "free_kb": "999999",
-             "lockdown": "none [integrity] confidentiality", "secureboot": "1"}
+    facts = {
+        "uname": "5.10.0",
+        "vmx": "yes",
+        "cmdline": "intremap=off",
+        "jump_label": "n",
+        "free_kb": "999999",
+        "lockdown": "none [integrity] confidentiality",
+        "secureboot": "1",
+    }
     bad = {c.name for c in judge_preflight(RECIPES["gooroom"], facts) if c.ok is False}
     assert bad == {"lockdown", "secure-boot"}
 
@@ -63,12 +70,14 @@ def test_unknown_recipe() -> None:
 def test_a_tree_whose_make_fails_gives_build_failed(tmp_path: Path) -> None:
     tree = tmp_path / "tree"
     tree.mkdir()
-    (tree / "Makefile").write_text("modules:\n\t@echo 'shadow_box.c:12: error: totalram_pages undeclared' >&2; exit 2\n")
+    (tree / "Makefile").write_text(
+        "modules:\n\t@echo 'shadow_box.c:12: error: totalram_pages undeclared' >&2; exit 2\n"
+    )
     headers = tmp_path / "headers"
     headers.mkdir()
     d = Deployer(None, None, RECIPES["sbsim"], tree, device="t", kernel_headers=headers)  # type: ignore[arg-type]
     d.recipe = type(d.recipe)(**{**d.recipe.__dict__, "build": "make modules"})
     with pytest.raises(DeployFailed) as exc:
-        d.build_on_controller("6.1.0-test")
+        d.build_on_controller("6.1.0-test")  # builds a copy: the tree stays clean
     assert exc.value.reason == "build-failed"
     assert "totalram_pages undeclared" in exc.value.log
