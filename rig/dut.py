@@ -133,6 +133,7 @@ class Dut:
         self.shadowbox_loaded = False
         #: (settings, result) of the Shadow-box running since the last boot, if any.
         self.deployment: tuple[str, DeployResult] | None = None
+        self._kernel: str | None = None
         #: A verdict a test provoked on purpose (see accept_verdict).
         self.accepted_verdict: Verdict | None = None
         self._opened = False
@@ -228,6 +229,16 @@ class Dut:
                     counts[cpu] = counts.get(cpu, 0) + 1
         return counts
 
+    @property
+    def kernel_release(self) -> str | None:
+        """``uname -r`` of the running kernel, read once per boot (None if the device does not answer)."""
+        if self._kernel is None:
+            try:
+                self._kernel = self.ssh.run("uname -r", timeout=10).out.strip() or None
+            except RigError:
+                return None
+        return self._kernel
+
     def interrupts(self) -> InterruptCounts:
         return read_interrupts(self.ssh)
 
@@ -260,8 +271,10 @@ class Dut:
         self.monitor.pause()
         mark = self.console.mark() if self.console is not None else 0
         self.power.cycle()  # LabFault (BMC) or Unavailable (manual power) go to the caller as they are
-        if self.console is not None:
+        if self.console is not None and self.console.connected:
             self.console.expect(READY_PATTERN, timeout=timeout, since=mark)
+        elif self.console is not None:
+            log.warning("%s: console unreachable (%s); waiting for SSH only", self.name, self.console.lab_fault())
         left = max(5.0, timeout - (time.monotonic() - t0))
         self.ssh.wait_ready(timeout=left)
         self.monitor.resume()

@@ -283,6 +283,9 @@ def shadowbox(dut: Any, rig_run: Any) -> Any:
     dev_report = rig_run.device(dut.device)
     try:
         result = dut.deploy_shadowbox()
+    except LabFault as exc:
+        dev_report.event("lab-fault", str(exc))
+        pytest.fail(f"LAB FAULT on {dut.name} (not a device failure): {exc}", pytrace=False)
     except RigError as exc:
         dev_report.event("deploy-failed", str(exc))
         raise
@@ -302,29 +305,31 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if d is None or report.when != "call":
         return
     verdict = d.monitor.verdict()
-    accepted = d.accepted_verdict is not None and d.accepted_verdict.kind is verdict.kind
-    if not verdict.ok:
-        d.needs_recovery = verdict.kind is not VerdictKind.LAB_FAULT
-    lab_fault = call.excinfo is not None and call.excinfo.errisinstance(LabFault)
-    if lab_fault and call.excinfo is not None:
+    if call.excinfo is not None and call.excinfo.errisinstance(LabFault) and verdict.kind is not VerdictKind.CRASH:
         from rig.monitor import Verdict
 
         verdict = Verdict(VerdictKind.LAB_FAULT, None, str(call.excinfo.value))
-        report.longrepr = f"LAB FAULT on {d.name} (not a device failure): {call.excinfo.value}"
+    accepted = d.accepted_verdict is not None and d.accepted_verdict.kind is verdict.kind
     if accepted:
         pass  # the test provoked this verdict on purpose and checked it
-    elif verdict.kind not in (VerdictKind.OK, VerdictKind.LAB_FAULT):
-        excerpt = _wait_excerpt(d, verdict)
-        if report.passed or not lab_fault:
-            report.outcome = "failed"
-            report.longrepr = (
-                f"{d.name}: verdict {verdict.text}: {verdict.reason}\n--- console (last lines) ---\n{excerpt}"
-            )
-    elif verdict.kind is VerdictKind.LAB_FAULT and report.passed:
+    elif verdict.kind is VerdictKind.LAB_FAULT:
+        # Whatever the test body said: the lab failed, not the laptop. Say so first.
         report.outcome = "failed"
         report.longrepr = f"LAB FAULT on {d.name} (not a device failure): {verdict.reason}"
-    report.user_properties.append(("rig_device", d.name))
-    report.user_properties.append(("rig_verdict", verdict.text))
+    elif not verdict.ok:
+        d.needs_recovery = True
+        excerpt = _wait_excerpt(d, verdict)
+        report.outcome = "failed"
+        report.longrepr = f"{d.name}: verdict {verdict.text}: {verdict.reason}\n--- console (last lines) ---\n{excerpt}"
+    # On the item, not the report: junitxml writes properties from the teardown report, which
+    # copies them from the item (and xdist carries them over from the worker).
+    item.user_properties.append(("rig_device", d.name))
+    item.user_properties.append(("rig_verdict", verdict.text))
+    kernel = d.kernel_release
+    if kernel:
+        item.user_properties.append(("rig_kernel", kernel))
+    if d.deployment is not None:
+        item.user_properties.append(("rig_shadowbox", d.deployment[1].commit or d.deployment[1].recipe))
     run = item.config.stash.get(RUN_KEY, None)
     if run is not None:
         after = None

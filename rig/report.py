@@ -209,10 +209,7 @@ def write_summary(run_dir: Path) -> dict[str, Any]:
     devices: list[dict[str, Any]] = []
     for rep_path in sorted(run_dir.glob("*/report.json")):
         data = json.loads(rep_path.read_text())
-        cells = {
-            t["name"].split("[")[0]: {"outcome": t["outcome"], "verdict": t["verdict"]["verdict"]}
-            for t in data["tests"]
-        }
+        cells = {t["name"]: {"outcome": t["outcome"], "verdict": t["verdict"]["verdict"]} for t in data["tests"]}
         devices.append(
             {
                 "device": data["device"]["name"],

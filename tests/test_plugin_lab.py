@@ -1,0 +1,104 @@
+"""The pytest plugin and the device suites, run as a lab engineer runs them, on the shared lab.
+
+``pytest suites/ --rig-devices <lab> -n 2`` runs in a subprocess (the real entry point: the
+plugin is found through the ``pytest11`` entry point), and the test reads what it left behind:
+the run's summary.json, each device's report.json and the JUnit XML.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rig.lab.manager import Lab
+
+pytestmark = pytest.mark.lab
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+def run_suites(
+    lab: Lab, report_dir: Path, run_id: str, *args: str, timeout: float = 900
+) -> subprocess.CompletedProcess[str]:
+    cmd = [
+        sys.executable, "-m", "pytest", *args,
+        "--rig-devices", str(lab.inventory_dir), "--rig-report-dir", str(report_dir),
+        "-p", "no:cacheprovider", "-q", "-rs",
+    ]  # fmt: skip
+    env = {**os.environ, "RIG_RUN_ID": run_id}
+    return subprocess.run(cmd, cwd=CHECKOUT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def load(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def test_suites_on_two_devices_in_parallel(lab: Lab, tmp_path: Path) -> None:
+    junit = tmp_path / "junit.xml"
+    proc = run_suites(
+        lab, tmp_path, "par",
+        "suites/test_deploy.py", "suites/test_nmi_delivery.py", "suites/test_fault_detection.py",
+        "-n", "2", f"--junitxml={junit}",
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "rig: device verdicts" in out
+    summary = load(tmp_path / "par" / "summary.json")
+    assert {d["device"] for d in summary["devices"]} == {"lab-1", "lab-2"}
+    spans = {}
+    for dev in summary["devices"]:
+        cells = dev["tests"]
+        assert dev["status"] == "complete"
+        assert cells["test_preflight_and_start"]["outcome"] == "passed"
+        for src in ("ipmi", "qmp", "sysrq"):
+            assert cells[f"test_nmi_reaches_every_cpu[{src}]"]["outcome"] == "passed", cells
+        # perf cannot work under TCG: skipped with its reason, not failed
+        assert cells["test_nmi_reaches_every_cpu[perf]"]["outcome"] == "skipped"
+        assert cells["test_hang_after_nmis_is_a_hang"]["verdict"] == "hang"
+        assert cells["test_panic_after_nmi_is_a_panic"]["verdict"] == "crash(panic)"
+        assert cells["test_oops_is_an_oops"]["verdict"] == "crash(oops)"
+        assert cells["test_refusal_to_start_is_named"]["verdict"] == "ok"
+        report = load(tmp_path / "par" / dev["device"] / "report.json")
+        assert report["identity"]["kernel"].startswith("6.1.")
+        assert report["deploy"]["recipe"] == "sbsim" and report["deploy"]["result_code"] == "0"
+        deliveries = {x["source"]: x for x in report["nmi_deliveries"]}
+        assert set(deliveries) == {"ipmi", "qmp", "sysrq"} and all(x["ok"] for x in deliveries.values())
+        assert any(e["kind"] == "recovery" for e in report["timeline"]), "crashed device was not recovered"
+        times = [e["t"] for e in report["timeline"]]
+        spans[dev["device"]] = (min(times), max(times))
+    # side by side: each device's tests ran while the other's did
+    (a0, a1), (b0, b1) = spans["lab-1"], spans["lab-2"]
+    assert a0 < b1 and b0 < a1, spans
+    # JUnit carries the device and verdict as properties, for Jenkins/GitLab
+    props = {(p.get("name"), p.get("value")) for p in ET.parse(junit).iter("property")}
+    assert ("rig_device", "lab-1") in props and ("rig_verdict", "hang") in props
+
+
+def test_a_lab_fault_is_reported_as_such(lab: Lab, tmp_path: Path) -> None:
+    lab.kill_console_server("lab-2")
+    try:
+        proc = run_suites(lab, tmp_path, "fault", "suites/test_nmi_delivery.py", "--rig-device", "lab-2", "-k", "qmp")
+    finally:
+        lab.start_console_server("lab-2")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out[-3000:]
+    assert "LAB FAULT on lab-2 (not a device failure)" in out
+    report = load(tmp_path / "fault" / "lab-2" / "report.json")
+    (test,) = report["tests"]
+    assert test["verdict"]["verdict"] == "lab-fault" and "console" in test["verdict"]["reason"]
+
+
+def test_missing_capability_is_a_skip_with_the_reason(lab: Lab, tmp_path: Path) -> None:
+    suite = tmp_path / "test_needs_vmx.py"
+    suite.write_text("import pytest\n\n@pytest.mark.rig_requires('vmx')\ndef test_vmx(dut):\n    pass\n")
+    proc = run_suites(lab, tmp_path, "caps", str(suite), "--rig-device", "lab-1")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "lab-1 lacks vmx: the CPU shows no 'vmx' flag (no VT-x)" in out
