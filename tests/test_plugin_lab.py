@@ -76,6 +76,13 @@ def test_suites_on_two_devices_in_parallel(lab: Lab, tmp_path: Path) -> None:
     # side by side: each device's tests ran while the other's did
     (a0, a1), (b0, b1) = spans["lab-1"], spans["lab-2"]
     assert a0 < b1 and b0 < a1, spans
+    # no BMC password in any report file, console log, JUnit XML or the run's output
+    for name in ("lab-1", "lab-2"):
+        secret = lab.guest(name).bmc_password_file.read_text().strip()
+        assert secret and secret not in out
+        for f in tmp_path.rglob("*"):
+            if f.is_file():
+                assert secret.encode() not in f.read_bytes(), f"{name}'s BMC password leaked into {f}"
     # JUnit carries the device and verdict as properties, for Jenkins/GitLab
     props = {(p.get("name"), p.get("value")) for p in ET.parse(junit).iter("property")}
     assert ("rig_device", "lab-1") in props and ("rig_verdict", "hang") in props

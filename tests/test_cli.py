@@ -1,0 +1,58 @@
+"""The ``rig`` command line: on bad input (no lab needed) and against the shared lab."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from rig.cli import main
+from rig.lab.manager import Lab
+
+
+def rig(*args: str) -> tuple[int, str]:
+    res = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return res.exit_code, res.output
+
+
+def test_bad_inventory_names_file_and_field(tmp_path: Path) -> None:
+    (tmp_path / "x.toml").write_text('name = "x"\n[ssh]\nhost = "h"\nkey_file = "k"\nknown_hosts = "kh"\nportt = 2\n')
+    code, out = rig("--devices", str(tmp_path), "devices")
+    assert code == 1
+    assert "x.toml" in out and "ssh.portt" in out and "unknown key" in out
+
+
+def test_no_devices_says_what_to_do(tmp_path: Path) -> None:
+    code, out = rig("--devices", str(tmp_path), "check")
+    assert code == 1 and "rig lab up" in out
+
+
+def test_unknown_device_lists_known_ones(tmp_path: Path) -> None:
+    (tmp_path / "a.toml").write_text('name = "a"\n[ssh]\nhost = "h"\nkey_file = "k"\nknown_hosts = "kh"\n')
+    code, out = rig("--devices", str(tmp_path), "nmi", "nope", "--via", "sysrq")
+    assert code == 1 and "unknown device(s) nope; known: a" in out
+
+
+@pytest.mark.lab
+def test_devices_check_nmi_console_on_the_lab(lab: Lab, tmp_path: Path) -> None:
+    inv = str(lab.inventory_dir)
+    reports = str(tmp_path)
+    code, out = rig("--devices", inv, "--report-dir", reports, "devices")
+    assert code == 0 and "lab-1" in out and "lab-2" in out
+
+    code, out = rig("--devices", inv, "--report-dir", reports, "check", "lab-1")
+    assert code == 0, out
+    assert "lab-1 nmi:perf: n/a no PMU" in " ".join(out.split())
+
+    code, out = rig("--devices", inv, "--report-dir", reports, "nmi", "lab-1", "--via", "qmp", "--count", "2")
+    assert code == 0, out
+    assert "qmp: raised 2" in out and "-> ok" in out
+
+    code, out = rig("--devices", inv, "--report-dir", reports, "nmi", "lab-1", "--via", "perf")
+    assert code == 1 and "perf unavailable: no PMU" in " ".join(out.split())
+
+    code, out = rig("--devices", inv, "--report-dir", reports, "console", "lab-1", "--seconds", "2")
+    assert code == 0
+    logs = list(tmp_path.rglob("console.raw"))
+    assert logs, "rig console wrote no console.raw"
