@@ -26,35 +26,15 @@ import shlex
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from rig.detect import Detector, Event
 from rig.inventory import MonitorConfig
+from rig.protocols import ConsoleLine, LineSource, LivenessProbe
 from rig.vocab import CRASH_KINDS, EventKind, VerdictKind, verdict_text
 
 log = logging.getLogger(__name__)
-
-
-class LineLike(Protocol):
-    @property
-    def number(self) -> int: ...
-    @property
-    def time(self) -> float: ...
-    @property
-    def monotonic(self) -> float: ...
-    @property
-    def text(self) -> str: ...
-
-
-class ConsoleLike(Protocol):
-    def lab_fault(self) -> str | None: ...
-
-
-class ProbeTarget(Protocol):
-    def alive(self, timeout: float = 3.0) -> bool: ...
-    def run(self, command: str | Sequence[str], *, timeout: float, sudo: bool = False) -> object: ...
 
 
 @dataclass
@@ -101,8 +81,8 @@ class HangMonitor:
     def __init__(
         self,
         device: str,
-        ssh: ProbeTarget,
-        console: ConsoleLike | None,
+        ssh: LivenessProbe,
+        console: LineSource | None,
         settings: MonitorConfig,
         *,
         sudo: bool = False,
@@ -134,7 +114,7 @@ class HangMonitor:
 
     # -- input -------------------------------------------------------------------------------
 
-    def on_line(self, line: LineLike) -> None:
+    def on_line(self, line: ConsoleLine) -> None:
         """Called for every console line (from the console reader thread)."""
         m = HEARTBEAT_RE.search(line.text)
         if m and m.group(1) == self._token:

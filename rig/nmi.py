@@ -27,23 +27,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from rig.errors import DeviceError, Unavailable
-
-
-class CommandOutput(Protocol):
-    """What the rig needs of a finished remote command (rig.ssh.CommandResult has it)."""
-
-    @property
-    def exit_status(self) -> int: ...
-    @property
-    def out(self) -> str: ...
-    @property
-    def err(self) -> str: ...
-
-
-class CommandRunner(Protocol):
-    """Something that runs a shell command on the device with a deadline (rig.ssh.SshClient)."""
-
-    def run(self, command: str | Sequence[str], *, timeout: float, sudo: bool = False) -> CommandOutput: ...
+from rig.protocols import CommandRunner
 
 
 class DiagBmc(Protocol):

@@ -17,12 +17,12 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal
 
 from rig.errors import CommandTimeout, ConfigError, DeviceError, RigError
+from rig.protocols import LineSource, Shell
 
 REMOTE_DIR = "/tmp/rig-shadowbox"
 
@@ -89,27 +89,6 @@ RECIPES: dict[str, Recipe] = {
 
 
 # ---------------------------------------------------------------------------------------------
-
-
-class Shell(Protocol):
-    def run(self, command: str | Sequence[str], *, timeout: float, sudo: bool = False) -> _Result: ...
-    def upload_tree(self, local_dir: Path, remote_dir: str) -> None: ...
-
-
-class _Result(Protocol):
-    @property
-    def exit_status(self) -> int: ...
-    @property
-    def out(self) -> str: ...
-    @property
-    def err(self) -> str: ...
-
-
-class LineSource(Protocol):
-    """The console (``rig.console.ConsoleCapture``): mark a position, then wait for a pattern."""
-
-    def mark(self) -> int: ...
-    def expect(self, pattern: str | re.Pattern[str], timeout: float, *, since: int | None = None) -> object: ...
 
 
 @dataclass
