@@ -109,3 +109,39 @@ def test_missing_capability_is_a_skip_with_the_reason(lab: Lab, tmp_path: Path) 
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     assert "lab-1 lacks vmx: the CPU shows no 'vmx' flag (no VT-x)" in out
+
+
+def test_a_killed_run_leaves_a_readable_incomplete_report(lab: Lab, tmp_path: Path) -> None:
+    """SIGKILL the whole pytest mid-soak: report.json stays valid JSON marked incomplete, console on disk."""
+    import signal
+    import time
+
+    cmd = [
+        sys.executable, "-m", "pytest", "suites/test_nmi_soak.py", "--rig-device", "lab-1",
+        "--rig-devices", str(lab.inventory_dir), "--rig-report-dir", str(tmp_path),
+        "--rig-soak-minutes", "5", "-p", "no:cacheprovider", "-q",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=CHECKOUT, env={**os.environ, "RIG_RUN_ID": "killed"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    report_path = tmp_path / "killed" / "lab-1" / "report.json"
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline:
+            if report_path.exists() and any(e["kind"] == "soak-start" for e in load(report_path)["timeline"]):
+                break
+            time.sleep(1)
+        else:
+            pytest.fail("the soak never started")
+        time.sleep(5)  # a few seconds of NMIs and console output
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    report = load(report_path)  # still valid JSON: written atomically
+    assert report["status"] == "incomplete"
+    assert report["deploy"]["result_code"] == "0"
+    console_log = (tmp_path / "killed" / "lab-1" / "console.log").read_text()
+    assert "Execution Complete" in console_log and "rig-heartbeat" in console_log
+    assert (tmp_path / "killed" / "lab-1" / "console.raw").stat().st_size > 0
+    # the device is left running Shadow-box and heartbeat: the next run recovers it by itself

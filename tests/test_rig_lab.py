@@ -164,3 +164,34 @@ def test_bmc_down_is_a_lab_fault(dut2: Dut, lab: Lab) -> None:
     finally:
         lab.start_bmc("lab-2")
     assert str(dut2.power.status()) in ("on", "PowerState.ON")
+
+
+def test_deploy_to_a_cpu_without_vtx_names_the_reason(dut1: Dut, tmp_path: Path) -> None:
+    """The upstream recipe needs VT-x; a TCG guest has none: preflight says so by name, nothing is loaded."""
+    from rig.shadowbox import PreflightFailed
+
+    tree = tmp_path / "shadow-box-for-x86"
+    tree.mkdir()
+    (tree / "Makefile").write_text("all:\n\ttrue\n")
+    with pytest.raises(PreflightFailed) as exc:
+        dut1.deploy_shadowbox(recipe="upstream", source=tree)
+    names = {c.name for c in exc.value.checks if c.ok is False}
+    assert {"vt-x", "kernel", "intremap"} <= names, exc.value.checks
+    assert "no 'vmx' in /proc/cpuinfo" in str(exc.value)
+
+
+def test_deploy_of_a_tree_that_does_not_build_names_the_reason(dut1: Dut, tmp_path: Path) -> None:
+    from rig.lab.sbsim import sbsim_source_dir
+    from rig.shadowbox import DeployFailed
+
+    tree = tmp_path / "broken-sbsim"
+    tree.mkdir()
+    for f in sbsim_source_dir().iterdir():
+        if f.is_file():
+            (tree / f.name).write_bytes(f.read_bytes())
+    src = tree / "sbsim.c"
+    src.write_text(src.read_text() + "\nthis is not C;\n")
+    with pytest.raises(DeployFailed) as exc:
+        dut1.deploy_shadowbox(source=tree)
+    assert exc.value.reason == "build-failed"
+    assert "sbsim.c" in exc.value.log and "error" in exc.value.log
