@@ -57,11 +57,15 @@ def summarize(run_dir: Path, console: Console) -> int:
         name = dev["device"]
         report = json.loads((run_dir / name / "report.json").read_text())
         label = BUILDS.get(name, ("", {}))[0]
-        bad = {t: c for t, c in dev["tests"].items() if c["outcome"] != "passed"}
+        bad = {t: c for t, c in dev["tests"].items() if c["outcome"] == "failed"}
+        skipped = sum(c["outcome"] == "skipped" for c in dev["tests"].values())
         soak_end = [e for e in report["timeline"] if e["kind"] == "soak-end"]
         ttf = soak_end[-1].get("time_to_failure") if soak_end else None
         if not bad:
-            console.print(f"[green]PASSED[/]  {name}  {label}: {len(dev['tests'])} tests, no crash, no hang")
+            console.print(
+                f"[green]PASSED[/]  {name}  {label}: {len(dev['tests']) - skipped} tests passed, "
+                f"{skipped} skipped (not offered here), no crash, no hang"
+            )
             continue
         worst = 1
         verdicts = sorted({c["verdict"] for c in bad.values()})
@@ -74,6 +78,9 @@ def summarize(run_dir: Path, console: Console) -> int:
             f"[red]FAILED[/]  {name}  {label}: {', '.join(verdicts).upper()}{when}{silence} (in {', '.join(bad)})"
         )
     console.print(f"reports: {run_dir}/  (per device: report.json, console.log; run: summary.json)")
+    console.print(
+        "the lab is still up: 'rig check', 'rig nmi lab-1 --via qmp', 'rig console lab-2'; 'rig lab down' ends it"
+    )
     return worst
 
 
@@ -92,7 +99,7 @@ def run_demo(checkout: Path, soak_minutes: float, console: Console) -> int:
         sys.executable, "-m", "pytest", *SUITES,
         "--rig-devices", str(lab.root / "demo-devices"),
         "--rig-soak-minutes", f"{soak_minutes:g}",
-        "-n", "2", "-p", "no:cacheprovider", "-q", "-rN",
+        "-n", "2", "-p", "no:cacheprovider", "-q", "-rN", "--tb=no",
     ]  # fmt: skip
     console.print("  " + " ".join(cmd[2:]), highlight=False)
     env = {**os.environ, "RIG_RUN_ID": run_id}
@@ -108,5 +115,5 @@ def run_demo(checkout: Path, soak_minutes: float, console: Console) -> int:
 
 def _only_lab2_failed(run_dir: Path) -> bool:
     summary = json.loads((run_dir / "summary.json").read_text())
-    failed = {d["device"] for d in summary["devices"] if any(c["outcome"] != "passed" for c in d["tests"].values())}
+    failed = {d["device"] for d in summary["devices"] if any(c["outcome"] == "failed" for c in d["tests"].values())}
     return failed == {"lab-2"}

@@ -391,7 +391,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     tr.section("rig: device verdicts")
     for dev in summary["devices"]:
         verdicts = [c["verdict"] for c in dev["tests"].values()]
-        bad = [f"{name}: {c['verdict']}" for name, c in dev["tests"].items() if c["outcome"] != "passed"]
+        bad = [f"{name}: {c['verdict']}" for name, c in dev["tests"].items() if c["outcome"] == "failed"]
         state = "PASS" if not bad else "FAIL"
         tr.write_line(f"{dev['device']:<20} {state}  {len(verdicts)} tests  " + ("; ".join(bad) if bad else "all ok"))
     tr.write_line(f"reports: {run_dir}")
