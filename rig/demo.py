@@ -64,7 +64,8 @@ def summarize(run_dir: Path, console: Console) -> int:
         if not bad:
             console.print(
                 f"[green]PASSED[/]  {name}  {label}: {len(dev['tests']) - skipped} tests passed, "
-                f"{skipped} skipped (not offered here), no crash, no hang"
+                f"{skipped} skipped (not offered here), no crash, no hang",
+                soft_wrap=True,
             )
             continue
         worst = 1
