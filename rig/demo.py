@@ -76,11 +76,13 @@ def summarize(run_dir: Path, console: Console) -> int:
         if hung and hung[-1]["verdict"]["since_heartbeat"] is not None:
             silence = f", declared {hung[-1]['verdict']['since_heartbeat']:.1f} s after its last heartbeat"
         console.print(
-            f"[red]FAILED[/]  {name}  {label}: {', '.join(verdicts).upper()}{when}{silence} (in {', '.join(bad)})"
+            f"[red]FAILED[/]  {name}  {label}: {', '.join(verdicts).upper()}{when}{silence} (in {', '.join(bad)})",
+            soft_wrap=True,
         )
-    console.print(f"reports: {run_dir}/  (per device: report.json, console.log; run: summary.json)")
+    console.print(f"reports: {run_dir}/  (per device: report.json, console.log; run: summary.json)", soft_wrap=True)
     console.print(
-        "the lab is still up: 'rig check', 'rig nmi lab-1 --via qmp', 'rig console lab-2'; 'rig lab down' ends it"
+        "the lab is still up: 'rig check', 'rig nmi lab-1 --via qmp', 'rig console lab-2'; 'rig lab down' ends it",
+        soft_wrap=True,
     )
     return worst
 
