@@ -56,3 +56,23 @@ def test_devices_check_nmi_console_on_the_lab(lab: Lab, tmp_path: Path) -> None:
     assert code == 0
     logs = list(tmp_path.rglob("console.raw"))
     assert logs, "rig console wrote no console.raw"
+
+
+@pytest.mark.lab
+def test_a_second_run_on_a_busy_device_refuses(lab: Lab, tmp_path: Path) -> None:
+    """Two rig runs never share a laptop: the second one (another process) is told who holds it."""
+    import subprocess
+    import sys
+
+    from rig.dut import Dut
+    from rig.inventory import load_device
+
+    dev = load_device(lab.guest("lab-1").inventory_file)
+    with Dut(dev, tmp_path / "holder").open(monitor=False):
+        proc = subprocess.run(
+            [sys.executable, "-m", "rig.cli", "--devices", str(lab.inventory_dir), "--report-dir", str(tmp_path),
+             "nmi", "lab-1", "--via", "qmp"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert proc.returncode == 1
+    assert "device lab-1" in proc.stderr and "is in use by pid" in proc.stderr, proc.stderr
