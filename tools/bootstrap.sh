@@ -13,6 +13,7 @@ APT_PKGS=(
   ipmitool openipmi                   # IPMI peers: ipmitool client, ipmi_sim BMC
   cpio kmod zstd xz-utils gzip        # building the initramfs
   make gcc python3-venv python3-dev git
+  chromium                            # headless browser: the HTML report tests open pages from disk
 )
 
 if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
