@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -39,7 +40,10 @@ matrix), measured on the virtual lab of this repository. Goals live here, never 
 
 How to run: `make bench`, or `python -m benchmarks [--only NAME ...]` with NAME in
 `detect, lab, hang, flood, matrix` (each also runs alone: `python -m benchmarks.bench_hang --hangs 20`).
-Longer variants: `--hangs N`, `--flood-minutes M`, `--detect-mb S`. The lab benchmarks use their own
+Longer variants: `--hangs N`, `--flood-minutes M`, `--detect-mb S`; `--rerender` rewrites the sections
+from the last saved results (`/tmp/bench-lab/results/*.json`) without measuring. The optional
+real-pexpect cross-check runs when `import pexpect` works (it is not a rig dependency; e.g.
+`pip install --target /tmp/pexpect-lib pexpect` and `PYTHONPATH=/tmp/pexpect-lib`). The lab benchmarks use their own
 lab folder (`/tmp/bench-lab`, or `$RIG_BENCH_LAB`) and take it down at the end. A run rewrites only
 the sections of the benchmarks it ran; each section says when and where it was measured.
 
@@ -82,7 +86,7 @@ def md_detect(r: dict[str, Any], where: str) -> str:
                      f"{r['real_defaults_hits']} / {r['real_window_hits']} matches"))
     out = [table(rows, where)]
     out.append(
-        f"\nMethod: CPU time (`time.process_time`) of one thread. Detector: `rig.detect.Detector().scan()` over "
+        f"\n\nMethod: CPU time (`time.process_time`) of one thread. Detector: `rig.detect.Detector().scan()` over "
         f"{r['bytes'] / 1e6:.1f} MB of the real captures in `tests/data/console/` (repeated whole), fed line by "
         f"line ({r['detector_events']} events). Baselines: `while child.expect(PATTERNS)` over "
         f"{r['baseline_bytes'] / 1e6:.1f} MB of the same text with {r['patterns']} regexes covering the detector's "
@@ -163,16 +167,18 @@ def md_hang(r: dict[str, Any], where: str) -> str:
         "latency = `Verdict.since_heartbeat` (last heartbeat seen on the console to the verdict); then "
         "`Dut.recover()` (IPMI power cycle, console ready line, SSH)."
     )
-    if lat and statistics.median(lat) >= 2 * h + 1:
-        out += (
-            f"\n\n**Median goal missed.** By the monitor's design (rig/monitor.py) a hang is declared only when the "
-            f"heartbeat has been silent for 2H = {2 * h:g} s AND an SSH probe with a deadline of H + 1 = {h + 1:g} s "
-            f"fails; so the latency is 2H plus however much of the probe's deadline is left (the probe may already be "
-            f"running when the silence starts: probes also run every 2 s). That puts the median between 2H and "
-            f"3H + 1 s, above 2H + 1 s unless the probe fails within 1 s of the silence. Meeting the median goal needs "
-            f"a change in rig/monitor.py (e.g. a probe deadline of about H/2 once the heartbeat is silent, or starting "
-            f"the probe at 1.5H); the max bound (3H + 2) holds by construction and was met."
-        )
+    missed = bool(lat) and statistics.median(lat) >= 2 * h + 1
+    out += (
+        ("\n\n**Median goal missed.** " if missed else "\n\nWhy the latencies fall in two groups (and why the median "
+         "goal is marginal: a rerun can land either side of it): ")
+        + f"by the monitor's design (rig/monitor.py) a hang is declared only when the heartbeat has been silent for "
+        f"2H = {2 * h:g} s AND an SSH probe with a deadline of H + 1 = {h + 1:g} s fails. When the guest stops just "
+        f"as a periodic probe (every 2 s) is already waiting, the verdict comes at about 2H + a little (the ~2.2 s "
+        f"group); when the probe starts only once the silence is noticed, it adds up to its whole deadline (the "
+        f"~3.2 s group and above). The max bound (3H + 2) holds by construction. A median safely under 2H + 1 would "
+        f"need a change in rig/monitor.py, e.g. a shorter probe deadline (about H/2) once the heartbeat is silent, or "
+        f"starting that probe at 1.5H."
+    )
     return out
 
 
@@ -182,6 +188,9 @@ def md_flood(r: dict[str, Any], where: str) -> str:
     total = raised["qmp"] + raised["ipmi"]
     growth = rss[-1][1] - rss[0][1]
     ok = r["verdict"] == "ok" and r["first_bad"] is None
+    half = min(rss, key=lambda s: abs(s[0] - rss[-1][0] / 2))
+    slope = (rss[-1][1] - half[1]) / max(1e-9, (rss[-1][0] - half[0]) / 60)  # MiB per minute, second half
+    bounded = slope <= 0.1
     rows = [
         (f"verdict after {r['elapsed_s'] / 60:.1f} min of NMIs", "ok, no false verdict at any time",
          f"{r['verdict']} ({met(ok)})" + ("" if r["first_bad"] is None else f"; first non-ok: {r['first_bad']}")),
@@ -191,10 +200,19 @@ def md_flood(r: dict[str, Any], where: str) -> str:
         ("sysrq NMI writes (`echo l`, one per CPU per round)", "a round every ~10 s", str(raised["sysrq"])),
         ("NMIs the guest counted, per CPU (/proc/interrupts)", ">= raised", str(r["nmis_counted_per_cpu"])),
         ("console lines / detector events", "-", f"{r['console_lines']} / {r['events']}"),
-        ("controller RSS start -> end (max)", "bounded (no steady growth)",
-         f"{rss[0][1]:.1f} -> {rss[-1][1]:.1f} MiB (max {max(x for _, x in rss):.1f}; +{growth:.1f} MiB)"),
+        ("controller RSS start -> end (max)", "bounded: no steady growth (my bar: <= 0.1 MiB/min in the 2nd half)",
+         f"{rss[0][1]:.1f} -> {rss[-1][1]:.1f} MiB (max {max(x for _, x in rss):.1f}; +{growth:.1f} MiB; "
+         f"{slope:.2f} MiB/min in the 2nd half: {met(bounded)})"),
     ]
-    return table(rows, where) + (
+    note = "" if bounded else (
+        f"\n\n**Memory is not bounded under a flood**: RSS grows steadily (+{growth:.1f} MiB in "
+        f"{r['elapsed_s'] / 60:.1f} min with {r['events']} console events). The likely cause is "
+        "`HangMonitor.events` in rig/monitor.py, a list that keeps every detector event of the session: under a "
+        "10 NMI/s flood that is ~40 events/s, and one `Event` costs ~360 B (measured with tracemalloc on 12,000 "
+        "NMI events: 4.1 MiB), i.e. ~0.8 MiB/min at most -- a 20-minute soak is harmless, a day-long one is not. "
+        "Suggested fix (not the benchmark's file): keep a bounded deque of recent events plus counts per kind."
+    )
+    return table(rows, where) + note + (
         "\n\nRSS samples (s: MiB): " + ", ".join(f"{t:.0f}: {m:.1f}" for t, m in rss) +
         "\n\nMethod: lab-2, sbsim deployed without fault switches; a loop raising one NMI every 100 ms "
         "alternating `qmp` and `ipmi` (pyghmi BMC -> QMP), `sysrq` about every 10 s, with the hang monitor running "
@@ -279,8 +297,7 @@ def update_md(path: Path, sections: dict[str, str]) -> None:
 def run(names: list[str], args: argparse.Namespace) -> dict[str, str]:
     machine = describe()
     note = load_note()
-    where = f"{machine}; {note}"
-    print(f"machine: {where}", flush=True)
+    print(f"machine: {machine}; {note}", flush=True)
     sections: dict[str, str] = {}
     results_dir = bench_root() / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -299,12 +316,30 @@ def run(names: list[str], args: argparse.Namespace) -> dict[str, str]:
                 print(f"== {name}: FAILED (section not refreshed)", flush=True)
                 continue
             print(f"== {name} ({time.monotonic() - t0:.0f} s): {SUMMARY[name](r)}", flush=True)
+            r["_where"] = f"{platform.node()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M')}"
+            r["_measured_on"] = f"{machine}; {note}"
             (results_dir / f"{name}.json").write_text(json.dumps(r, indent=1, default=str))
-            sections[name] = RENDER[name](r, f"{where}; this benchmark started {time.strftime('%H:%M')}")
+            sections[name] = render(name, r)
     finally:
         if lab is not None:
             lab.down()
     return sections
+
+
+def render(name: str, r: dict[str, Any]) -> str:
+    return RENDER[name](r, r["_where"]) + f"\n\nMeasured on: {r['_measured_on']}."
+
+
+def rerender(names: list[str]) -> dict[str, str]:
+    """Sections from the last saved results (``<bench lab>/results/NAME.json``), without measuring again."""
+    out = {}
+    for name in names:
+        path = bench_root() / "results" / f"{name}.json"
+        if path.exists():
+            out[name] = render(name, json.loads(path.read_text()))
+        else:
+            print(f"{name}: no saved results at {path}; run it first")
+    return out
 
 
 def measure(name: str, args: argparse.Namespace, lab: Lab | None) -> dict[str, Any]:
@@ -337,9 +372,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline-mb", type=float, default=2.0, help="console text for the baselines, MB (default 2)")
     ap.add_argument("--md", type=Path, default=MD, help=f"file to refresh (default {MD})")
     ap.add_argument("--no-write", action="store_true", help="measure and print only")
+    ap.add_argument("--rerender", action="store_true",
+                    help="do not measure: rewrite the sections from the last saved results (after editing the text)")
     args = ap.parse_args(argv)
     names = [n for n in NAMES if not args.only or n in args.only]
-    sections = run(names, args)
+    sections = rerender(names) if args.rerender else run(names, args)
     if not args.no_write and sections:
         update_md(args.md, sections)
         print(f"refreshed {', '.join(sections)} in {args.md}")
