@@ -251,8 +251,10 @@ def demo(soak_minutes: float) -> None:
 
 def _register_subcommands() -> None:
     from rig.lab.cli import lab
+    from rig.report_cli import report
 
     main.add_command(lab)
+    main.add_command(report)
 
 
 _register_subcommands()

@@ -242,8 +242,8 @@ def dut(request: pytest.FixtureRequest, device: Device, _dut_pool: dict[str, Any
         dev_report.event("lab-fault", str(exc))
         pytest.fail(f"LAB FAULT on {device.name} (not a device failure): {exc}", pytrace=False)
     d.accepted_verdict = None
-    _check_requires(request, d)
     request.node._rig_dut = d
+    _check_requires(request, d)
     request.node._rig_started = time.time()
     request.node._rig_irq_before = None
     with contextlib.suppress(RigError):
@@ -302,7 +302,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     outcome = yield
     report: pytest.TestReport = outcome.get_result()
     d = getattr(item, "_rig_dut", None)
-    if d is None or report.when != "call":
+    if d is None:
+        return
+    if report.when == "setup" and report.skipped:
+        _record(item, d, report, d.monitor.verdict(), after=None)  # e.g. rig_requires: shown with its reason
+        return
+    if report.when != "call":
         return
     verdict = d.monitor.verdict()
     if call.excinfo is not None and call.excinfo.errisinstance(LabFault) and verdict.kind is not VerdictKind.CRASH:
@@ -330,25 +335,36 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         item.user_properties.append(("rig_kernel", kernel))
     if d.deployment is not None:
         item.user_properties.append(("rig_shadowbox", d.deployment[1].commit or d.deployment[1].recipe))
+    after = None
+    if verdict.ok:
+        with contextlib.suppress(RigError):
+            after = d.interrupts()
+    _record(item, d, report, verdict, after)
+
+
+def _record(item: pytest.Item, d: Any, report: pytest.TestReport, verdict: Any, after: Any) -> None:
+    """One test's line in the device's report.json (outcome, verdict, NMI counts before/after)."""
     run = item.config.stash.get(RUN_KEY, None)
-    if run is not None:
-        after = None
-        if verdict.ok:
-            with contextlib.suppress(RigError):
-                after = d.interrupts()
-        callspec = getattr(item, "callspec", None)
-        params = [str(v) for k, v in (callspec.params.items() if callspec else []) if k != "device"]
-        label = getattr(item, "originalname", item.name) + (f"[{'-'.join(params)}]" if params else "")
-        run.device(d.device).test_result(
-            nodeid=item.nodeid,
-            name=label,
-            outcome=report.outcome,
-            duration=report.duration,
-            verdict=verdict,
-            irq_before=getattr(item, "_rig_irq_before", None),
-            irq_after=after,
-            longrepr=str(report.longrepr) if report.failed else "",
-        )
+    if run is None:
+        return
+    callspec = getattr(item, "callspec", None)
+    params = [str(v) for k, v in (callspec.params.items() if callspec else []) if k != "device"]
+    label = getattr(item, "originalname", item.name) + (f"[{'-'.join(params)}]" if params else "")
+    longrepr = ""
+    if report.failed:
+        longrepr = str(report.longrepr)
+    elif report.skipped and isinstance(report.longrepr, tuple):
+        longrepr = str(report.longrepr[2])  # the skip reason
+    run.device(d.device).test_result(
+        nodeid=item.nodeid,
+        name=label,
+        outcome=report.outcome,
+        duration=report.duration,
+        verdict=verdict,
+        irq_before=getattr(item, "_rig_irq_before", None),
+        irq_after=after,
+        longrepr=longrepr,
+    )
 
 
 def _wait_excerpt(d: Any, verdict: Any, lines: int = 60) -> str:
@@ -377,6 +393,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     run_dir = report_dir(config) / _run_id(config)
     if not _is_worker(config) and run_dir.is_dir() and any(run_dir.glob("*/report.json")):
         write_summary(run_dir)
+        from rig.report_html import render_run
+
+        try:
+            render_run(run_dir)
+        except Exception as exc:  # noqa: BLE001 - pages are derived; never fail a run on them
+            log.warning("HTML report for %s not written: %s (run 'rig report html %s')", run_dir, exc, run_dir)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
@@ -394,4 +416,4 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         bad = [f"{name}: {c['verdict']}" for name, c in dev["tests"].items() if c["outcome"] == "failed"]
         state = "PASS" if not bad else "FAIL"
         tr.write_line(f"{dev['device']:<20} {state}  {len(verdicts)} tests  " + ("; ".join(bad) if bad else "all ok"))
-    tr.write_line(f"reports: {run_dir}")
+    tr.write_line(f"reports: {run_dir}/index.html")
