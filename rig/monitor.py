@@ -25,7 +25,7 @@ import secrets
 import shlex
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -96,7 +96,10 @@ class HangMonitor:
         self.sudo = sudo
         self.detector = detector or Detector(booted=True)
         self.clock = clock
-        self.events: list[Event] = []
+        #: The most recent console events (bounded: a day-long NMI soak must not grow the controller),
+        #: and a count per kind over the whole session.
+        self.events: deque[Event] = deque(maxlen=2000)
+        self.event_counts: Counter[str] = Counter()
         self.heartbeats = 0
         self.probes = 0
         self.probe_failures = 0
@@ -128,6 +131,7 @@ class HangMonitor:
             return
         with self._lock:
             self.events.extend(events)
+            self.event_counts.update(ev.kind.value for ev in events)
             if self._verdict is not None or self._paused:
                 return
             for ev in events:
@@ -201,7 +205,7 @@ class HangMonitor:
                 return self._verdict
             return Verdict(
                 VerdictKind.OK,
-                reason=f"{self.heartbeats} heartbeats, {len(self.events)} console events",
+                reason=f"{self.heartbeats} heartbeats, {sum(self.event_counts.values())} console events",
                 last_heartbeat=self._last_hb_wall,
             )
 

@@ -76,11 +76,13 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[DUTS_KEY] = {}
 
 
+@pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node: Any) -> None:  # xdist hook, on the controller, per worker
     node.workerinput["rig_run_id"] = _run_id(node.config)
     node.workerinput["rig_loadgroup"] = node.config.getoption("dist") == "loadgroup"
 
 
+@pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """Schedule by device: every test of one device goes to one worker, devices side by side.
 
