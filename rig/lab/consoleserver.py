@@ -15,12 +15,11 @@ the same time", ser2net.yaml(5)), so there is no second raw-TCP port.
 from __future__ import annotations
 
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
 from rig.errors import LabFault
-from rig.lab.ports import is_ours, port_bound, read_pid, stop_process
+from rig.lab.ports import is_ours, port_bound, read_pid, spawn_logged, stop_process
 
 SER2NET = "ser2net"
 READY_TIMEOUT = 10.0
@@ -72,11 +71,7 @@ def start(name: str, guest_dir: Path, pty: str, port: int) -> int:
     # -n: stay in the foreground (we track the pid); -u: no UUCP lock files to go stale on SIGKILL;
     # -P: our own pid file (the default /run/ser2net.pid would be shared by every lab).
     argv = [binary, "-n", "-u", "-c", str(cfg), "-P", str(pid_path(guest_dir))]
-    with open(log_path(guest_dir), "ab") as log:
-        log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting ser2net for {name}\n".encode())
-        log.flush()
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                start_new_session=True, close_fds=True)
+    proc = spawn_logged(argv, log_path(guest_dir), f"ser2net for {name}")
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:

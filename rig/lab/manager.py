@@ -31,7 +31,6 @@ import json
 import logging
 import os
 import secrets
-import subprocess
 import sys
 import threading
 import time
@@ -51,6 +50,7 @@ from rig.lab.ports import (
     is_ours,
     port_bound,
     read_pid,
+    spawn_logged,
     stop_process,
 )
 from rig.lab.sbsim import sbsim_source_dir
@@ -496,11 +496,7 @@ class Lab:
                 "--port", str(info.bmc_port), "--user", info.bmc_user, "--password-file", str(pw),
                 "--qmp-socket", str(info.bmc_qmp_socket)]
         log_file = info.dir / "vbmc.log"
-        with open(log_file, "ab") as log:
-            log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting vbmc for {name}\n".encode())
-            log.flush()
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                    start_new_session=True, close_fds=True)
+        proc = spawn_logged(argv, log_file, f"vbmc for {name}")
         deadline = time.monotonic() + BMC_READY_TIMEOUT
         while time.monotonic() < deadline:
             if proc.poll() is not None:

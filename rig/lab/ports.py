@@ -19,6 +19,7 @@ import hashlib
 import os
 import signal
 import socket
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,6 +128,19 @@ def check_port_free(port: int, proto: str, what: str) -> None:
 
 
 # --- processes -------------------------------------------------------------------------------------
+
+
+def spawn_logged(argv: list[str], log_file: Path, what: str) -> subprocess.Popen[bytes]:
+    """Start a lab service detached (own session, survives the CLI), appending its output to ``log_file``.
+
+    A dated header line per start makes restarts (fault-injection tests) visible in the log.
+    """
+    with open(log_file, "ab") as log:
+        log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {what}\n".encode())
+        log.flush()
+        return subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True
+        )
 
 
 def cmdline_text(pid: int) -> str:
