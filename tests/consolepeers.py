@@ -50,15 +50,16 @@ def _port_open(port: int) -> bool:
         return False
 
 
-def _kill(proc: subprocess.Popen[bytes] | None) -> None:
+def terminate(proc: subprocess.Popen[bytes] | None, timeout: float = 3.0) -> None:
+    """Stop a test peer: SIGTERM, then SIGKILL if it has not gone within ``timeout`` s."""
     if proc is None or proc.poll() is not None:
         return
     proc.terminate()
     try:
-        proc.wait(3)
+        proc.wait(timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
-        proc.wait(3)
+        proc.wait(timeout)
 
 
 class PtyPair:
@@ -123,7 +124,7 @@ class PtyPair:
             if fd is not None:
                 os.close(fd)
         self._feed_fd = self._hold_fd = None
-        _kill(self.proc)
+        terminate(self.proc)
 
     def __enter__(self) -> PtyPair:
         return self.start()
@@ -189,7 +190,7 @@ class Ser2Net:
         return self
 
     def stop(self) -> None:
-        _kill(self.proc)
+        terminate(self.proc)
         self.proc = None
 
     def __enter__(self) -> Ser2Net:

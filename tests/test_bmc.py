@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from consolepeers import terminate
 from pydantic import SecretStr
 from test_qmp import QemuPeer, qemu  # noqa: F401  (the fixture is used by name)
 
@@ -169,13 +170,7 @@ class IpmiSimPeer:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        terminate(self.proc, timeout=5)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -24,6 +26,16 @@ _console = Console()
 def lab(ctx: click.Context, lab_dir: Path | None, inventory_dir: Path | None) -> None:
     """The virtual lab: QEMU laptops with a console server and a virtual BMC."""
     ctx.obj = {"lab_dir": lab_dir, "inventory_dir": inventory_dir}
+
+
+@contextlib.contextmanager
+def _fails_as(command: str) -> Iterator[None]:
+    """A RigError ends ``rig lab <command>`` with its message and exit code 1 (no traceback)."""
+    try:
+        yield
+    except RigError as exc:
+        _console.print(f"[red]rig lab {command} failed:[/red] {exc}", highlight=False)
+        raise SystemExit(1) from None
 
 
 def _lab(ctx: click.Context, **kw: object) -> Lab:
@@ -79,11 +91,8 @@ def up(ctx: click.Context, count: int, name_prefix: str, accel: str | None) -> N
 @click.pass_context
 def status(ctx: click.Context) -> None:
     """Show every guest of the lab folder and whether its processes run."""
-    try:
+    with _fails_as("status"):
         guests = _lab(ctx).status()
-    except RigError as exc:
-        _console.print(f"[red]rig lab status failed:[/red] {exc}", highlight=False)
-        raise SystemExit(1) from None
     if not guests:
         _console.print("lab is down (no guests)")
         return
@@ -94,11 +103,8 @@ def status(ctx: click.Context) -> None:
 @click.pass_context
 def down(ctx: click.Context) -> None:
     """Stop every guest, console server and virtual BMC this lab folder started."""
-    try:
+    with _fails_as("down"):
         stopped = _lab(ctx).down()
-    except RigError as exc:
-        _console.print(f"[red]rig lab down failed:[/red] {exc}", highlight=False)
-        raise SystemExit(1) from None
     if not stopped:
         _console.print("lab was already down")
     for name, what in stopped.items():
