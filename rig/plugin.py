@@ -3,7 +3,9 @@
 Registered through the ``pytest11`` entry point, so any checkout that installs the rig gets:
 
 - options ``--rig-devices``, ``--rig-device``, ``--rig-tag``, ``--rig-report-dir``,
-  ``--rig-soak-minutes`` (and ini keys ``rig_devices``, ``rig_report_dir``, ``rig_soak_minutes``);
+  ``--rig-soak-minutes``, ``--rig-shadowbox-source`` (one tree for every device), ``--rig-build``
+  (the build's label, kept in report.json, summary.json and JUnit properties), and ini keys
+  ``rig_devices``, ``rig_report_dir``, ``rig_soak_minutes``;
 - fixtures ``device`` (parametrized over the selected devices; test ids carry the device name),
   ``dut`` (connected, console captured, hang monitor running; the test fails on a crash or hang with
   the console excerpt), ``shadowbox`` (deployed and verified), ``nmi_sources`` (what the device offers),
@@ -53,6 +55,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--rig-tag", action="append", default=[], metavar="TAG", help="only devices with this tag")
     g.addoption("--rig-report-dir", default=None, metavar="DIR", help="where run reports go (default reports/)")
     g.addoption("--rig-soak-minutes", type=float, default=None, help="length of soak tests (default 20)")
+    g.addoption(
+        "--rig-shadowbox-source",
+        default=None,
+        metavar="PATH",
+        help="deploy this Shadow-box tree on every selected device (overrides [shadowbox] source)",
+    )
+    g.addoption("--rig-build", default=None, metavar="LABEL", help="name of the build under test, kept in reports")
     parser.addini("rig_devices", "inventory folders/files", type="paths", default=[])
     parser.addini("rig_report_dir", "report folder", default="reports")
     parser.addini("rig_soak_minutes", "soak length in minutes", default="20")
@@ -146,6 +155,13 @@ def selected_devices(config: pytest.Config) -> list[Device]:
         devices = load_inventory(paths, names=config.getoption("--rig-device"), tags=config.getoption("--rig-tag"))
     except RigError as exc:
         raise pytest.UsageError(str(exc)) from None
+    source = config.getoption("--rig-shadowbox-source")
+    if source:
+        # One build for the whole run (rig regress / bisect): every device deploys the same tree.
+        tree = Path(config.invocation_params.dir, source).resolve()
+        if not tree.is_dir():
+            raise pytest.UsageError(f"--rig-shadowbox-source {source}: {tree} is not a folder")
+        devices = [d.model_copy(update={"shadowbox": d.shadowbox.model_copy(update={"source": tree})}) for d in devices]
     config._rig_devices = devices  # type: ignore[attr-defined]
     return devices
 
@@ -178,7 +194,7 @@ def rig_run(request: pytest.FixtureRequest) -> Iterator[Any]:
     from rig.report import RunReport
 
     config = request.config
-    run = RunReport(report_dir(config), _run_id(config))
+    run = RunReport(report_dir(config), _run_id(config), build=config.getoption("--rig-build"))
     config.stash[RUN_KEY] = run
     yield run
     run.close()
@@ -332,6 +348,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     # copies them from the item (and xdist carries them over from the worker).
     item.user_properties.append(("rig_device", d.name))
     item.user_properties.append(("rig_verdict", verdict.text))
+    build = item.config.getoption("--rig-build")
+    if build:
+        item.user_properties.append(("rig_build", build))
     kernel = d.kernel_release
     if kernel:
         item.user_properties.append(("rig_kernel", kernel))

@@ -13,7 +13,7 @@ Secrets never reach a report: the device section is built from an allow-list of 
 report.json, schema version 1::
 
     {"schema": "shadowbox-rig/device-report", "version": 1, "status": "incomplete|complete",
-     "run_id": str, "rig_version": str,
+     "run_id": str, "rig_version": str, "build": str|null (``--rig-build``, e.g. a git ref),
      "device": {"name", "tags", "description", "ssh": "user@host:port", "console": url|null, "power": kind},
      "identity": {"kernel", "cmdline", "cpu_model", "microcode", "cpus"},
      "deploy": {...} | null,
@@ -77,6 +77,7 @@ class DeviceReport:
             "status": "incomplete",
             "run_id": run.run_id,
             "rig_version": __version__,
+            "build": run.build,
             "device": public_device_fields(device),
             "identity": {},
             "deploy": None,
@@ -175,8 +176,10 @@ class DeviceReport:
 class RunReport:
     """A run's folder; one :class:`DeviceReport` per device driven by this process."""
 
-    def __init__(self, root: Path, run_id: str) -> None:
+    def __init__(self, root: Path, run_id: str, build: str | None = None) -> None:
         self.run_id = run_id
+        #: The label of the Shadow-box build under test (rig regress / bisect), if the run has one.
+        self.build = build
         self.dir = root / run_id
         self.dir.mkdir(parents=True, exist_ok=True)
         self._devices: dict[str, DeviceReport] = {}
@@ -186,6 +189,7 @@ class RunReport:
                 run_json,
                 {
                     "run_id": run_id,
+                    "build": build,
                     "started": time.time(),
                     "controller": socket.gethostname(),
                     "rig_version": __version__,
@@ -213,6 +217,7 @@ def write_summary(run_dir: Path) -> dict[str, Any]:
         devices.append(
             {
                 "device": data["device"]["name"],
+                "build": data.get("build"),
                 "status": data["status"],
                 "identity": data.get("identity", {}),
                 "tests": cells,
@@ -222,6 +227,7 @@ def write_summary(run_dir: Path) -> dict[str, Any]:
         "schema": "shadowbox-rig/run-summary",
         "version": SCHEMA_VERSION,
         "run_id": run_dir.name,
+        "build": next((d["build"] for d in devices if d["build"]), None),
         "finished": time.time(),
         "devices": devices,
     }
