@@ -1,10 +1,12 @@
 """The lab's DUT image: Debian's own kernel plus an initramfs built from Debian packages on this host.
 
 Why build it here, from the host's packages: the lab must work offline on a fresh Debian machine, and
-the guest kernel must be exactly the one whose headers are installed (sbsim is built against
-``/usr/src/linux-headers-<ver>`` and must load in the guest). So the kernel is
-``/boot/vmlinuz-<ver>`` used as-is, and the initramfs is assembled from busybox-static, dropbear,
-OpenSSH's sftp-server, the e1000 module and the shared libraries those binaries need.
+the guest kernel must be exactly the one whose headers the rig builds sbsim against (the module must
+load in the guest). So the kernel is used as-is -- the host's ``/boot/vmlinuz-<ver>``, or a kernel
+fetched from Debian's archive into the kernel cache (:mod:`rig.lab.kernels`, e.g. Debian 11's 5.10)
+-- and the initramfs is assembled from busybox-static, dropbear, OpenSSH's sftp-server, *that
+kernel's* e1000 module and the shared libraries those binaries need. One image per kernel: the
+kernel's release and package version are inputs of the image's hash.
 
 Why a cache keyed by a hash of the inputs: a build takes seconds, but ``rig lab up`` and every test
 session would pay it. The image lives in ``<lab>/image/<hash>/`` and is rebuilt only when the kernel,
@@ -33,9 +35,11 @@ from importlib import resources
 from pathlib import Path
 
 from rig.errors import LabFault
+from rig.lab import kernels
+from rig.lab.kernels import LabKernel
 
 #: Bump when the builder's output changes for the same inputs (forces a rebuild everywhere).
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
 
 #: Debian packages whose versions are inputs of the image.
 IMAGE_PACKAGES = ("busybox-static", "dropbear-bin", "openssh-sftp-server")
@@ -103,14 +107,37 @@ def kernel_version() -> str:
     )
 
 
+def lab_kernel(kernel: str | LabKernel | None = None) -> LabKernel:
+    """The :class:`LabKernel` for a release (host or kernel cache; no network), default the host's."""
+    if isinstance(kernel, LabKernel):
+        return kernel
+    release = kernel or kernel_version()
+    found = kernels.find_kernel(release)
+    if found is None:
+        raise LabFault(
+            f"kernel {release}: neither installed on the host (/boot/vmlinuz-{release}, /lib/modules/{release}) "
+            f"nor in the kernel cache {kernels.cache_dir()}; `rig lab up --kernel {kernels.series_of(release)}` "
+            "fetches Debian kernels, `make deps` installs the host's",
+            component="image",
+        )
+    return found
+
+
 def kernel_path(version: str | None = None) -> Path:
-    """``/boot/vmlinuz-<ver>`` of the lab kernel (readable: QEMU loads it with -kernel)."""
-    return Path(f"/boot/vmlinuz-{version or kernel_version()}")
+    """The lab kernel's image (readable: QEMU loads it with -kernel): /boot or the kernel cache."""
+    k = kernels.find_kernel(version or kernel_version())
+    return k.vmlinuz if k is not None else Path(f"/boot/vmlinuz-{version or kernel_version()}")
 
 
 def headers_dir(version: str | None = None) -> Path:
-    """``/usr/src/linux-headers-<ver>``: build out-of-tree modules (sbsim) for the lab kernel here."""
-    return Path(f"/usr/src/linux-headers-{version or kernel_version()}")
+    """Where to build out-of-tree modules (sbsim) for kernel ``version`` (default: the host's lab kernel).
+
+    ``/usr/src/linux-headers-<ver>`` for the host's kernels, the fixed-up headers in the kernel cache
+    for fetched ones (see rig.lab.kernels).
+    """
+    release = version or kernel_version()
+    k = kernels.find_kernel(release)
+    return k.headers if k is not None else Path(f"/usr/src/linux-headers-{release}")
 
 
 def _package_version(pkg: str) -> str:
@@ -145,13 +172,14 @@ class ImageInputs:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def image_inputs(kernel: str | None = None) -> ImageInputs:
+def image_inputs(kernel: str | LabKernel | None = None) -> ImageInputs:
     """Collect the inputs (cheap: dpkg-query and a few small files), without building anything."""
-    ver = kernel or kernel_version()
+    k = lab_kernel(kernel)
     init_dir = _guest_init_dir()
+    package = _package_version(f"linux-image-{k.release}") if k.origin == "host" else k.package_version
     return ImageInputs(
-        kernel=ver,
-        kernel_package=_package_version(f"linux-image-{ver}"),
+        kernel=k.release,
+        kernel_package=package,
         packages={p: _package_version(p) for p in IMAGE_PACKAGES},
         init_files={
             n: hashlib.sha256((init_dir / n).read_bytes()).hexdigest() for n in sorted(GUEST_INIT_FILES)
@@ -172,6 +200,10 @@ class Image:
     dir: Path
     #: True when this call built the image, False when it came from the cache.
     built: bool
+    #: Build modules for this image's kernel here (see headers_dir).
+    headers: Path | None = None
+    #: "host" or where the kernel was fetched from ("debian bullseye-security").
+    kernel_origin: str = "host"
 
 
 def _ldd_deps(binary: Path) -> list[Path]:
@@ -186,9 +218,9 @@ def _ldd_deps(binary: Path) -> list[Path]:
     return libs
 
 
-def _module_order(kver: str, names: tuple[str, ...]) -> list[Path]:
-    """Module files for ``names`` with their dependencies first, from modules.dep."""
-    moddir = Path(f"/lib/modules/{kver}")
+def _module_order(kver: str, names: tuple[str, ...], moddir: Path | None = None) -> list[Path]:
+    """Module files for ``names`` with their dependencies first, from ``moddir``'s modules.dep."""
+    moddir = moddir or Path(f"/lib/modules/{kver}")
     try:
         dep_text = (moddir / "modules.dep").read_text()
     except OSError as exc:
@@ -262,7 +294,7 @@ def write_cpio(root: Path, out: Path) -> None:
     os.replace(tmp, out)
 
 
-def _stage_rootfs(stage: Path, kver: str) -> None:
+def _stage_rootfs(stage: Path, kernel: LabKernel) -> None:
     """Lay out the guest's root file system in ``stage``."""
     for d in ("bin", "dev", "proc", "sys", "tmp", "run", "etc", "mnt", "var", "usr/lib", "lib/modules"):
         (stage / d).mkdir(parents=True, exist_ok=True)
@@ -293,7 +325,7 @@ def _stage_rootfs(stage: Path, kver: str) -> None:
 
     # modules, decompressed, with the order /init loads them in
     order = []
-    for mod in _module_order(kver, GUEST_MODULES):
+    for mod in _module_order(kernel.release, GUEST_MODULES, kernel.modules_dir):
         name = mod.name.split(".ko")[0] + ".ko"
         (stage / "lib/modules" / name).write_bytes(_read_module(mod))
         order.append(name)
@@ -312,29 +344,32 @@ def _stage_rootfs(stage: Path, kver: str) -> None:
         _copy_file(init_dir / name, stage / dest, mode)
 
 
-def build_image(cache_dir: Path, *, kernel: str | None = None) -> Image:
-    """Return the image for the current inputs, building it into ``cache_dir/<hash>/`` if missing.
+def build_image(cache_dir: Path, *, kernel: str | LabKernel | None = None) -> Image:
+    """Return the image for ``kernel`` (default: the host's), building it into ``cache_dir/<hash>/`` if missing.
 
+    ``kernel`` is a release ("5.10.0-46-amd64", host or kernel cache) or a :class:`LabKernel`.
     A second call with unchanged inputs does no work (``Image.built`` is False) and leaves the
     cached files untouched.
     """
-    inputs = image_inputs(kernel)
+    k = lab_kernel(kernel)
+    inputs = image_inputs(k)
     digest = inputs.digest()
-    kpath = kernel_path(inputs.kernel)
+    kpath = k.vmlinuz
     if not os.access(kpath, os.R_OK):
         raise LabFault(f"{kpath} is missing or unreadable; run `make deps` or check permissions",
                        component="image")
     out = cache_dir / digest
     initramfs = out / "initramfs.cpio.gz"
     if initramfs.is_file() and (out / "manifest.json").is_file():
-        return Image(inputs.kernel, kpath, initramfs, digest, out, built=False)
+        return Image(inputs.kernel, kpath, initramfs, digest, out, built=False, headers=k.headers,
+                     kernel_origin=k.origin)
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".build-{digest}-", dir=cache_dir))
     try:
         stage = work / "root"
         stage.mkdir()
-        _stage_rootfs(stage, inputs.kernel)
+        _stage_rootfs(stage, k)
         result = work / "result"
         result.mkdir()
         write_cpio(stage, result / "initramfs.cpio.gz")
@@ -349,7 +384,7 @@ def build_image(cache_dir: Path, *, kernel: str | None = None) -> Image:
                 raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return Image(inputs.kernel, kpath, initramfs, digest, out, built=True)
+    return Image(inputs.kernel, kpath, initramfs, digest, out, built=True, headers=k.headers, kernel_origin=k.origin)
 
 
 def ensure_client_key(keys_dir: Path) -> Path:

@@ -16,7 +16,8 @@ Fault-injection hooks (``kill_console_server``, ``restart_console_server``, ``ki
 Python API (used by tests/conftest.py's ``lab`` fixture and the rest of the rig's tests)::
 
     lab = Lab(root=tmp / "lab", inventory_dir=tmp / "devices")
-    guests = lab.up(count=2)          # -> list[GuestInfo]; idempotent
+    guests = lab.up(count=2)          # -> list[GuestInfo]; idempotent; host kernel (6.1) on both
+    guests = lab.up(count=2, kernels=["6.1", "5.10"])   # lab-1 on 6.1, lab-2 on Debian 11's 5.10
     g = lab.guest("lab-1")            # ports, sockets, log paths, pids, inventory_file
     lab.restart_console_server("lab-1")
     lab.down()                        # every process gone, inventory files removed
@@ -34,14 +35,14 @@ import secrets
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import paramiko
 
 from rig.errors import LabFault
-from rig.lab import consoleserver, guest, image
+from rig.lab import consoleserver, guest, image, kernels
 from rig.lab.ports import (
     GuestPorts,
     check_port_free,
@@ -116,6 +117,10 @@ class GuestInfo:
     inventory_file: Path
     kernel_version: str
     accel: str
+    #: Where modules for this guest's kernel are built (what the inventory's kernel_headers says).
+    kernel_headers: Path | None = None
+    #: "host" or where the kernel was fetched from, e.g. "debian bullseye-security".
+    kernel_origin: str = "host"
     pty: str | None = None
     qemu_pid: int | None = None
     console_server_pid: int | None = None
@@ -144,7 +149,14 @@ class GuestInfo:
         for k in ("dir", "qmp_socket", "bmc_qmp_socket", "serial_log", "known_hosts", "key_file",
                   "bmc_password_file", "inventory_file"):
             kw[k] = Path(str(kw[k]))
+        if kw.get("kernel_headers") is not None:
+            kw["kernel_headers"] = Path(str(kw["kernel_headers"]))
         return cls(**kw)  # type: ignore[arg-type]
+
+    @property
+    def kernel_series(self) -> str:
+        """``major.minor`` of the guest's kernel ("6.1", "5.10")."""
+        return kernels.series_of(self.kernel_version)
 
 
 class Lab:
@@ -219,14 +231,40 @@ class Lab:
 
     # --- image -------------------------------------------------------------------------------------
 
-    def build_image(self) -> image.Image:
-        """Build (or reuse from cache) the DUT image; see rig.lab.image."""
-        self._say("image", "checking inputs")
+    def build_image(self, kernel: kernels.LabKernel | str | None = None) -> image.Image:
+        """Build (or reuse from cache) the DUT image for ``kernel`` (default the host's); see rig.lab.image."""
+        what = f"image {kernels.series_of(kernel.release if isinstance(kernel, kernels.LabKernel) else kernel)}" \
+            if kernel else "image"
+        self._say(what, "checking inputs")
         t0 = time.monotonic()
-        img = image.build_image(self.image_dir)
+        img = image.build_image(self.image_dir, kernel=kernel)
         verb = "built" if img.built else "cached"
-        self._say("image", f"{verb} {img.digest} in {time.monotonic() - t0:.1f} s")
+        self._say(what, f"{verb} {img.digest} ({img.kernel_version}) in {time.monotonic() - t0:.1f} s")
         return img
+
+    def _kernel_progress(self, spec: str) -> Callable[[str], None]:
+        def say(message: str) -> None:
+            self._say(f"kernel {spec}", message)
+
+        return say
+
+    def resolve_kernels(self, specs: Sequence[str], count: int) -> list[kernels.LabKernel]:
+        """One kernel per guest from ``specs`` ("6.1", "5.10", or full releases), round-robin.
+
+        ``["6.1", "5.10"]`` with 2 guests: guest 1 on 6.1, guest 2 on 5.10; with 4 guests 6.1, 5.10,
+        6.1, 5.10. A series the host lacks is fetched from Debian's archive (once; then cached).
+        """
+        if not specs:
+            raise LabFault("kernels: give at least one kernel (e.g. 6.1 or 5.10)", component="lab")
+        if len(specs) > count:
+            raise LabFault(f"{len(specs)} kernels ({', '.join(specs)}) for {count} guests: raise --count "
+                           "or give fewer --kernel", component="lab")
+        host = image.kernel_version()
+        resolved: dict[str, kernels.LabKernel] = {}
+        for spec in specs:
+            if spec not in resolved:
+                resolved[spec] = kernels.resolve(spec, host_release=host, progress=self._kernel_progress(spec))
+        return [resolved[specs[i % len(specs)]] for i in range(count)]
 
     # --- state -------------------------------------------------------------------------------------
 
@@ -282,29 +320,44 @@ class Lab:
 
     # --- up ----------------------------------------------------------------------------------------
 
-    def up(self, count: int = DEFAULT_COUNT, name_prefix: str = DEFAULT_PREFIX) -> list[GuestInfo]:
+    def up(
+        self, count: int = DEFAULT_COUNT, name_prefix: str = DEFAULT_PREFIX, kernels: Sequence[str] | None = None,
+    ) -> list[GuestInfo]:
         """Bring guests ``<prefix>-1..<prefix>-count`` up; idempotent. Returns their infos.
 
-        Running guests are reported with note "already up" (a missing console server or BMC of a
-        running guest is restarted). Missing guests are started in parallel and measured until
-        SSH login works. On any error everything started by this call is stopped again.
+        ``kernels``: kernel per guest, round-robin (see :meth:`resolve_kernels`); None = the host's
+        kernel for new guests and whatever running guests run. Running guests are reported with note
+        "already up" (a missing console server or BMC of a running guest is restarted); a running
+        guest on another kernel than requested is restarted on the requested one. Missing guests
+        are started in parallel and measured until SSH login works. On any error everything started
+        by this call is stopped again.
         """
         if count < 1:
             raise LabFault(f"--count {count}: need at least one guest", component="lab")
         names = [f"{name_prefix}-{i}" for i in range(1, count + 1)]
         with self._locked():
-            return self._up(names)
+            wanted = self.resolve_kernels(list(kernels), count) if kernels else None
+            return self._up(names, wanted)
 
-    def _up(self, names: list[str]) -> list[GuestInfo]:
+    def _up(self, names: list[str], wanted: list[kernels.LabKernel] | None = None) -> list[GuestInfo]:
         guest.qemu_binary()  # fail before anything starts when QEMU is missing
         if not vbmc_available():
             self._say("lab", "rig/lab/vbmc.py is not there yet: guests get no virtual BMC")
+        default_kernel = wanted[0] if wanted else image.lab_kernel()
+        kernel_of = {name: (wanted[i] if wanted else default_kernel) for i, name in enumerate(names)}
         results: dict[str, GuestInfo] = {}
         to_start: list[tuple[str, int]] = []
+        switched: dict[str, str] = {}
         for idx, name in enumerate(names, start=1):
             info = self._load(name)
             if info is not None and self._refresh(info).qemu_pid is not None:
-                results[name] = info
+                if wanted and info.kernel_version != kernel_of[name].release:
+                    self._say(name, f"restarting: runs {info.kernel_version}, {kernel_of[name].release} requested")
+                    switched[name] = info.kernel_version
+                    self._stop_guest(name)
+                    to_start.append((name, idx))
+                else:
+                    results[name] = info
             else:
                 to_start.append((name, idx))
 
@@ -320,11 +373,18 @@ class Lab:
                     check_port_free(p.ssh, "tcp", f"SSH forward of {name}")
                     check_port_free(p.console, "tcp", f"console server of {name}")
                     check_port_free(p.bmc, "udp", f"virtual BMC of {name}")
-                img = self.build_image()
+                images: dict[str, image.Image] = {}
+                for name, _ in to_start:
+                    k = kernel_of[name]
+                    if k.release not in images:
+                        images[k.release] = self.build_image(k)
                 key = image.ensure_client_key(self.keys_dir)
-                accel = guest.choose_accel(self.accel_request, img.kernel, kvm_probe_cache())
+                # KVM works or not on this host whatever the kernel: probe with the first image only
+                first = images[kernel_of[to_start[0][0]].release]
+                accel = guest.choose_accel(self.accel_request, first.kernel, kvm_probe_cache())
                 self._say("lab", f"accelerator: {accel}")
                 for name, idx in to_start:
+                    img = images[kernel_of[name].release]
                     info = self._start_guest(name, idx, ports[name], img, key, accel, started)
                     self._start_helpers(info)
                     results[name] = info
@@ -332,6 +392,8 @@ class Lab:
                 for info in started:
                     self._write_inventory(info)
                     info.note = "started"
+                    if info.name in switched:
+                        info.notes.append(f"kernel was {switched[info.name]}")
                     self._save(info)
         except BaseException:
             for info in reversed(started):
@@ -372,6 +434,7 @@ class Lab:
             serial_log=paths.serial_log, known_hosts=known_hosts, key_file=key, bmc_user=BMC_USER,
             bmc_password_file=gdir / "bmc.password", inventory_file=self.inventory_dir / f"{name}.toml",
             kernel_version=img.kernel_version, accel=accel,
+            kernel_headers=img.headers or image.headers_dir(img.kernel_version), kernel_origin=img.kernel_origin,
         )
         self._say(name, f"starting QEMU ({accel})")
         info.started_at = time.time()
@@ -524,7 +587,9 @@ class Lab:
 
     def _write_inventory(self, info: GuestInfo) -> Path:
         """devices/lab/<name>.toml in rig.inventory's schema (absolute paths)."""
-        major_minor = ".".join(info.kernel_version.split(".")[:2])
+        major_minor = info.kernel_series
+        headers = info.kernel_headers or image.headers_dir(info.kernel_version)
+        origin = "" if info.kernel_origin == "host" else f" ({info.kernel_origin})"
 
         def q(v: object) -> str:
             return json.dumps(str(v))  # a TOML basic string: same escapes as JSON for our values
@@ -534,7 +599,7 @@ class Lab:
 name = {q(info.name)}
 tags = ["lab", "virtual", {q("kernel-" + major_minor)}]
 description = {q(f"Virtual laptop {info.name}: QEMU {info.accel.upper()}, 2 vCPUs, "
-                 f"Debian kernel {info.kernel_version}, console via ser2net, virtual BMC")}
+                 f"Debian kernel {info.kernel_version}{origin}, console via ser2net, virtual BMC")}
 # perf is listed on purpose: under TCG there is no PMU and the rig must report it unavailable.
 nmi_sources = ["ipmi", "sysrq", "qmp", "perf"]
 
@@ -569,7 +634,7 @@ version_prefix = {q(major_minor + ".")}
 recipe = "sbsim"
 source = {q(sbsim_source_dir())}
 build_on = "controller"
-kernel_headers = {q(image.headers_dir(info.kernel_version))}
+kernel_headers = {q(headers)}
 """
         self.inventory_dir.mkdir(parents=True, exist_ok=True)
         tmp = info.inventory_file.with_suffix(".toml.tmp")

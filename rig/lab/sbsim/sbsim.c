@@ -32,7 +32,10 @@
 #include <linux/kthread.h>
 #include <linux/module.h>
 #include <linux/moduleparam.h>
-#include <linux/panic.h>
+#include <linux/version.h>
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(5, 18, 0)
+#include <linux/panic.h> /* panic() moved out of kernel.h in 5.18; 5.10 declares it there */
+#endif
 #include <linux/percpu.h>
 #include <linux/proc_fs.h>
 #include <linux/ratelimit.h>
