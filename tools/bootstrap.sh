@@ -11,7 +11,8 @@ APT_PKGS=(
   openssh-server openssh-client       # a real OpenSSH peer for the SSH tests
   ser2net socat                       # the console server path: QEMU serial -> pty -> ser2net
   ipmitool openipmi                   # IPMI peers: ipmitool client, ipmi_sim BMC
-  cpio kmod zstd xz-utils gzip        # building the initramfs
+  cpio kmod zstd xz-utils gzip        # building the initramfs (kmod: depmod for fetched kernels)
+  gpgv debian-archive-keyring dpkg    # fetching Debian 11's 5.10 kernel: verify the signed index, unpack .debs
   make gcc python3-venv python3-dev git
   chromium                            # headless browser: the HTML report tests open pages from disk
 )
@@ -45,4 +46,11 @@ if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -e '.[dev]'
   touch .venv/.installed
+fi
+
+# A second lab kernel: Debian 11's 5.10 (image, headers, kbuild) fetched from Debian's signed archive
+# into ~/.cache/shadowbox-rig/kernels (never installed into /, bullseye is NOT added to apt's sources).
+# Silent and instant when cached; set RIG_SKIP_KERNEL_FETCH=1 to skip it (the lab then offers 6.1 only).
+if [ -z "${RIG_SKIP_KERNEL_FETCH:-}" ]; then
+  .venv/bin/python -m rig.lab.kernels 5.10
 fi

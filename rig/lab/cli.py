@@ -12,6 +12,8 @@ from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElaps
 from rich.table import Table
 
 from rig.errors import RigError
+from rig.lab import kernels
+from rig.lab.image import kernel_version
 from rig.lab.manager import DEFAULT_COUNT, DEFAULT_PREFIX, GuestInfo, Lab
 
 _console = Console()
@@ -45,12 +47,12 @@ def _lab(ctx: click.Context, **kw: object) -> Lab:
 def _table(guests: list[GuestInfo], title: str) -> Table:
     t = Table(title=title)
     t.caption = "ports are on 127.0.0.1; console is RFC 2217 (rfc2217://127.0.0.1:PORT?ign_set_control)"
-    for col in ("guest", "state", "ssh", "console", "bmc/udp", "pids qemu/ser2net/vbmc", "boot s"):
+    for col in ("guest", "state", "kernel", "ssh", "console", "bmc/udp", "pids qemu/ser2net/vbmc", "boot s"):
         t.add_column(col, no_wrap=True)
     for g in guests:
         pids = "/".join(str(p or "-") for p in (g.qemu_pid, g.console_server_pid, g.bmc_pid))
         t.add_row(
-            g.name, g.note + (f" ({', '.join(g.notes)})" if g.notes else ""),
+            g.name, g.note + (f" ({', '.join(g.notes)})" if g.notes else ""), g.kernel_version,
             str(g.ssh_port), str(g.console_port), str(g.bmc_port), pids,
             f"{g.boot_seconds:.1f}" if g.boot_seconds is not None else "-",
         )
@@ -58,14 +60,23 @@ def _table(guests: list[GuestInfo], title: str) -> Table:
 
 
 @lab.command()
-@click.option("--count", type=click.IntRange(1, 16), default=DEFAULT_COUNT, show_default=True,
-              help="Number of guests.")
+@click.option("--count", type=click.IntRange(1, 16), default=None,
+              help=f"Number of guests (default {DEFAULT_COUNT}, or one per --kernel if more).")
 @click.option("--name-prefix", default=DEFAULT_PREFIX, show_default=True, help="Guests are <prefix>-1..N.")
 @click.option("--accel", type=click.Choice(["auto", "tcg", "kvm"]), default=None,
               help="QEMU accelerator (default: env RIG_LAB_ACCEL or auto = KVM only if it really boots).")
+@click.option("--kernel", "kernel_specs", multiple=True, metavar="KERNEL",
+              help="Kernel per guest, repeatable, given round-robin: a series (6.1 = the host's, 5.10 = Debian 11's, "
+                   "fetched once from Debian's archive) or a full release. Default: the host's kernel.")
 @click.pass_context
-def up(ctx: click.Context, count: int, name_prefix: str, accel: str | None) -> None:
-    """Build the image if needed and boot the guests (idempotent)."""
+def up(ctx: click.Context, count: int | None, name_prefix: str, accel: str | None,
+       kernel_specs: tuple[str, ...]) -> None:
+    """Build the image if needed and boot the guests (idempotent).
+
+    `rig lab up --kernel 6.1 --kernel 5.10` boots lab-1 on 6.1 and lab-2 on 5.10.
+    """
+    if count is None:
+        count = max(DEFAULT_COUNT, len(kernel_specs))
     tasks: dict[str, TaskID] = {}
     with Progress(SpinnerColumn(), TextColumn("[bold]{task.fields[what]:<10}"),
                   TextColumn("{task.description}"), TimeElapsedColumn(), console=_console) as progress:
@@ -77,7 +88,8 @@ def up(ctx: click.Context, count: int, name_prefix: str, accel: str | None) -> N
                 progress.update(tasks[what], description=message)
 
         try:
-            guests = _lab(ctx, accel=accel, progress=report).up(count=count, name_prefix=name_prefix)
+            guests = _lab(ctx, accel=accel, progress=report).up(
+                count=count, name_prefix=name_prefix, kernels=list(kernel_specs) or None)
         except RigError as exc:
             progress.stop()
             _console.print(f"[red]rig lab up failed:[/red] {exc}", markup=True, highlight=False)
@@ -109,3 +121,34 @@ def down(ctx: click.Context) -> None:
         _console.print("lab was already down")
     for name, what in stopped.items():
         _console.print(f"{name}: stopped {', '.join(what) if what else 'nothing (was not running)'}")
+
+
+@lab.command(name="kernels")
+@click.option("--fetch", "fetch_series", multiple=True, metavar="SERIES",
+              help="Fetch this series from Debian's archive if it is not cached (e.g. 5.10); repeatable.")
+@click.option("--refresh", is_flag=True, help="With --fetch: ask the archive for a newer build even if one is cached.")
+def kernels_cmd(fetch_series: tuple[str, ...], refresh: bool) -> None:
+    """List the kernels lab guests can boot (the host's and the fetched ones); fetch more."""
+
+    def progress_of(series: str) -> kernels.ProgressFn:
+        def say(message: str) -> None:
+            _console.print(f"kernel {series}: {message}", highlight=False)
+
+        return say
+
+    with _fails_as("kernels"):
+        for series in fetch_series:
+            rep = kernels.fetch_series_report(series, refresh=refresh, progress=progress_of(series))
+            verb = "fetched" if rep.fetched else "cached"
+            _console.print(f"kernel {series}: {verb} {rep.kernel.release} ({rep.kernel.package_version})",
+                           highlight=False)
+        found = [k for k in [kernels.host_kernel(kernel_version())] if k is not None]
+        for series in kernels.FETCHABLE:
+            found += [k for r in kernels.cached_releases(series) if (k := kernels.cached_kernel(r)) is not None]
+        for k in found:
+            _console.print(f"{k.series:<6} {k.release:<20} {k.package_version:<14} {k.origin}", highlight=False)
+            _console.print(f"       headers: {k.headers}", highlight=False, soft_wrap=True)
+        missing = [s for s in kernels.FETCHABLE if not kernels.cached_releases(s)]
+        if missing:
+            _console.print(f"not fetched yet: {', '.join(missing)} (`rig lab kernels --fetch SERIES`, or "
+                           "`rig lab up --kernel SERIES` fetches on first use)", highlight=False)

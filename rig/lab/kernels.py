@@ -635,3 +635,30 @@ def fetch_series_report(
             return FetchReport(k, fetched=True, changes=changes)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m rig.lab.kernels 5.10 [...]``: make sure these series are cached (tools/bootstrap.sh).
+
+    Silent when everything is cached already (bootstrap runs before every `make test`).
+    """
+    import sys
+
+    series_list = (sys.argv[1:] if argv is None else argv) or list(FETCHABLE)
+    for series in series_list:
+
+        def say(message: str, series: str = series) -> None:
+            print(f"kernel {series}: {message}", flush=True)
+
+        try:
+            rep = fetch_series_report(series, progress=say)
+        except LabFault as exc:
+            print(f"kernel {series}: {exc}", file=sys.stderr)
+            return 1
+        if rep.fetched:
+            print(f"kernel {series}: {rep.kernel.release} ready, headers in {rep.kernel.headers}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
