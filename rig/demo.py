@@ -1,9 +1,11 @@
 """``rig demo``: the story the rig exists for, on the virtual lab, in a few minutes.
 
-Two virtual laptops. ``lab-1`` carries the *fixed* build; ``lab-2`` carries a build with the
-original bug (sbsim's ``hang_after_nmi`` switch: after enough NMIs the NMI handler never returns
-and the machine goes silent, with no log). The suites run on both in parallel (pytest-xdist, one
-worker per device) with a short soak, and the end of the output says which device passed and
+Two virtual laptops on two kernels: ``lab-1`` runs Debian 12's 6.1 (the host's kernel), ``lab-2``
+Debian 11's 5.10 (fetched once from Debian's archive, see rig.lab.kernels) -- a two-kernel matrix,
+as a lab with laptops on different distributions is. ``lab-1`` carries the *fixed* build; ``lab-2``
+carries a build with the original bug (sbsim's ``hang_after_nmi`` switch: after enough NMIs the
+NMI handler never returns and the machine goes silent, with no log). The suites run on both in
+parallel (pytest-xdist, one worker per device) with a short soak, and the end of the output says which device passed and
 which hung, and when -- without anyone reading a log.
 
 The demo does not change the lab's own inventory files: it writes a copy per device under
@@ -26,6 +28,8 @@ BUILDS: dict[str, tuple[str, dict[str, int]]] = {
     "lab-1": ("fixed build (NMIs handled and dropped)", {}),
     "lab-2": ("buggy build (NMI handler never returns after 300 NMIs)", {"hang_after_nmi": 300}),
 }
+#: Kernel per demo device (rig.lab.kernels specs): lab-1 on the host's 6.1, lab-2 on Debian 11's 5.10.
+KERNELS: dict[str, str] = {"lab-1": "6.1", "lab-2": "5.10"}
 SUITES = ("suites/test_deploy.py", "suites/test_nmi_delivery.py", "suites/test_nmi_soak.py")
 
 
@@ -57,6 +61,8 @@ def summarize(run_dir: Path, console: Console) -> int:
         name = dev["device"]
         report = json.loads((run_dir / name / "report.json").read_text())
         label = BUILDS.get(name, ("", {}))[0]
+        kernel = report.get("identity", {}).get("kernel") or "kernel ?"
+        name = f"{name}  {kernel:<16}"
         bad = {t: c for t, c in dev["tests"].items() if c["outcome"] == "failed"}
         skipped = sum(c["outcome"] == "skipped" for c in dev["tests"].values())
         soak_end = [e for e in report["timeline"] if e["kind"] == "soak-end"]
@@ -90,12 +96,13 @@ def summarize(run_dir: Path, console: Console) -> int:
 def run_demo(checkout: Path, soak_minutes: float, console: Console) -> int:
     from rig.lab.manager import Lab
 
-    lab = Lab()
-    console.rule("[bold]1. the virtual lab: two QEMU laptops, console server, virtual BMC")
-    lab.up(count=2)
+    lab = Lab(progress=lambda what, message: console.print(f"  {what}: {message}", highlight=False))
+    console.rule("[bold]1. the virtual lab: two QEMU laptops on two kernels, console server, virtual BMC")
+    guests = lab.up(count=len(KERNELS), kernels=list(KERNELS.values()))
+    kernel_of = {g.name: g.kernel_version for g in guests}
     inventory = write_demo_inventory(lab.inventory_dir, lab.root / "demo-devices")
     for p in inventory:
-        console.print(f"  {p.stem}: {BUILDS[p.stem][0]}  ({p})")
+        console.print(f"  {p.stem}: kernel {kernel_of.get(p.stem, '?')}, {BUILDS[p.stem][0]}  ({p})", highlight=False)
     console.rule("[bold]2. the suites on both laptops in parallel (pytest -n 2)")
     run_id = "demo-" + __import__("time").strftime("%Y%m%d-%H%M%S")
     cmd = [

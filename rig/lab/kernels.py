@@ -470,6 +470,7 @@ def verify_inrelease(signed: Path, suite: Suite, keyring: Path = KEYRING) -> str
     if not keyring.is_file():
         raise LabFault(f"{keyring} not found: apt-get install debian-archive-keyring", component="kernel")
     out = signed.with_suffix(".verified")
+    out.unlink(missing_ok=True)
     try:
         proc = subprocess.run(
             ["gpgv", "--status-fd", "1", "--keyring", str(keyring), "--output", str(out), str(signed)],
