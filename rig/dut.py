@@ -14,6 +14,7 @@ import os
 import re
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
@@ -31,10 +32,11 @@ from rig.nmi import (
     SysrqNmi,
     read_interrupts,
 )
-from rig.power import IpmiPowerControl, ManualPowerControl, PowerControl, power_for
+from rig.power import IpmiPowerControl, ManualPowerControl, PowerControl, PowerState, power_for
 from rig.qmp import QmpClient
 from rig.shadowbox import Deployer, DeployResult, recipe_for
 from rig.ssh import SshClient
+from rig.vocab import VerdictKind
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +138,8 @@ class Dut:
         self._kernel: str | None = None
         #: A verdict a test provoked on purpose (see accept_verdict).
         self.accepted_verdict: Verdict | None = None
+        #: (monitor verdict, verdict after asking the power control): asked once per verdict.
+        self._power_judged: tuple[Verdict, Verdict] | None = None
         self._opened = False
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -243,7 +247,47 @@ class Dut:
         return read_interrupts(self.ssh)
 
     def verdict(self) -> Verdict:
-        return self.monitor.verdict()
+        """The device's verdict: the monitor's, with a switched-off device told apart from a hung one."""
+        return self._judge_power(self.monitor.verdict())
+
+    def wait_verdict(self, timeout: float) -> Verdict | None:
+        """Block until a non-ok verdict (returned, judged as :meth:`verdict` does) or ``timeout`` (None)."""
+        v = self.monitor.wait(timeout)
+        return None if v is None else self._judge_power(v)
+
+    def _judge_power(self, v: Verdict) -> Verdict:
+        """A hang or lost connection of a device whose power control says 'off' is ``powered-off``.
+
+        Why here and not in the monitor: the monitor only has the console and an SSH probe, and
+        to them a switched-off laptop looks exactly like a hung one (silence, no SSH). The Dut owns
+        the power control, so it asks -- once per verdict -- when the evidence says hang or
+        lost-connection. If the power control cannot answer (BMC down, wrong password, manual
+        power), the monitor's verdict stands, with the reason saying why it could not be told apart.
+        A failed answer is not remembered: the next call asks again.
+        """
+        if v.kind not in (VerdictKind.HANG, VerdictKind.LOST_CONNECTION):
+            return v
+        judged = self._power_judged
+        if judged is not None and judged[0] is v:
+            return judged[1]
+        try:
+            state = self.power.status()
+        except RigError as exc:  # LabFault (BMC unreachable/refusing), Unavailable (manual), DeviceError
+            return replace(v, reason=f"{v.reason}; power state unknown ({exc})")
+        if state is PowerState.OFF:
+            out = replace(
+                v,
+                kind=VerdictKind.POWERED_OFF,
+                detail=None,
+                reason=f"{v.reason}; the power control ({self.power.describe()}) says the device is off "
+                "and the rig did not switch it off: someone or something outside the test powered it down",
+            )
+        elif state is PowerState.UNKNOWN:
+            out = replace(v, reason=f"{v.reason}; power state unknown ({self.power.describe()})")
+        else:
+            out = v
+        self._power_judged = (v, out)
+        return out
 
     def accept_verdict(self) -> Verdict:
         """Take the current verdict as this test's intended result (fault-injection tests).
@@ -251,7 +295,7 @@ class Dut:
         The plugin then does not fail the test for it, but the device is still recovered (power
         cycle) before its next test.
         """
-        v = self.monitor.verdict()
+        v = self.verdict()
         self.accepted_verdict = v
         self.needs_recovery = not v.ok
         return v

@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 DUTS_KEY = pytest.StashKey[dict[str, Any]]()
 RUN_KEY = pytest.StashKey[Any]()
+#: device name -> the refusal message, for devices another run holds (asked once per run, see ``dut``).
+BUSY_KEY = pytest.StashKey[dict[str, str]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -234,17 +236,30 @@ def _capabilities(dut: Any) -> dict[str, str | None]:
 
 @pytest.fixture
 def dut(request: pytest.FixtureRequest, device: Device, _dut_pool: dict[str, Any], rig_run: Any) -> Iterator[Any]:
-    """The device, connected and watched. Recovered first if an earlier test left it crashed or hung."""
-    from rig.dut import Dut
+    """The device, connected and watched. Recovered first if an earlier test left it crashed or hung.
+
+    A device another run holds (rig.dut.DeviceBusy) fails every test of this run on it, at once and
+    with the holder named, without retrying the lock per test: otherwise the tests after the other
+    run ended would use the device, and one run's results would be split between two devices' states.
+    """
+    from rig.dut import DeviceBusy, Dut
 
     if device is None:
         pytest.skip("no devices selected")
+    busy = request.config.stash.setdefault(BUSY_KEY, {})
+    if device.name in busy:
+        pytest.fail(busy[device.name], pytrace=False)
     dev_report = rig_run.device(device)
     d: Dut | None = _dut_pool.get(device.name)
     try:
         if d is None:
             d = Dut(device, dev_report.dir)
-            d.open()
+            try:
+                d.open()
+            except DeviceBusy as exc:
+                busy[device.name] = f"DEVICE BUSY: {exc}; this run does not use {device.name}"
+                dev_report.event("device-busy", str(exc))
+                pytest.fail(busy[device.name], pytrace=False)
             _dut_pool[device.name] = d
             dev_report.set_identity(d)
             d.caps = _capabilities(d)
@@ -323,15 +338,16 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if d is None:
         return
     if report.when == "setup" and report.skipped:
-        _record(item, d, report, d.monitor.verdict(), after=None)  # e.g. rig_requires: shown with its reason
+        _record(item, d, report, d.verdict(), after=None)  # e.g. rig_requires: shown with its reason
         return
     if report.when != "call":
         return
-    verdict = d.monitor.verdict()
-    if call.excinfo is not None and call.excinfo.errisinstance(LabFault) and verdict.kind is not VerdictKind.CRASH:
+    verdict = d.verdict()  # the monitor's, with a switched-off device told apart (rig.dut.Dut.verdict)
+    lab_error = call.excinfo if call.excinfo is not None and call.excinfo.errisinstance(LabFault) else None
+    if lab_error is not None and verdict.kind not in (VerdictKind.CRASH, VerdictKind.POWERED_OFF):
         from rig.monitor import Verdict
 
-        verdict = Verdict(VerdictKind.LAB_FAULT, None, str(call.excinfo.value))
+        verdict = Verdict(VerdictKind.LAB_FAULT, None, str(lab_error.value))
     accepted = d.accepted_verdict is not None and d.accepted_verdict.kind is verdict.kind
     if accepted:
         pass  # the test provoked this verdict on purpose and checked it
@@ -339,6 +355,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         # Whatever the test body said: the lab failed, not the laptop. Say so first.
         report.outcome = "failed"
         report.longrepr = f"LAB FAULT on {d.name} (not a device failure): {verdict.reason}"
+    elif verdict.kind is VerdictKind.POWERED_OFF:
+        # Someone or something switched the device off: not its failure, but it must be powered on.
+        d.needs_recovery = True
+        report.outcome = "failed"
+        report.longrepr = (
+            f"POWERED OFF: {d.name} was switched off during the test (not a device failure): {verdict.reason}"
+        )
     elif not verdict.ok:
         d.needs_recovery = True
         excerpt = _wait_excerpt(d, verdict)
@@ -436,5 +459,11 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         verdicts = [c["verdict"] for c in dev["tests"].values()]
         bad = [f"{name}: {c['verdict']}" for name, c in dev["tests"].items() if c["outcome"] == "failed"]
         state = "PASS" if not bad else "FAIL"
+        if not verdicts:
+            state = "NONE"
+            rep = run_dir / dev["device"] / "report.json"
+            events = json.loads(rep.read_text()).get("timeline", []) if rep.exists() else []
+            refused = [e["text"] for e in events if e.get("kind") == "device-busy"]
+            bad = [f"not used: {refused[0]}"] if refused else ["no test ran on it"]
         tr.write_line(f"{dev['device']:<20} {state}  {len(verdicts)} tests  " + ("; ".join(bad) if bad else "all ok"))
     tr.write_line(f"reports: {run_dir}/index.html")

@@ -61,8 +61,8 @@ class Cell:
     """One test on one device, as the matrix and the diff see it.
 
     ``css`` is the colour class: ``ok`` (passed), ``bad`` (the device crashed, hung, rebooted or
-    was lost), ``failed`` (the test failed on a healthy device), ``lab`` (lab fault: not the
-    device's result), ``skip`` (skipped), ``none`` (not run on this device).
+    was lost), ``failed`` (the test failed on a healthy device), ``lab`` (lab fault, or the device
+    was powered off from outside: not the device's result), ``skip`` (skipped), ``none`` (not run on this device).
     """
 
     outcome: str
@@ -88,6 +88,8 @@ def cell_of(outcome: str, verdict: str, kind: str | None = None) -> Cell:
     kind = kind or verdict.split("(", 1)[0]
     if kind == VerdictKind.LAB_FAULT:
         return Cell(outcome, verdict, kind, "lab", "lab-fault")
+    if kind == VerdictKind.POWERED_OFF:  # switched off from outside: not the device's result (rig.vocab)
+        return Cell(outcome, verdict, kind, "lab", "powered-off")
     if kind in {k.value for k in _FAILING_KINDS}:
         return Cell(outcome, verdict, kind, "bad", verdict)
     if outcome == "skipped":

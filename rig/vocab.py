@@ -51,12 +51,27 @@ NOTICE_KINDS: frozenset[EventKind] = frozenset(
 
 
 class VerdictKind(StrEnum):
+    """One device's state as the rig judges it.
+
+    ``powered-off``: the device went silent *and* its power control says it is off, though the rig
+    did not switch it off (a person, a power strip, a BMC policy, a flat battery). It is not the
+    device's failure: nothing Shadow-box does powers a laptop off cleanly (its failures are hangs,
+    panics and triple-fault resets, which read as ``hang``/``crash``/``reboot``), so the plugin and
+    the reports treat it like a lab fault -- the test fails as "not a device failure", its cell is
+    the lab colour -- and the device is powered on again before its next test.
+    """
+
     OK = "ok"
     CRASH = "crash"
     HANG = "hang"
     REBOOT = "reboot"
     LOST_CONNECTION = "lost-connection"
     LAB_FAULT = "lab-fault"
+    POWERED_OFF = "powered-off"
+
+
+#: Verdicts that say the lab (or someone in it), not the device under test, failed.
+NOT_DEVICE_KINDS: frozenset[VerdictKind] = frozenset({VerdictKind.LAB_FAULT, VerdictKind.POWERED_OFF})
 
 
 def verdict_text(kind: VerdictKind, detail: str | None = None) -> str:
