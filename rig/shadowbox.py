@@ -10,6 +10,7 @@ device's power control is the only way back to a clean state.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shlex
@@ -21,8 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from rig.errors import CommandTimeout, ConfigError, DeviceError, RigError
+from rig.errors import CommandTimeout, ConfigError, DeviceError, LabFault, RigError
 from rig.protocols import LineSource, Shell
+from rig.ssh import SshUnreachable
+
+log = logging.getLogger(__name__)
 
 REMOTE_DIR = "/tmp/rig-shadowbox"
 
@@ -332,8 +336,7 @@ class Deployer:
             t0 = time.monotonic()
             upload = self.build_on_controller(kernel)
             result.build_seconds = time.monotonic() - t0
-        self.shell.run(["rm", "-rf", REMOTE_DIR], timeout=30, sudo=self.sudo)
-        self.shell.upload_tree(upload, REMOTE_DIR)
+        self.upload(upload)
         if self.build_on == "device":
             result.build_seconds = self.build_on_device(REMOTE_DIR)
         mark = self.console.mark() if self.console is not None else 0
@@ -346,6 +349,42 @@ class Deployer:
         result.load_seconds = time.monotonic() - t0
         self._await_start(mark, result)
         return result
+
+    def upload(self, tree: Path, remote: str = REMOTE_DIR) -> None:
+        """Copy ``tree`` to ``remote`` on the device, replacing what was there; once more if SSH drops.
+
+        Why one retry: the step is idempotent (the folder is removed and written whole again), and a
+        long transfer is what a flaky link, a NAT timeout or a console-server-grade switch kills
+        first. Why only one: a path that drops the same transfer twice will drop it again.
+        Then the device is asked a short command: if it answers, the *path* is at fault and this is
+        a :class:`rig.errors.LabFault` naming the device and the step; if it does not, the device
+        stopped answering (:class:`rig.ssh.SshUnreachable`, which the monitor judges). Neither is
+        ever reported as a Shadow-box failure (:class:`DeployFailed`).
+        """
+        step = f"deploy step 'upload' ({tree} -> {remote})"
+        lost: SshUnreachable | None = None
+        for attempt in (1, 2):
+            try:
+                self.shell.run(["rm", "-rf", remote], timeout=30, sudo=self.sudo)
+                self.shell.upload_tree(tree, remote)
+                return
+            except SshUnreachable as exc:
+                lost = exc
+                if attempt == 1:
+                    log.warning("device %s: %s lost the SSH connection (%s); uploading again", self.device, step, exc)
+        try:
+            self.shell.run("true", timeout=15)
+        except RigError as exc:
+            raise SshUnreachable(
+                f"device {self.device}: {step}: the SSH connection dropped twice and the device no longer "
+                f"answers ({exc})"
+            ) from None
+        raise LabFault(
+            f"device {self.device}: {step} lost the SSH connection twice ({lost}), while the device still "
+            "answers short commands: the network path between the controller and the device drops long "
+            "transfers; check the cable, switch, VPN or forwarder in between, then run again",
+            component="ssh",
+        )
 
     def _insmod(self, cmd: str, module: str) -> None:
         try:
