@@ -465,3 +465,93 @@ def test_nmi_capture_counts_every_injected_nmi() -> None:
     backtrace = [e for e in ev if e.title.startswith("NMI backtrace")]
     assert len(unknown) == 8 and {e.cpu for e in unknown} == {0, 1}
     assert len(backtrace) == 4
+
+
+# ---- block pre-filter (Detector.scan) vs line-by-line feed ---------------------------------------
+# scan() pre-filters a whole block with a few anchor searches; feed() is the live console path.
+# Both must give the same events for any text and any way the text is cut into scan() calls.
+
+# Lines that pass the per-line pre-filter through one literal and match a rule through another,
+# and rule words without their pre-filter literal: the corners where a block filter could differ.
+_ODD = [
+    "divide error at foo LOCKUP",  # trap word without "divide error: ", pre-filter via LOCKUP
+    "int3 at kprobe_handler",  # trap word, no pre-filter literal at all: no event either way
+    "stack segment:0000 VM [",
+    "Internal error at x BUG",
+    "Unhandled fault at y INFO: ",
+    "VM [3] INT NMI callback",  # Shadow-box body without the shadow-box: prefix
+    "foo NMI received for unknown reason",
+    "x Uhhuh. NMI received for unknown reason 2f on CPU 1. WARNING: ",
+    "CPU1: Watchdog detected hard LOCKUP on cpu 1",
+    "Oops",
+    "BUG kmalloc-64 (Tainted: G): Poison overwritten",
+    "Kernel BUG at fs/x.c:1!",
+    "shadow-box: Execution Fail errorcode=3",
+    "alcatraz: HANG Error X",
+    "prefix ------------[ cut here ]------------",
+    "\x00BUG: soft lockup - CPU#0 stuck for 22s! [a:1]",  # a NUL inside a line
+    "a\nb BUG: scheduling while atomic",  # a line that itself holds a newline
+]
+
+
+def _events_as_tuples(events: list[Event]) -> list[tuple[object, ...]]:
+    return [(e.kind, e.line_no, e.text, e.time, e.cpu, e.title) for e in events]
+
+
+def _block_corpus() -> list[str]:
+    lines: list[str] = []
+    for name in CAPTURES:
+        lines += _read_lines(DATA / name)
+    for i, (line, *_rest) in enumerate(SINGLE):
+        lines += [f"noise {i}", TS + line, "quiet line"]
+    for i, line in enumerate(HARMLESS + _ODD):
+        lines += [TS + line, f"noise {i}"]
+    return lines
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 23, 24, 25, 97, 1000, 10**9])
+@pytest.mark.parametrize("booted", [False, True])
+def test_block_scan_equals_line_by_line(chunk: int, booted: bool) -> None:
+    lines = _block_corpus()
+    one = Detector(booted=booted)
+    expected = [e for line in lines for e in one.feed(line)]
+    assert len(expected) > 100  # the corpus exercises the rules
+    det = Detector(booted=booted)
+    got: list[Event] = []
+    for i in range(0, len(lines), chunk):
+        got += det.scan(lines[i : i + chunk])
+    assert _events_as_tuples(got) == _events_as_tuples(expected)
+    assert det.line_no == one.line_no == len(lines)
+    assert (det.boots, det.in_incident) == (one.boots, one.in_incident)
+
+
+def test_block_scan_lines_with_line_ends_kept() -> None:
+    """``text.splitlines(keepends=True)`` (what the benchmark feeds) gives the same as split lines."""
+    text = "".join((DATA / n).read_text(errors="replace") for n in CAPTURES)
+    a = Detector().scan(text.splitlines(keepends=True))
+    b = Detector().scan(text.splitlines())
+    assert [(e.kind, e.line_no, e.title) for e in a] == [(e.kind, e.line_no, e.title) for e in b]
+    assert len(a) > 100
+
+
+def test_in_incident_ends_after_incident_lines_without_a_trigger_line() -> None:
+    d = Detector(booted=True, incident_lines=10)
+    d.feed("Oops: 0000 [#1] SMP")
+    assert d.in_incident
+    d.scan(["quiet"] * 10)
+    assert d.in_incident
+    d.scan(["quiet"])
+    assert not d.in_incident
+
+
+_EVERY_RULE_LINE = [s[0] for s in SINGLE] + HARMLESS + _ODD
+
+
+@pytest.mark.parametrize("line", _EVERY_RULE_LINE, ids=[repr(x[:40]) for x in _EVERY_RULE_LINE])
+@pytest.mark.parametrize("prefix", ["", TS, "2025-01-02T03:04:05.678Z <4>" + TS])
+def test_block_scan_finds_each_rule_line_alone(line: str, prefix: str) -> None:
+    """Each rule's line in a block of noise, on a fresh detector (no incident hides it)."""
+    lines = [f"{TS}noise {i}" for i in range(40)] + [prefix + line] + [f"{TS}tail {i}" for i in range(5)]
+    one = Detector(booted=True)
+    expected = [e for x in lines for e in one.feed(x)]
+    assert _events_as_tuples(Detector(booted=True).scan(lines)) == _events_as_tuples(expected)
