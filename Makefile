@@ -23,8 +23,11 @@ lint: deps
 lab-down:
 	-$(BIN)/rig lab down
 
+## All benchmarks into BENCHMARKS.md (about 45 min: 20 hangs, a 20-minute NMI soak on 2 devices,
+## 1/2/4-device matrix). Shorter: make bench BENCH_ARGS="--only hang --hangs 5".
+BENCH_ARGS ?=
 bench: deps
-	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 clean: lab-down
 	rm -rf .lab reports/* devices/lab/*.toml

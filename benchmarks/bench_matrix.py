@@ -1,16 +1,22 @@
-"""Matrix wall time: the deploy + NMI-delivery suites on 2 lab devices, in parallel (-n 2) vs one after the other.
+"""Matrix scaling: the deploy + NMI-delivery suites on 1, 2 and 4 lab devices -- wall time and CPU.
 
-Method: ``pytest suites/test_deploy.py suites/test_nmi_delivery.py --rig-devices <bench lab inventory>``
-run as a subprocess, once with ``-n 0`` (sequential: device after device in one process) and once
-with ``-n 2`` (the plugin's per-device scheduling: one worker per device), in the same benchmark run,
-each starting from the same device state: both guests freshly power-cycled (untimed) so each run
-pays the same deploy. Wall time of the pytest process. Each device is also run alone (``--rig-device``), so "close to
-the slower device's time" is checked against a measured figure (with ``-n 0`` pytest interleaves
-the devices test by test, so per-device times cannot be read off the sequential run).
-Reports go to a temporary folder (``--rig-report-dir``), runs are named with ``RIG_RUN_ID``.
+Method: ``pytest suites/test_deploy.py suites/test_nmi_delivery.py --rig-devices <bench lab inventory>
+--rig-device lab-1 ... --rig-device lab-N`` run as a subprocess, with ``-n N`` (the plugin's
+per-device scheduling: one xdist worker per device) for N = 1, 2, 4, and with ``-n 0`` (one device
+after the other in one process) for N = 2 and 4, so "parallel vs sequential" is measured side by
+side. Before every timed run all its devices are power-cycled (untimed), so each run pays the same
+deploy. Figures per run:
 
-Goal (issue 4): the parallel run takes about the slower device's time, not the sum (ratio
-sequential/parallel close to 2 with two similar devices; shared cores make it less).
+- wall time of the pytest process;
+- controller CPU seconds: user + system of the pytest process tree (controller, xdist workers and
+  whatever they ran on the controller, e.g. the sbsim build), from ``getrusage(RUSAGE_CHILDREN)``
+  just before and after the subprocess (children's times reach it when they are reaped);
+- guest CPU seconds: user + system of the run's QEMU processes (``/proc/<pid>/stat``) over the run,
+  i.e. what the devices cost the 2 shared cores.
+
+Goal (issue 6): report wall time and controller CPU per device at 1, 2 and 4 devices. The 4 TCG
+guests share 2 cores with the controller (and with whatever else runs): the parallel figure for 4
+devices is expected to be bounded by the cores, not by the devices.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -30,6 +37,7 @@ from benchmarks.labenv import bench_lab, open_dut
 from rig.lab.manager import Lab, checkout_dir
 
 SUITES = ("suites/test_deploy.py", "suites/test_nmi_delivery.py")
+TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def fresh(lab: Lab, names: list[str], tmp: Path) -> None:
@@ -55,72 +63,92 @@ def fresh(lab: Lab, names: list[str], tmp: Path) -> None:
         raise errors[0]
 
 
-def run_suites(lab: Lab, workers: int, report_dir: Path, run_id: str, only: str | None = None) -> dict[str, Any]:
+def qemu_cpu_s(lab: Lab, names: list[str]) -> float:
+    """user + system seconds the guests' QEMU processes have used so far."""
+    total = 0.0
+    for name in names:
+        pid = lab.guest(name).qemu_pid
+        if pid is None:
+            continue
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime (fields 14 and 15)
+    return total
+
+
+def run_suites(lab: Lab, names: list[str], workers: int, report_dir: Path, run_id: str) -> dict[str, Any]:
     argv = [sys.executable, "-m", "pytest", *SUITES, "--rig-devices", str(lab.inventory_dir),
-            "--rig-report-dir", str(report_dir), "-q", "-n", str(workers if workers > 1 else 0)]
-    if only is not None:
-        argv += ["--rig-device", only]
+            "--rig-report-dir", str(report_dir), "-q", "-p", "no:cacheprovider", "-n", str(workers)]
+    for n in names:
+        argv += ["--rig-device", n]
     env = dict(os.environ, RIG_RUN_ID=run_id)
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    q0 = qemu_cpu_s(lab, names)
+    load0 = os.getloadavg()[0]
     t0 = time.monotonic()
     proc = subprocess.run(argv, cwd=checkout_dir(), env=env, capture_output=True, text=True, timeout=1800)
     wall = time.monotonic() - t0
-    per_device: dict[str, float] = {}
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    q1 = qemu_cpu_s(lab, names)
+    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     outcomes: dict[str, int] = {}
     for rep in sorted((report_dir / run_id).glob("*/report.json")):
         data = json.loads(rep.read_text())
-        ts = [e["t"] for e in data.get("timeline", []) if "t" in e]
-        if ts:
-            per_device[data["device"]["name"]] = max(ts) - min(ts)
         for t in data.get("tests", []):
             outcomes[t["outcome"]] = outcomes.get(t["outcome"], 0) + 1
     tail = (proc.stdout.strip().splitlines() or [""])[-1]
-    return {"wall_s": wall, "rc": proc.returncode, "per_device_s": per_device, "outcomes": outcomes,
+    return {"devices": len(names), "workers": workers, "wall_s": wall, "controller_cpu_s": cpu,
+            "guest_cpu_s": q1 - q0, "load_at_start": load0, "rc": proc.returncode, "outcomes": outcomes,
             "pytest": tail, "output": proc.stdout[-3000:] + proc.stderr[-2000:] if proc.returncode else ""}
 
 
-#: (key, workers, only this device): each device alone, then both sequentially, then both in parallel.
-RUNS: tuple[tuple[str, int, str | None], ...] = (
-    ("alone-lab-1", 0, "lab-1"),
-    ("alone-lab-2", 0, "lab-2"),
-    ("sequential", 0, None),
-    ("parallel", 2, None),
+#: (key, devices, xdist workers): 1 device; 2 and 4 devices in parallel and one after the other.
+RUNS: tuple[tuple[str, int, int], ...] = (
+    ("1", 1, 0),
+    ("2-parallel", 2, 2),
+    ("2-sequential", 2, 0),
+    ("4-parallel", 4, 4),
+    ("4-sequential", 4, 0),
 )
 
 
-def main(lab: Lab | None = None) -> dict[str, Any]:
-    names = ["lab-1", "lab-2"]
+def main(lab: Lab | None = None, counts: tuple[int, ...] = (1, 2, 4)) -> dict[str, Any]:
+    top = max(counts)
     out: dict[str, Any] = {}
-    with bench_lab(2, lab) as the_lab, tempfile.TemporaryDirectory(prefix="bench-matrix-") as tmp:
+    with bench_lab(top, lab) as the_lab, tempfile.TemporaryDirectory(prefix="bench-matrix-") as tmp:
         base = Path(tmp)
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        for key, workers, only in RUNS:
+        for key, n, workers in RUNS:
+            if n not in counts:
+                continue
+            names = [f"lab-{i}" for i in range(1, n + 1)]
             fresh(the_lab, names, base)
-            out[key] = run_suites(the_lab, workers, base / "reports", f"bench-{key}-{stamp}", only)
-    slower = max(out["alone-lab-1"]["wall_s"], out["alone-lab-2"]["wall_s"])
-    out["ratio"] = out["sequential"]["wall_s"] / out["parallel"]["wall_s"]
-    out["parallel_over_slower"] = out["parallel"]["wall_s"] / slower
-    return out
+            out[key] = run_suites(the_lab, names, workers, base / "reports", f"bench-{key}-{stamp}")
+            print(f"   matrix {key}: {one(out[key])}", flush=True)
+    return {"runs": out}
+
+
+def one(x: dict[str, Any]) -> str:
+    n = x["devices"]
+    return (f"{x['wall_s']:.1f} s wall ({x['wall_s'] / n:.1f} s/device), controller CPU {x['controller_cpu_s']:.1f} s "
+            f"({x['controller_cpu_s'] / n:.1f} s/device), guests {x['guest_cpu_s']:.1f} s; rc {x['rc']}; {x['pytest']}")
 
 
 def summary(r: dict[str, Any]) -> str:
-    def one(x: dict[str, Any]) -> str:
-        return f"{x['wall_s']:.1f} s (rc {x['rc']}; {x['pytest']})"
-
-    return (
-        f"lab-1 alone {one(r['alone-lab-1'])}; lab-2 alone {one(r['alone-lab-2'])}; "
-        f"both -n 0 {one(r['sequential'])}; both -n 2 {one(r['parallel'])}; "
-        f"sequential/parallel {r['ratio']:.2f}x; parallel/slower device alone {r['parallel_over_slower']:.2f}"
-    )
+    return "; ".join(f"{k}: {one(x)}" for k, x in r["runs"].items())
 
 
 def cli(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.parse_args(argv)
-    r = main()
+    ap.add_argument("--counts", default="1,2,4", help="device counts (default 1,2,4)")
+    args = ap.parse_args(argv)
+    r = main(counts=tuple(int(x) for x in args.counts.split(",")))
     print(summary(r))
-    for k, _, _ in RUNS:
-        if r[k]["output"]:
-            print(f"--- {k} output ---\n{r[k]['output']}")
+    for k, x in r["runs"].items():
+        if x["output"]:
+            print(f"--- {k} output ---\n{x['output']}")
     return r
 
 
