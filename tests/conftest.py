@@ -1,6 +1,10 @@
 """Shared fixtures of the rig's own tests.
 
-``lab`` (session scope) -- one virtual lab of 2 real QEMU guests for every test that asks for it.
+``lab`` (session scope) -- one virtual lab of 2 real QEMU guests for every test that asks for it, on
+two kernels: ``lab-1`` boots the host's Debian 12 kernel (6.1), ``lab-2`` Debian 11's 5.10 (fetched
+from Debian's signed archive into ``~/.cache/shadowbox-rig/kernels`` by tools/bootstrap.sh, or on
+first use; see rig.lab.kernels). So every lab test and suite that uses both guests runs on both
+kernels, at no extra boot cost (the two guests boot in parallel as before).
 
 Why one per session: booting a TCG guest costs 10-20 s of two shared cores; every lab test of the
 session shares the same two guests. The lab is isolated from the checkout's own ``.lab`` (a user's
@@ -17,10 +21,15 @@ API (the fixture yields a :class:`rig.lab.manager.Lab` after ``up(count=2)``)::
         g.qmp_socket                     # QMP for the rig (the BMC has its own socket)
         g.serial_log                     # every console byte, written by QEMU itself
         g.inventory_file                 # devices TOML, load with rig.inventory.load_device
-        g.kernel_version                 # e.g. "6.1.0-56-amd64" (headers: rig.lab.image.headers_dir())
+        g.kernel_version                 # lab-1 "6.1.0-56-amd64", lab-2 "5.10.0-46-amd64" (or newer builds)
+        g.kernel_series, g.kernel_headers   # "6.1" / "5.10"; where modules for it are built
+        g.kernel_origin                  # "host" (lab-1) or "debian bullseye-security" (lab-2)
         lab.inventory_dir                # folder with lab-1.toml, lab-2.toml (rig.inventory.load_inventory)
         lab.kill_console_server("lab-1"); lab.start_console_server("lab-1")   # fault injection
         lab.restart_console_server("lab-1"); lab.kill_bmc("lab-1"); lab.start_bmc("lab-1")
+
+Do not assume a kernel version in a test: compare with ``g.kernel_version`` / ``g.kernel_series``.
+``LAB_KERNELS`` names the kernels (rig.lab.kernels specs) of lab-1 and lab-2.
 
 Rules for users of the fixture: the guests are shared, so a test that breaks one (kills its console
 server or BMC, powers it off, crashes or hangs its kernel) must put it back before returning --
@@ -44,15 +53,17 @@ from rig.lab.manager import GuestInfo, Lab, ssh_login_check
 
 #: Power cycle / crash to "SSH login works" on a lab guest (TCG, shared cores).
 LAB_READY_TIMEOUT = 180.0
+#: Kernel of lab-1 and lab-2 (rig.lab.kernels specs): the host's 6.1 and Debian 11's 5.10.
+LAB_KERNELS = ("6.1", "5.10")
 
 
 @pytest.fixture(scope="session")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    """A lab of 2 guests (lab-1, lab-2), up for the whole session, torn down at its end."""
+    """A lab of 2 guests (lab-1 on 6.1, lab-2 on 5.10), up for the whole session, torn down at its end."""
     base = tmp_path_factory.mktemp("lab")
     the_lab = Lab(root=base / "state", inventory_dir=base / "devices")
     try:
-        the_lab.up(count=2)
+        the_lab.up(count=2, kernels=list(LAB_KERNELS))
         yield the_lab
     finally:
         the_lab.down()

@@ -7,6 +7,7 @@ under TCG, which no test here needs.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import os
@@ -25,9 +26,10 @@ import pytest
 import serial
 from click.testing import CliRunner
 
+from rig.dut import Dut
 from rig.errors import LabFault
 from rig.inventory import IpmiPower, load_device
-from rig.lab import image
+from rig.lab import image, kernels
 from rig.lab.cli import lab as lab_cli
 from rig.lab.guest import run_state
 from rig.lab.manager import Lab, vbmc_available
@@ -135,7 +137,63 @@ def test_guest_initrd_appends_identity(tmp_path: Path) -> None:
     assert image.ensure_host_key(gdir).startswith("ssh-ed25519 AAAA")
 
 
+def _uts_release(headers: Path) -> str:
+    """The release modules built against ``headers`` carry in their vermagic (what ``uname -r`` says)."""
+    text = (headers / "include/generated/utsrelease.h").read_text()
+    return text.split('"')[1]
+
+
+def _modinfo(ko: Path, field: str) -> str:
+    return subprocess.run(["modinfo", "-F", field, str(ko)], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_one_image_per_kernel_each_with_its_own_e1000(tmp_path: Path) -> None:
+    """6.1 (host) and 5.10 (kernel cache; fetched by tools/bootstrap.sh): two images, each with the
+    e1000 module of its own kernel (a module of another kernel would not load and the guest would
+    have no network)."""
+    host = image.kernel_version()
+    k510 = kernels.resolve("5.10", host_release=host)
+    assert k510.release.startswith("5.10.") and k510.origin.startswith("debian bullseye")
+    images = {k: image.build_image(tmp_path / "image", kernel=k) for k in (host, k510.release)}
+    assert images[host].digest != images[k510.release].digest
+    assert images[k510.release].kernel == k510.vmlinuz and images[host].kernel == Path(f"/boot/vmlinuz-{host}")
+    assert images[k510.release].headers == k510.headers and images[k510.release].kernel_origin == k510.origin
+    for release, img in images.items():
+        root = tmp_path / f"root-{release}"
+        root.mkdir()
+        data = gzip.decompress(img.initramfs.read_bytes())
+        subprocess.run(["cpio", "-id", "--quiet", "lib/modules/*"], input=data, cwd=root, check=True)
+        assert _modinfo(root / "lib/modules/e1000.ko", "vermagic").split()[0] == release
+    # the headers the inventory will name build for that kernel: their release is the kernel's
+    assert _uts_release(k510.headers) == k510.release
+    assert image.headers_dir(k510.release) == k510.headers
+
+
 # --- bad input (no guest boots) ----------------------------------------------------------------------
+
+
+def test_kernel_requests_are_checked_before_anything_starts(isolated_lab: Lab) -> None:
+    with pytest.raises(LabFault, match=r"2 kernels \(6\.1, 5\.10\) for 1 guests: raise --count"):
+        isolated_lab.up(count=1, kernels=["6.1", "5.10"])
+    with pytest.raises(LabFault, match=r"kernel 4\.9: not installed on the host .*known: 5\.10, 6\.1"):
+        isolated_lab.up(count=2, kernels=["6.1", "4.9"])
+    assert isolated_lab.status() == []
+    assert lab_processes(isolated_lab.root) == []
+    result = CliRunner().invoke(lab_cli, ["--lab-dir", str(isolated_lab.root), "--inventory-dir",
+                                          str(isolated_lab.inventory_dir), "up", "--count", "1",
+                                          "--kernel", "6.1", "--kernel", "5.10"])
+    assert result.exit_code == 1 and "2 kernels (6.1, 5.10) for 1 guests" in result.output, result.output
+
+
+def test_rig_lab_kernels_lists_host_and_fetched(tmp_path: Path) -> None:
+    result = CliRunner().invoke(lab_cli, ["kernels"])
+    assert result.exit_code == 0, result.output
+    host = image.kernel_version()
+    k510 = kernels.resolve("5.10", host_release=host)
+    assert f"{host}" in result.output and "host" in result.output
+    assert k510.release in result.output and f"headers: {k510.headers}" in result.output
+
+
 
 
 def test_up_without_qemu_says_how_to_install(isolated_lab: Lab, tmp_path: Path,
@@ -224,6 +282,10 @@ def test_inventory_files_load_with_the_rig_schema(lab: Lab) -> None:
         assert "apic_extnmi=all" in dev.kernel.cmdline_requires
         assert dev.shadowbox.recipe == "sbsim"
         assert g.kernel_version.startswith(dev.kernel.version_prefix or "?")
+        # the headers the inventory names are this guest's kernel's (sbsim is built against them)
+        assert dev.shadowbox.kernel_headers == g.kernel_headers
+        assert g.kernel_headers is not None and _uts_release(g.kernel_headers) == g.kernel_version
+        assert g.kernel_version in dev.description
     assert len({lab.guest(n).ssh_port for n in ("lab-1", "lab-2")}) == 2
 
 
@@ -239,6 +301,44 @@ def test_ssh_login_kernel_cmdline_and_cpus(lab: Lab, name: str) -> None:
         assert run(client, "nproc")[1].strip() == "2"
     finally:
         client.close()
+
+
+@pytest.mark.lab
+def test_the_lab_has_two_kernels(lab: Lab) -> None:
+    """The session lab is a kernel matrix: lab-1 on the host's 6.1, lab-2 on Debian 11's 5.10."""
+    g1, g2 = lab.guest("lab-1"), lab.guest("lab-2")
+    assert (g1.kernel_series, g1.kernel_origin) == (kernels.series_of(image.kernel_version()), "host")
+    assert g2.kernel_series == "5.10" and g2.kernel_origin.startswith("debian bullseye")
+    assert load_device(g2.inventory_file).tags == ["lab", "virtual", "kernel-5.10"]
+
+
+@pytest.mark.lab
+def test_5_10_guest_builds_loads_sbsim_and_takes_nmis_on_every_cpu(lab: Lab, tmp_path: Path) -> None:
+    """On the 5.10 guest, through the rig's own path (inventory -> Dut -> Deployer): sbsim is built on the
+    controller against the fetched, fixed-up 5.10 headers with the host's gcc, loads, starts, and every
+    lab NMI source reaches both CPUs, where sbsim's handler sees them."""
+    g = lab.guest("lab-2")
+    dut = Dut(load_device(g.inventory_file), tmp_path / "lab-2").open()
+    try:
+        release = dut.ssh.run("uname -r", timeout=30).out.strip()
+        assert release == g.kernel_version and release.startswith("5.10."), release
+        result = dut.deploy_shadowbox()
+        assert result.result_code == "0", result.markers
+        assert any("Execution Complete" in m for m in result.markers), result.markers
+        assert "sbsim" in dut.ssh.run("cat /proc/modules", timeout=30).out
+        mark = dut.console.mark() if dut.console else 0
+        for source in ("qmp", "sysrq", "ipmi"):
+            delivery = dut.nmi_source(source).deliver(count=2, interval=0.2, settle=1.0)
+            assert delivery.ok and len(delivery.per_cpu) == 2, delivery.summary()
+        time.sleep(1.0)
+        callbacks = dut.shadowbox_callbacks(since=mark)
+        assert set(callbacks) == {0, 1} and all(n >= 1 for n in callbacks.values()), callbacks
+        assert dut.verdict().ok, dut.verdict()
+    finally:
+        # leave the shared guest as found: sbsim (unlike Shadow-box) may be unloaded
+        with contextlib.suppress(Exception):  # never hide the test's own failure
+            dut.ssh.run("rmmod sbsim 2>/dev/null; true", timeout=30)
+        dut.close()
 
 
 @pytest.mark.lab
@@ -432,6 +532,15 @@ def test_up_down_cycle_leaves_no_process(isolated_lab: Lab) -> None:
     assert lab_processes(isolated_lab.root) == []
     guests = isolated_lab.up(count=1, name_prefix="solo")  # and up again after down
     assert guests[0].note == "started"
+    # asking for another kernel restarts the running guest on it (one boot, the rest is bookkeeping)
+    host = image.kernel_version()
+    switched = isolated_lab.up(count=1, name_prefix="solo", kernels=["5.10"])
+    assert switched[0].note == "started" and switched[0].notes == [f"kernel was {host}"]
+    old_qemu = guests[0].qemu_pid
+    assert switched[0].kernel_series == "5.10" and old_qemu and not pid_alive(old_qemu)
+    assert load_device(isolated_lab.inventory_dir / "solo-1.toml").kernel.version_prefix == "5.10."
+    assert isolated_lab.up(count=1, name_prefix="solo", kernels=["5.10"])[0].note == "already up"
+    guests = switched
     pids = [guests[0].qemu_pid, guests[0].console_server_pid]
     assert all(pids) and lab_processes(isolated_lab.root)
     assert (isolated_lab.inventory_dir / "solo-1.toml").is_file()

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import click
+from rich import box
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -45,17 +46,23 @@ def _lab(ctx: click.Context, **kw: object) -> Lab:
 
 
 def _table(guests: list[GuestInfo], title: str) -> Table:
-    t = Table(title=title)
-    t.caption = "ports are on 127.0.0.1; console is RFC 2217 (rfc2217://127.0.0.1:PORT?ign_set_control)"
-    for col in ("guest", "state", "kernel", "ssh", "console", "bmc/udp", "pids qemu/ser2net/vbmc", "boot s"):
-        t.add_column(col, no_wrap=True)
+    t = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)  # no vertical rules: fits 80 columns
+    t.caption = ("ports are on 127.0.0.1; console is RFC 2217 (rfc2217://127.0.0.1:PORT?ign_set_control); "
+                 "pids: qemu/ser2net/vbmc")
+    rows = []
     for g in guests:
         pids = "/".join(str(p or "-") for p in (g.qemu_pid, g.console_server_pid, g.bmc_pid))
-        t.add_row(
-            g.name, g.note + (f" ({', '.join(g.notes)})" if g.notes else ""), g.kernel_version,
+        rows.append((
+            g.name, g.note + (f" ({', '.join(g.notes)})" if g.notes else ""), g.kernel_series,
             str(g.ssh_port), str(g.console_port), str(g.bmc_port), pids,
             f"{g.boot_seconds:.1f}" if g.boot_seconds is not None else "-",
-        )
+        ))
+    for i, col in enumerate(("guest", "state", "kernel", "ssh", "console", "bmc/udp", "pids", "boot s")):
+        # values keep their width in a narrow terminal (a port cut to "400…" is useless); state may wrap
+        widest = max((len(r[i]) for r in rows), default=0)
+        t.add_column(col, no_wrap=col != "state", min_width=min(widest, 12) if col == "state" else widest)
+    for r in rows:
+        t.add_row(*r)
     return t
 
 
@@ -96,7 +103,8 @@ def up(ctx: click.Context, count: int | None, name_prefix: str, accel: str | Non
             raise SystemExit(1) from None
     _console.print(_table(guests, "rig lab up"))
     for g in guests:
-        _console.print(f"{g.name}: inventory {g.inventory_file}")
+        _console.print(f"{g.name}: kernel {g.kernel_version} ({g.kernel_origin}), inventory {g.inventory_file}",
+                       highlight=False, soft_wrap=True)
 
 
 @lab.command()
