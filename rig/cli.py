@@ -252,9 +252,11 @@ def demo(soak_minutes: float) -> None:
 def _register_subcommands() -> None:
     from rig.lab.cli import lab
     from rig.report_cli import report
+    from rig.triage import triage
 
     main.add_command(lab)
     main.add_command(report)
+    main.add_command(triage)
 
 
 _register_subcommands()
