@@ -250,13 +250,17 @@ def demo(soak_minutes: float) -> None:
 
 
 def _register_subcommands() -> None:
+    from rig.bisect import bisect_cmd
     from rig.lab.cli import lab
+    from rig.regress import regress_cmd
     from rig.report_cli import report
     from rig.triage import triage
 
     main.add_command(lab)
     main.add_command(report)
     main.add_command(triage)
+    main.add_command(regress_cmd)
+    main.add_command(bisect_cmd)
 
 
 _register_subcommands()

@@ -1,0 +1,536 @@
+"""``rig bisect``: find the commit that introduced a hang, with the rig as git bisect's oracle.
+
+The oracle tests one commit on one device: fresh boot, deploy that commit's tree, then an NMI soak
+(every cheap NMI source of the device, as the soak suite does) while the hang monitor watches. A
+hang or crash marks the commit bad; surviving the soak marks it good.
+
+Why "good" needs a computed soak: the hang is intermittent (the original needed about 20 minutes of
+NMIs), so surviving one minute proves little. The oracle first measures the *bad* ref (one or more
+attempts, each up to ``--max-soak-minutes``) and fits an exponential model to its times to failure:
+``rate = failures / total exposure`` (the maximum-likelihood estimate; an attempt that survived
+counts its exposure as censored data). A commit is then called good only after a soak ``T`` with
+``exp(-rate * T) <= 1 - confidence``: the probability that a commit as bad as the bad ref would
+have survived that long. Each good step reports the confidence it actually reached (lower than asked
+if ``--max-soak-minutes`` cut the soak short; the step says so).
+
+Times to failure are measured from the start of the NMI soak to the monitor's verdict. The verdict
+comes up to 3*H+2 s after the device went silent, so the times are slightly long and the fitted rate
+slightly low: the soak for "good" comes out longer, never shorter, than the exact one. For the same
+reason a soak is followed by that detection bound of quiet watching before it counts as survived.
+
+Which bisection: real ``git bisect`` (start/good/bad/skip/log), run in a ``git clone --shared`` of
+the user's tree under ``<out>/tree``: git picks the commits (merges and skips included) and its log
+is part of the evidence, while the user's checkout, index and refs are never touched. A commit
+that does not build (or does not start for a named reason that is not a hang/crash) is skipped.
+
+A lab fault (console server, BMC) aborts the bisection with the evidence so far: it is never
+blamed on a commit.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from rig.errors import ConfigError, LabFault, RigError, Unavailable
+from rig.inventory import Device, load_inventory
+from rig.regress import clone_shared, fresh_boot, resolve_ref
+from rig.report import write_json_atomic
+from rig.vocab import VerdictKind
+
+RESULT_FILE = "bisect.json"
+EXIT_FOUND = 0
+EXIT_INCONCLUSIVE = 3
+
+#: Seconds between NMI rounds of the soak (about 10 NMIs per second per cheap source, as the soak suite).
+NMI_INTERVAL = 0.1
+
+
+# ---------------------------------------------------------------------------------------------
+# the statistics (pure)
+
+
+def fit_rate(attempts: list[tuple[float, bool]]) -> float | None:
+    """Exponential MLE of the failure rate from ``(exposure seconds, failed)`` pairs; None without a failure.
+
+    Survivors are right-censored: they add exposure, not failures. A failure at 0 s (a crash while
+    loading) still needs some exposure to give a finite rate: at least one second is counted.
+    """
+    failures = sum(1 for _, failed in attempts if failed)
+    if failures == 0:
+        return None
+    exposure = max(sum(max(0.0, e) for e, _ in attempts), 1.0)
+    return failures / exposure
+
+
+def required_soak(rate: float, confidence: float) -> float:
+    """Seconds ``T`` with ``exp(-rate*T) = 1 - confidence``: a commit as bad as the bad ref survives that rarely."""
+    if not 0.0 < confidence < 1.0:
+        raise ConfigError(f"--confidence {confidence}: give a probability between 0 and 1, e.g. 0.95")
+    if rate <= 0:
+        raise ConfigError("failure rate must be positive")
+    return -math.log(1.0 - confidence) / rate
+
+
+def survival_confidence(rate: float, seconds: float) -> float:
+    """Confidence in 'good' after surviving ``seconds``: 1 - P(a commit as bad as the bad ref survives that long)."""
+    return 1.0 - math.exp(-rate * max(0.0, seconds))
+
+
+# ---------------------------------------------------------------------------------------------
+# evidence
+
+
+@dataclass
+class Attempt:
+    """One deploy + soak of one commit, as the report shows it."""
+
+    commit: str
+    target_seconds: float
+    exposure: float = 0.0  # seconds of NMIs until the verdict, or the whole soak if it survived
+    failed: bool = False
+    untestable: bool = False
+    verdict: str = "ok"
+    reason: str = ""
+    started: float = 0.0
+    console_lines: tuple[int, int] = (0, 0)  # line numbers in console.log covering this attempt
+    excerpt: list[str] = field(default_factory=list)
+    raised: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def evidence(self) -> str:
+        if self.untestable:
+            return f"untestable: {self.reason}"
+        if self.failed:
+            return f"{self.verdict} after {self.exposure:.0f} s of NMIs"
+        return f"survived {self.exposure:.0f} s of NMIs"
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["exposure"] = round(self.exposure, 1)
+        d["target_seconds"] = round(self.target_seconds, 1)
+        d["evidence"] = self.evidence
+        return d
+
+
+@dataclass
+class Step:
+    """One commit judged: its verdict for git bisect and why."""
+
+    commit: str
+    subject: str
+    verdict: Literal["good", "bad", "skip"]
+    attempts: list[Attempt]
+    target_seconds: float | None = None  # the soak a 'good' needed for the asked confidence
+    confidence: float | None = None  # reached, for a 'good'
+    note: str = ""
+
+    @property
+    def evidence(self) -> str:
+        a = self.attempts[-1] if self.attempts else None
+        text = a.evidence if a else self.note
+        if self.verdict == "good" and self.confidence is not None:
+            text += f"; confidence {self.confidence:.3f}"
+            if self.note:
+                text += f" ({self.note})"
+        return text
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "commit": self.commit,
+            "subject": self.subject,
+            "verdict": self.verdict,
+            "evidence": self.evidence,
+            "target_seconds": None if self.target_seconds is None else round(self.target_seconds, 1),
+            "confidence": None if self.confidence is None else round(self.confidence, 4),
+            "note": self.note,
+            "attempts": [a.to_json() for a in self.attempts],
+        }
+
+
+def judge_soak(attempt: Attempt, rate: float, target: float, confidence: float) -> Step:
+    """Turn one attempt into a step verdict (pure): failed -> bad, untestable -> skip, else good."""
+    if attempt.untestable:
+        return Step(attempt.commit, "", "skip", [attempt], note=attempt.reason)
+    if attempt.failed:
+        return Step(attempt.commit, "", "bad", [attempt], target_seconds=target)
+    reached = survival_confidence(rate, attempt.exposure)
+    note = ""
+    if reached + 1e-9 < confidence:
+        note = f"below the asked {confidence:g}: the soak was capped at {attempt.exposure:.0f} s of {target:.0f} s"
+    return Step(attempt.commit, "", "good", [attempt], target_seconds=target, confidence=reached, note=note)
+
+
+# ---------------------------------------------------------------------------------------------
+# the oracle: one commit on one device
+
+
+class Oracle:
+    """Deploys a tree on a device and soaks it with NMIs; every attempt starts from a fresh boot."""
+
+    def __init__(self, dut: Any, *, interval: float = NMI_INTERVAL) -> None:
+        self.dut = dut
+        self.interval = interval
+        h = dut.device.monitor.heartbeat_interval
+        #: A hang is declared within 3*H + 2 s of the last heartbeat (rig.monitor): watch that long after a soak.
+        self.detect_bound = 3 * h + 2 + 1
+
+    def _sources(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        ready = {n: s for n, s in self.dut.nmi_sources().items() if not isinstance(s, Unavailable)}
+        if not ready:
+            raise ConfigError(f"device {self.dut.name}: no NMI source available (nmi_sources in its inventory)")
+        cheap = {n: s for n, s in ready.items() if n in ("ipmi", "qmp")}
+        slow = {n: s for n, s in ready.items() if n not in cheap}
+        return cheap, slow
+
+    def _fresh_start(self) -> None:
+        d = self.dut
+        if d.needs_recovery or d.shadowbox_loaded:
+            d.recover()  # Shadow-box cannot be unloaded: every attempt gets its own boot
+            d.needs_recovery = False
+        else:
+            d.monitor.stop()
+            d.monitor.resume()
+            d.monitor.start()
+
+    def _lab_fault(self, verdict: Any, commit: str) -> LabFault:
+        return LabFault(
+            f"lab fault while testing {commit[:12]} on {self.dut.name}: {verdict.reason}; "
+            "this is not the commit's fault: fix the lab and run rig bisect again"
+        )
+
+    def attempt(self, tree: Path, commit: str, seconds: float) -> Attempt:
+        """Fresh boot, deploy ``tree``, NMIs for ``seconds``; a hang/crash ends it early."""
+        from rig.shadowbox import DeployFailed
+
+        d = self.dut
+        self._fresh_start()
+        console = d.console
+        a = Attempt(commit, seconds, started=time.time())
+        first_line = console.mark() if console is not None else 0
+        try:
+            d.deploy_shadowbox(source=tree)
+        except LabFault:
+            raise
+        except (DeployFailed, RigError) as exc:
+            d.needs_recovery = True
+            v = d.monitor.wait(self.detect_bound)
+            if v is not None and v.kind is VerdictKind.LAB_FAULT:
+                raise self._lab_fault(v, commit) from None
+            if v is not None and v.kind in (VerdictKind.HANG, VerdictKind.CRASH, VerdictKind.REBOOT):
+                a.failed, a.verdict, a.reason = True, v.text, f"while loading: {v.reason}"
+            else:
+                a.untestable, a.reason = True, f"deploy failed: {exc}"
+            return self._close(a, first_line)
+        cheap, slow = self._sources()
+        a.raised = dict.fromkeys([*cheap, *slow], 0)
+        start, start_wall = time.monotonic(), time.time()
+        end = start + seconds
+        rounds = 0
+        while time.monotonic() < end:
+            try:
+                for name, src in cheap.items():
+                    a.raised[name] += src.raise_(1)
+                if rounds % 50 == 0:
+                    for name, src in slow.items():
+                        a.raised[name] += src.raise_(1)
+            except LabFault:
+                raise
+            except RigError:
+                # The device may just have died under us: the monitor decides within its bound.
+                d.monitor.wait(timeout=self.detect_bound)
+            rounds += 1
+            if d.monitor.wait(timeout=self.interval) is not None:
+                break
+        soaked = time.monotonic() - start
+        v = d.verdict()
+        if v.ok:
+            # A hang in the last seconds of the soak is declared only later: watch that long, quietly.
+            late = d.monitor.wait(self.detect_bound)
+            v = late if late is not None else v
+        if v.kind is VerdictKind.LAB_FAULT:
+            raise self._lab_fault(v, commit)
+        if v.ok:
+            a.exposure = soaked
+        elif v.kind is VerdictKind.LOST_CONNECTION:
+            d.needs_recovery = True
+            a.untestable, a.verdict, a.reason, a.exposure = True, v.text, v.reason, soaked
+        else:
+            d.needs_recovery = True
+            a.failed, a.verdict, a.reason = True, v.text, v.reason
+            # From the start of the NMIs to the verdict (wall clock: the verdict carries wall time).
+            a.exposure = min(max(0.0, v.at - start_wall), time.monotonic() - start)
+        return self._close(a, first_line)
+
+    def _close(self, a: Attempt, first_line: int) -> Attempt:
+        console = self.dut.console
+        if console is not None:
+            a.console_lines = (first_line + 1, console.mark())
+            if a.failed or a.untestable:
+                a.excerpt = [ln.text for ln in console.tail(30)]
+        return a
+
+
+# ---------------------------------------------------------------------------------------------
+# git bisect in a clone
+
+
+_FIRST_BAD = re.compile(r"^([0-9a-f]{40}) is the first bad commit", re.M)
+_ONLY_SKIPPED = "first bad commit could be any of"
+
+
+class GitBisect:
+    """``git bisect`` in a shared clone: the user's repository is only read."""
+
+    def __init__(self, source: Path, clone: Path) -> None:
+        self.source = source
+        self.clone = clone_shared(source, clone)
+        self.first_bad: str | None = None
+        self.candidates: list[str] = []
+
+    def _git(self, *args: str) -> str:
+        proc = subprocess.run(["git", "-C", str(self.clone), *args], capture_output=True, text=True, timeout=120)
+        if proc.returncode not in (0, 2) or (proc.returncode == 2 and _ONLY_SKIPPED not in proc.stdout):
+            raise ConfigError(f"git {' '.join(args)} failed in {self.clone}: {(proc.stderr or proc.stdout)[-500:]}")
+        return proc.stdout
+
+    def checkout(self, commit: str) -> Path:
+        self._git("-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", commit)
+        return self.clone
+
+    def head(self) -> str:
+        return self._git("rev-parse", "HEAD").strip()
+
+    def subject(self, commit: str) -> str:
+        return self._git("log", "-1", "--format=%s", commit).strip()
+
+    def _after(self, out: str) -> bool:
+        m = _FIRST_BAD.search(out)
+        if m:
+            self.first_bad = m.group(1)
+            return True
+        if _ONLY_SKIPPED in out:
+            self.candidates = re.findall(r"^([0-9a-f]{40})", out.split(_ONLY_SKIPPED, 1)[1], re.M)
+            return True
+        return False
+
+    def start(self, bad: str, good: str) -> bool:
+        """Start; True if git already knows the answer (bad is good's child)."""
+        return self._after(self._git("bisect", "start", bad, good))
+
+    def mark(self, verdict: Literal["good", "bad", "skip"], commit: str) -> bool:
+        """Tell git; True when the bisection is over (first_bad or candidates set)."""
+        return self._after(self._git("bisect", verdict, commit))
+
+    def log(self) -> str:
+        return self._git("bisect", "log")
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole bisection
+
+
+@dataclass
+class BisectRun:
+    source: Path
+    good_ref: str
+    bad_ref: str
+    device: Device
+    out: Path
+    confidence: float = 0.95
+    max_soak: float = 3600.0
+    bad_attempts: int = 2
+    interval: float = NMI_INTERVAL
+    console: Console = field(default_factory=Console)
+
+    def __post_init__(self) -> None:
+        required_soak(1.0, self.confidence)  # validates the confidence
+        if self.bad_attempts < 1:
+            raise ConfigError("--bad-attempts must be at least 1")
+        if self.max_soak <= 0:
+            raise ConfigError("--max-soak-minutes must be positive")
+        self.good = resolve_ref(self.source, self.good_ref)
+        self.bad = resolve_ref(self.source, self.bad_ref)
+        self.result: dict[str, Any] = {
+            "schema": "shadowbox-rig/bisect",
+            "version": 1,
+            "status": "running",
+            "source_tree": str(self.source),
+            "good": {"ref": self.good_ref, "commit": self.good},
+            "bad": {"ref": self.bad_ref, "commit": self.bad},
+            "device": self.device.name,
+            "confidence": self.confidence,
+            "max_soak_seconds": self.max_soak,
+            "bad_ref_attempts": [],
+            "rate": None,
+            "steps": [],
+            "first_bad": None,
+            "candidates": [],
+            "git_bisect_log": "",
+        }
+
+    def save(self) -> None:
+        write_json_atomic(self.out / RESULT_FILE, self.result)
+
+    def say(self, text: str) -> None:
+        self.console.print(text, highlight=False, soft_wrap=True)
+
+    def run(self) -> dict[str, Any]:
+        from rig.dut import Dut
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.save()
+        git = GitBisect(self.source, self.out / "tree")
+        # A clean start: the device may be hung, or run an earlier build (Shadow-box cannot be unloaded).
+        fresh_boot([self.device], self.out / "reset", self.console)
+        dut = Dut(self.device, self.out / "console")
+        try:
+            dut.open()
+            oracle = Oracle(dut, interval=self.interval)
+            rate = self._measure_bad(git, oracle)
+            target = required_soak(rate, self.confidence)
+            self.say(
+                f"a 'good' needs {min(target, self.max_soak):.0f} s of NMIs without failure "
+                f"(confidence {self.confidence:g} against a commit as bad as {self.bad_ref})"
+            )
+            done = git.start(self.bad, self.good)
+            while not done:
+                commit = git.head()
+                self.say(f"testing {commit[:12]} {git.subject(commit)}")
+                a = oracle.attempt(git.clone, commit, min(target, self.max_soak))
+                step = judge_soak(a, rate, target, self.confidence)
+                step.subject = git.subject(commit)
+                self.result["steps"].append(step.to_json())
+                self.save()
+                self.say(f"  {step.verdict}: {step.evidence}")
+                done = git.mark(step.verdict, commit)
+            self.result["git_bisect_log"] = git.log()
+            if git.first_bad:
+                self.result["first_bad"] = {"commit": git.first_bad, "subject": git.subject(git.first_bad)}
+                self.result["status"] = "done"
+            else:
+                self.result["candidates"] = [{"commit": c, "subject": git.subject(c)} for c in git.candidates]
+                self.result["status"] = "inconclusive"
+        except BaseException as exc:
+            self.result["status"] = "aborted"
+            self.result["error"] = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            self.result["finished"] = time.time()
+            self.save()
+            dut.close()
+        return self.result
+
+    def _measure_bad(self, git: GitBisect, oracle: Oracle) -> float:
+        tree = git.checkout(self.bad)
+        pairs: list[tuple[float, bool]] = []
+        for i in range(self.bad_attempts):
+            self.say(f"measuring the bad ref {self.bad_ref} ({self.bad[:12]}): attempt {i + 1}/{self.bad_attempts}")
+            a = oracle.attempt(tree, self.bad, self.max_soak)
+            self.result["bad_ref_attempts"].append(a.to_json())
+            self.save()
+            self.say(f"  {a.evidence}")
+            if a.untestable:
+                raise ConfigError(f"the bad ref {self.bad_ref} cannot be tested on {self.device.name}: {a.reason}")
+            pairs.append((a.exposure, a.failed))
+        rate = fit_rate(pairs)
+        if rate is None:
+            raise ConfigError(
+                f"the bad ref {self.bad_ref} survived {len(pairs)} soak(s) of {self.max_soak:.0f} s on "
+                f"{self.device.name}: no failure rate to bisect with; raise --max-soak-minutes or "
+                "--bad-attempts, or check that the ref really fails"
+            )
+        failures = sum(f for _, f in pairs)
+        exposure = sum(e for e, _ in pairs)
+        self.result["rate"] = {
+            "failures": failures,
+            "exposure_seconds": round(exposure, 1),
+            "per_second": rate,
+            "mean_time_to_failure": round(1 / rate, 1),
+            "model": "exponential, MLE: failures / total exposure (survivors censored)",
+        }
+        self.say(f"bad ref: {failures} failure(s) in {exposure:.0f} s of NMIs: mean time to failure {1 / rate:.0f} s")
+        return rate
+
+
+def render_steps(result: dict[str, Any]) -> Table:
+    table = Table(title=f"rig bisect on {result['device']}")
+    for col in ("#", "commit", "subject", "verdict", "evidence"):
+        table.add_column(col)
+    for a in result["bad_ref_attempts"]:
+        table.add_row("bad", a["commit"][:12], f"(the bad ref {result['bad']['ref']})", "bad" if a["failed"] else "-",
+                      a["evidence"])  # fmt: skip
+    for i, s in enumerate(result["steps"], 1):
+        style = {"good": "green", "bad": "red"}.get(s["verdict"], "yellow")
+        table.add_row(str(i), s["commit"][:12], s["subject"], f"[{style}]{s['verdict']}[/]", s["evidence"])
+    return table
+
+
+@click.command("bisect")
+@click.option("--source-tree", required=True, type=click.Path(path_type=Path, file_okay=False, exists=True),
+              help="The Shadow-box git tree (only read: bisect runs in a clone).")  # fmt: skip
+@click.option("--good", "good", required=True, metavar="REF", help="A commit without the failure.")
+@click.option("--bad", "bad", required=True, metavar="REF", help="A commit with the failure.")
+@click.option("--device", "name", required=True, help="The device that is the oracle.")
+@click.option("--confidence", type=float, default=0.95, show_default=True, help="Wanted confidence of each 'good'.")
+@click.option("--max-soak-minutes", type=float, default=60.0, show_default=True,
+              help="Cap of one soak (bad-ref attempts and good verdicts).")  # fmt: skip
+@click.option("--bad-attempts", type=int, default=2, show_default=True,
+              help="Soaks of the bad ref to measure its time to failure.")  # fmt: skip
+@click.option("--nmi-interval", type=float, default=NMI_INTERVAL, show_default=True, help="Seconds between NMI rounds.")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Evidence folder (default <report-dir>/bisect-<time>).")  # fmt: skip
+@click.pass_context
+def bisect_cmd(
+    ctx: click.Context,
+    source_tree: Path,
+    good: str,
+    bad: str,
+    name: str,
+    confidence: float,
+    max_soak_minutes: float,
+    bad_attempts: int,
+    nmi_interval: float,
+    out: Path | None,
+) -> None:
+    """Find the first bad commit between --good and --bad: build, deploy, soak on one device."""
+    console = Console()
+    root = ctx.find_root().obj or {}
+    out = (out or Path(root.get("report_dir", "reports")) / f"bisect-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    try:
+        (device,) = load_inventory(root.get("devices", [Path("devices")]), names=[name])
+        run = BisectRun(
+            source_tree.resolve(), good, bad, device, out, confidence=confidence,
+            max_soak=max_soak_minutes * 60, bad_attempts=bad_attempts, interval=nmi_interval, console=console,
+        )  # fmt: skip
+        result = run.run()
+    except LabFault as exc:
+        console.print(render_steps(_load_partial(out)))
+        raise click.ClickException(f"LAB FAULT (not a commit's fault): {exc}; evidence so far in {out}") from None
+    except RigError as exc:
+        raise click.ClickException(f"{exc} (evidence so far in {out / RESULT_FILE})") from None
+    console.print(render_steps(result))
+    if result["first_bad"]:
+        fb = result["first_bad"]
+        console.print(f"first bad commit: {fb['commit']} {fb['subject']}", highlight=False, soft_wrap=True)
+        console.print(f"evidence: {out / RESULT_FILE}, console log: {out / 'console'}", highlight=False, soft_wrap=True)
+        sys.exit(EXIT_FOUND)
+    cands = ", ".join(c["commit"][:12] for c in result["candidates"])
+    console.print(f"inconclusive: the first bad commit is one of {cands} (the others could not be tested)")
+    sys.exit(EXIT_INCONCLUSIVE)
+
+
+def _load_partial(out: Path) -> dict[str, Any]:
+    import json
+
+    return dict(json.loads((out / RESULT_FILE).read_text()))

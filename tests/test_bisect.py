@@ -1,0 +1,191 @@
+"""``rig bisect``: the statistics of a 'good' verdict, git bisect in a clone, and the lab oracle.
+
+Without a lab: the exponential fit (censored soaks), the soak a 'good' needs, the confidence a
+capped soak reached, the step verdicts, and real ``git bisect`` in a clone of a generated history
+(the user's repository is only read).
+
+On the lab (``@pytest.mark.lab``): a small generated git history of sbsim in which one commit makes
+the NMI handler hang after a few NMIs; ``rig bisect`` on lab-1 must name that commit, with the
+evidence of every step in bisect.json.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rig.bisect import (
+    EXIT_FOUND,
+    Attempt,
+    GitBisect,
+    fit_rate,
+    judge_soak,
+    required_soak,
+    survival_confidence,
+)
+from rig.errors import ConfigError
+from tests.test_regress import commit_all, git, restore_guests, sbsim_variant
+
+# ---------------------------------------------------------------------------------------------
+# statistics
+
+
+def test_rate_is_failures_over_total_exposure_with_survivors_censored() -> None:
+    assert fit_rate([(100.0, True), (300.0, True)]) == pytest.approx(2 / 400)
+    # a soak that survived 600 s adds exposure, not a failure: the rate goes down
+    assert fit_rate([(100.0, True), (300.0, True), (600.0, False)]) == pytest.approx(2 / 1000)
+    assert fit_rate([(600.0, False)]) is None  # no failure, no rate
+    assert fit_rate([(0.0, True)]) == 1.0  # crashed while loading: at least one second of exposure
+
+
+def test_the_soak_for_good_and_its_confidence() -> None:
+    rate = 1 / 1200  # the original hang: about 20 minutes
+    t = required_soak(rate, 0.95)
+    assert t == pytest.approx(1200 * math.log(20))  # about 60 minutes
+    assert math.exp(-rate * t) == pytest.approx(0.05)
+    assert survival_confidence(rate, t) == pytest.approx(0.95)
+    assert survival_confidence(rate, 1200) == pytest.approx(1 - math.exp(-1))
+    assert survival_confidence(rate, 0) == 0.0
+    for bad in (0.0, 1.0, 1.5, -0.1):
+        with pytest.raises(ConfigError, match="--confidence"):
+            required_soak(rate, bad)
+
+
+def test_step_verdicts_carry_their_evidence() -> None:
+    rate = 0.1  # mean time to failure 10 s
+    target = required_soak(rate, 0.95)  # ~30 s
+    survived = judge_soak(Attempt("c1", target, exposure=target), rate, target, 0.95)
+    assert survived.verdict == "good" and survived.confidence == pytest.approx(0.95)
+    assert "survived 30 s" in survived.evidence and "confidence 0.950" in survived.evidence and not survived.note
+    capped = judge_soak(Attempt("c1", 10, exposure=10), rate, target, 0.95)
+    assert capped.verdict == "good" and capped.confidence == pytest.approx(1 - math.exp(-1))
+    assert "below the asked 0.95" in capped.evidence
+    hung = judge_soak(Attempt("c2", target, exposure=7.6, failed=True, verdict="hang"), rate, target, 0.95)
+    assert hung.verdict == "bad" and hung.evidence == "hang after 8 s of NMIs" and hung.confidence is None
+    broken = judge_soak(
+        Attempt("c3", target, untestable=True, reason="deploy failed: build-failed"), rate, target, 0.95
+    )
+    assert broken.verdict == "skip" and "build-failed" in broken.evidence
+    assert json.dumps(hung.to_json())  # bisect.json material
+
+
+# ---------------------------------------------------------------------------------------------
+# git bisect in a clone
+
+
+def make_history(repo: Path, bad_index: int, n: int, files: dict[str, str] | None = None) -> list[str]:
+    """n commits; from commit ``bad_index`` on, ``bug.txt`` says "bug". Returns the commit ids."""
+    repo.mkdir(parents=True)
+    git(repo, "init", "-q", "-b", "main")
+    commits = []
+    for i in range(n):
+        (repo / "bug.txt").write_text("bug\n" if i >= bad_index else "fine\n")
+        (repo / "n.txt").write_text(f"{i}\n")
+        commits.append(commit_all(repo, f"commit {i}" + (" (introduces the bug)" if i == bad_index else "")))
+    return commits
+
+
+def test_git_bisect_runs_in_a_clone_and_finds_the_commit(tmp_path: Path) -> None:
+    repo = tmp_path / "sb"
+    commits = make_history(repo, bad_index=5, n=9)
+    gb = GitBisect(repo, tmp_path / "clone")
+    done = gb.start(commits[-1], commits[0])
+    tested = []
+    while not done:
+        head = gb.head()
+        tested.append(head)
+        verdict = "bad" if (gb.clone / "bug.txt").read_text() == "bug\n" else "good"
+        done = gb.mark(verdict, head)
+    assert gb.first_bad == commits[5]
+    assert gb.subject(commits[5]) == "commit 5 (introduces the bug)"
+    assert len(tested) <= 3  # log2(8) steps
+    assert "git bisect good" in gb.log() and "# first bad commit" in gb.log()
+    # the user's repository: still on main, clean, no bisection running there
+    assert git(repo, "rev-parse", "--abbrev-ref", "HEAD") == "main"
+    assert not git(repo, "status", "--porcelain")
+    assert subprocess.run(["git", "-C", str(repo), "bisect", "log"], capture_output=True).returncode != 0
+
+
+def test_skipped_commits_leave_candidates(tmp_path: Path) -> None:
+    repo = tmp_path / "sb"
+    commits = make_history(repo, bad_index=2, n=4)
+    gb = GitBisect(repo, tmp_path / "clone")
+    done = gb.start(commits[-1], commits[0])
+    while not done:
+        head = gb.head()
+        done = gb.mark("skip" if head in commits[1:3] else "bad", head)
+    assert gb.first_bad is None and set(gb.candidates) >= {commits[1], commits[2]}
+
+
+# ---------------------------------------------------------------------------------------------
+# on the lab
+
+
+@pytest.fixture
+def sbsim_history(tmp_path: Path) -> tuple[Path, list[str]]:
+    """Five commits of sbsim; the third makes the NMI handler never return after 40 NMIs."""
+    repo = tmp_path / "sbsim-repo"
+    sbsim_variant(repo)
+    git(repo, "init", "-q", "-b", "main")
+    commits = [commit_all(repo, "sbsim as shipped")]
+    (repo / "NOTES").write_text("lab stand-in for Shadow-box\n")
+    commits.append(commit_all(repo, "notes"))
+    sbsim_variant(tmp_path / "hang", hang_after_nmi=40)
+    (repo / "sbsim.c").write_text((tmp_path / "hang" / "sbsim.c").read_text())
+    commits.append(commit_all(repo, "NMI path: do not return after 40 NMIs"))
+    (repo / "NOTES").write_text("lab stand-in for Shadow-box\nsee README.md\n")
+    commits.append(commit_all(repo, "notes: point at the README"))
+    (repo / "NOTES").write_text("lab stand-in for Shadow-box (not Shadow-box)\nsee README.md\n")
+    commits.append(commit_all(repo, "notes: say it plainly"))
+    git(repo, "tag", "known-good", commits[0])
+    return repo, commits
+
+
+@pytest.mark.lab
+def test_bisect_names_the_commit_that_introduced_the_nmi_hang(
+    lab: Any, sbsim_history: tuple[Path, list[str]], tmp_path: Path
+) -> None:
+    repo, commits = sbsim_history
+    out = tmp_path / "bisect"
+    cmd = [
+        sys.executable, "-m", "rig.cli", "--devices", str(lab.inventory_dir), "bisect",
+        "--source-tree", str(repo), "--good", "known-good", "--bad", "main", "--device", "lab-1",
+        "--confidence", "0.9", "--max-soak-minutes", "1", "--bad-attempts", "1", "--out", str(out),
+    ]  # fmt: skip
+    try:
+        proc = subprocess.run(
+            cmd, cwd=tmp_path, env={**os.environ, "COLUMNS": "200"}, capture_output=True, text=True, timeout=900
+        )
+    finally:
+        restore_guests(lab, tmp_path / "restore")
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == EXIT_FOUND, text[-5000:]
+    assert f"first bad commit: {commits[2]} NMI path: do not return after 40 NMIs" in text
+    result = json.loads((out / "bisect.json").read_text())
+    assert result["status"] == "done" and result["first_bad"]["commit"] == commits[2]
+    # the bad ref was measured: a hang, with its time to failure, and a fitted rate
+    (bad,) = result["bad_ref_attempts"]
+    assert bad["failed"] and bad["verdict"] == "hang" and bad["exposure"] > 0
+    assert result["rate"]["failures"] == 1 and result["rate"]["per_second"] > 0
+    # every step: the commit, its verdict, its evidence; a 'good' with the confidence it reached
+    steps = {s["commit"]: s for s in result["steps"]}
+    assert steps[commits[2]]["verdict"] == "bad" and "hang after" in steps[commits[2]]["evidence"]
+    assert set(steps) <= set(commits[1:4])
+    goods = [s for s in result["steps"] if s["verdict"] == "good"]
+    assert goods, result["steps"]
+    for s in goods:
+        assert s["commit"] in commits[:2]
+        assert s["confidence"] >= 0.9 - 1e-6 or "below the asked" in s["note"]
+        (a,) = s["attempts"]
+        assert a["failed"] is False and a["exposure"] >= min(s["target_seconds"], 60) - 1
+    assert "# first bad commit: [" + commits[2] in result["git_bisect_log"]
+    assert (out / "console" / "console.log").read_text().count("Execution Complete") >= 1 + len(result["steps"])
+    # the user's tree was only read
+    assert git(repo, "rev-parse", "--abbrev-ref", "HEAD") == "main" and not git(repo, "status", "--porcelain")
