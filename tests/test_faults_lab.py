@@ -455,9 +455,10 @@ def _flood(dut: Dut, garbage: bytes, lines: int, timeout: float) -> dict[str, An
     expected = f"{start}\n".encode() + garbage + b"\n" + flood_lines(token, lines) + end.encode()
     rss0 = _rss_bytes()
     hb0 = dut.monitor.heartbeats
+    mark = dut.console.mark()
     t0 = time.monotonic()
     dut.ssh.run(script, timeout=timeout, check=True)
-    dut.console.expect(re.escape(end), timeout=timeout)
+    dut.console.expect(re.escape(end), timeout=timeout, since=mark)  # it may be in before run() returns
     took = time.monotonic() - t0
     wait_for(lambda: dut.monitor.heartbeats >= hb0 + 3, 60, "heartbeats after the flood")
     return {

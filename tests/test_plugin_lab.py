@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 
 from rig.lab.manager import Lab
+from tests.test_faults_lab import assert_contiguous_in_serial_log
 
 pytestmark = pytest.mark.lab
 
@@ -143,5 +145,15 @@ def test_a_killed_run_leaves_a_readable_incomplete_report(lab: Lab, tmp_path: Pa
     assert report["deploy"]["result_code"] == "0"
     console_log = (tmp_path / "killed" / "lab-1" / "console.log").read_text()
     assert "Execution Complete" in console_log and "rig-heartbeat" in console_log
-    assert (tmp_path / "killed" / "lab-1" / "console.raw").stat().st_size > 0
+    raw = (tmp_path / "killed" / "lab-1" / "console.raw").read_bytes()
+    assert raw
+    # Nothing captured is lost: console.raw is one unbroken piece of QEMU's own serial log, and every
+    # heartbeat in it reached console.log (bar, at most, the line being written at the SIGKILL).
+    assert_contiguous_in_serial_log(raw, lab.guest("lab-1").serial_log.read_bytes())
+    beats_raw = [b.decode() for b in re.findall(rb"rig-heartbeat [0-9a-f]{8} \d+", raw)]
+    beats_log = re.findall(r"rig-heartbeat [0-9a-f]{8} \d+", console_log)
+    assert beats_log == beats_raw[: len(beats_log)] and len(beats_raw) - len(beats_log) <= 1, (
+        len(beats_raw),
+        len(beats_log),
+    )
     # the device is left running Shadow-box and heartbeat: the next run recovers it by itself

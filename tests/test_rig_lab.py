@@ -21,6 +21,7 @@ from rig.inventory import Device
 from rig.lab.manager import Lab
 from rig.nmi import read_interrupts
 from rig.vocab import VerdictKind
+from tests.test_faults_lab import assert_contiguous_in_serial_log
 
 pytestmark = pytest.mark.lab
 
@@ -142,28 +143,47 @@ def test_a_reboot_behind_the_rigs_back_is_a_reboot(dut2: Dut) -> None:
     dut2.needs_recovery = True
 
 
-def test_console_server_down_is_a_lab_fault_not_a_hang(dut2: Dut, lab: Lab) -> None:
+def test_console_server_down_is_a_lab_fault_not_a_hang(dut2: Dut, lab: Lab, tmp_path: Path) -> None:
+    assert dut2.console is not None
+    dut2.console.expect("rig-heartbeat", timeout=30)
     lab.kill_console_server("lab-2")
     try:
         verdict = dut2.monitor.wait(timeout=20)
         assert verdict is not None and verdict.kind is VerdictKind.LAB_FAULT, verdict
         assert "console" in verdict.reason
+        cut = dut2.console.bytes_received  # all the capture got before the server went away
     finally:
         lab.start_console_server("lab-2")
     dut2.monitor.stop()
     dut2.monitor.resume()
     dut2.monitor.start()
+    dut2.console.expect("rig-heartbeat", timeout=30)  # captured again after the restart
+    # Nothing delivered is lost: what came before the kill and what came after the restart are each
+    # one unbroken piece of QEMU's own serial log, in that order (what the guest printed meanwhile
+    # reached no console server; QEMU logged it, nobody could capture it).
+    raw = (tmp_path / "lab-2" / "console.raw").read_bytes()
+    serial = lab.guest("lab-2").serial_log.read_bytes()
+    before, after = raw[:cut], raw[cut:]
+    at = assert_contiguous_in_serial_log(before, serial)
+    assert_contiguous_in_serial_log(after, serial, start=at + len(before))
 
 
-def test_bmc_down_is_a_lab_fault(dut2: Dut, lab: Lab) -> None:
+def test_bmc_down_is_a_lab_fault(dut2: Dut, lab: Lab, tmp_path: Path) -> None:
+    assert dut2.console is not None
+    dut2.console.expect("rig-heartbeat", timeout=30)
+    beats = dut2.monitor.heartbeats
     lab.kill_bmc("lab-2")
     try:
         with pytest.raises(LabFault, match="did not answer"):
             dut2.power.status()
         assert dut2.verdict().ok  # the device itself is fine
+        dut2.console.expect("rig-heartbeat", timeout=30)
+        assert dut2.monitor.heartbeats > beats  # the console went on being captured and judged
     finally:
         lab.start_bmc("lab-2")
     assert str(dut2.power.status()) in ("on", "PowerState.ON")
+    raw = (tmp_path / "lab-2" / "console.raw").read_bytes()
+    assert_contiguous_in_serial_log(raw, lab.guest("lab-2").serial_log.read_bytes())
 
 
 def test_deploy_to_a_cpu_without_vtx_names_the_reason(dut1: Dut, tmp_path: Path) -> None:
