@@ -97,40 +97,53 @@ _TRIGGERS = (
 _PREFILTER = re.compile("|".join(re.escape(t) for t in _TRIGGERS))
 #: The block pre-filter's anchors (:meth:`Detector.scan`). Invariant: every line that can produce
 #: an event or change the detector's state contains one of them -- each rule in
-#: :meth:`Detector._classify` matches only text that contains the anchor noted here, and the rule
-#: text is a suffix of the line (prefix stripping only cuts the front). Each anchor also contains
-#: a :data:`_TRIGGERS` literal or is a trap word that ``_OOPS_TRAP`` matches without its trigger
-#: (``int3 at``), so candidates still go through :meth:`Detector.feed` and its pre-filter.
-#: Long anchors are cheap (``str.find`` skips ahead), short ones and false candidates are not:
-#: ``NMI`` alone would also pick up ``ACPI: LAPIC_NMI`` and ``Perf NMI watchdog`` on every boot.
+#: :meth:`Detector._classify` / :meth:`Detector._shadowbox` matches only text that contains the
+#: anchor noted here, and the rule text is a suffix of the line (prefix stripping only cuts the
+#: front). A Shadow-box line without one of its rule words (most of its chatter) changes nothing.
+#: An anchor that contains no :data:`_TRIGGERS` literal ("weak": ``NFO: ``, the trap words, which
+#: ``_OOPS_TRAP`` also matches as ``int3 at``) only nominates a line: it must still pass the
+#: per-line pre-filter, as in :meth:`Detector.feed`.
+#: Why these spellings: anchors that start with an upper-case letter or ``-`` are found together
+#: by one regex (:func:`_first_letter_trie`: ``re`` skips positions whose character starts none);
+#: the others cost one ``str.find`` pass each over the block, fast for long words. A short or
+#: broad anchor costs false candidates: ``NMI`` alone would also pick ``ACPI: LAPIC_NMI`` and
+#: ``Perf NMI watchdog`` on every boot, ``shadow-box: `` every line Shadow-box prints.
 #: tests/test_detect.py checks that block and per-line scanning give the same events.
-_ANCHORS = (
+_TRIE_ANCHORS = (
     "Linux version",  # _BANNER
-    "shadow-box: ",  # _SB_PREFIX (all Shadow-box rules and its start-attempt state)
-    "alcatraz: ",  # _SB_PREFIX (Hyper-box)
-    "VM [",  # _SB_VM without a prefix
-    "------------[ cut here ]------------",  # _CUT_HERE
-    "---[ end trace",  # _END_TRACE
+    "VM [",  # _SB_VM (with or without a shadow-box: prefix)
+    "Hypervisor-Based Kernel Protector",  # _shadowbox: a new start attempt
+    "Execution ",  # _shadowbox: Execution Complete / Fail
+    "Kernel version is not",  # _shadowbox
+    "VMX ",  # _shadowbox: VMX not support / is disabled by BIOS
+    "HANG ",  # _SB_HANG
+    "GRMCODE=",  # _SB_GRMCODE
+    "-[ cut here",  # _CUT_HERE
+    "-[ end trace",  # _END_TRACE
     "NMI received",  # _UHHUH
     "Dazed and confused",  # _DAZED
     "NMI backtrace",  # _NMI_BT
-    "INFO: ",  # _NMI_SLOW, _RCU, _HUNG
+    "NFO: ",  # _NMI_SLOW, _RCU, _HUNG ("INFO: ": I is common, N less so)
     "Kernel panic - not syncing",  # _PANIC
-    "PANIC: double fault",  # _DOUBLE_FAULT
     "BUG",  # _SOFT, _OOPS_BUG, _KBUG, _BUG_START
-    "hard LOCKUP",  # _HARD
-    "general protection fault",  # _GPF
+    "LOCKUP",  # _HARD
     "Oops",  # _OOPS
+    "Unable to handle kernel",  # _OOPS_TRAP
+    "Unhandled fault",  # _OOPS_TRAP
+    "UBSAN: ",  # _BUG_START
+    "WARNING: ",  # _WARNING_CPU, _WARNING
+)
+_FIND_ANCHORS = (
+    "errorcode=",  # _SB_ERRORCODE
+    "PANIC: double fault",  # _DOUBLE_FAULT (P is the commonest capital in console text)
+    "general protection fault",  # _GPF
     "invalid opcode",  # _OOPS_TRAP ...
     "stack segment",
     "divide error",
     "int3",
-    "Unable to handle kernel",
     "Internal error",
-    "Unhandled fault",
-    "UBSAN: ",  # _BUG_START
-    "WARNING: ",  # _WARNING_CPU, _WARNING
 )
+_ANCHORS = _TRIE_ANCHORS + _FIND_ANCHORS
 #: Anchors that contain a :data:`_TRIGGERS` literal; a line found only by another (a trap word)
 #: still takes the per-line pre-filter.
 _STRONG = frozenset(a for a in _ANCHORS if any(t in a for t in _TRIGGERS))
@@ -140,8 +153,8 @@ def _first_letter_trie(words: list[str]) -> re.Pattern[str]:
     """One regex for ``words`` grouped by first letter (``B(?:UG)|O(?:ops)|...``).
 
     Why: ``re`` skips positions whose character cannot start a match, so words that start
-    with an upper-case letter (rarer than lower-case ones in console text) are found in one
-    pass, cheaper than one ``str.find`` pass each (measured: ~25 % less for these 15).
+    with an upper-case letter or ``-`` (rarer than lower-case ones in console text) are found
+    in one pass, cheaper than one ``str.find`` pass each (measured: ~25 % less).
     """
     groups: dict[str, list[str]] = {}
     for w in words:
@@ -149,8 +162,7 @@ def _first_letter_trie(words: list[str]) -> re.Pattern[str]:
     return re.compile("|".join(f"{re.escape(k)}(?:{'|'.join(v)})" for k, v in groups.items()))
 
 
-_UPPER_ANCHORS = _first_letter_trie([a for a in _ANCHORS if "A" <= a[0] <= "Z"])
-_OTHER_ANCHORS = tuple(a for a in _ANCHORS if not "A" <= a[0] <= "Z")
+_TRIE = _first_letter_trie(list(_TRIE_ANCHORS))
 
 #: Below this many lines :meth:`Detector.scan` feeds line by line (the live console path: a few
 #: lines at a time); the block pre-filter's fixed cost (one join, one ``find`` per anchor) pays
@@ -534,7 +546,7 @@ def _candidates(lines: list[str]) -> list[tuple[int, bool]]:
     find = text.find
     hits: list[int] = []
     weak: set[int] = set()
-    search = _UPPER_ANCHORS.search
+    search = _TRIE.search
     m = search(text)
     while m is not None:
         p = m.start()
@@ -545,7 +557,7 @@ def _candidates(lines: list[str]) -> list[tuple[int, bool]]:
         if e < 0:
             break
         m = search(text, e + 1)
-    for anchor in _OTHER_ANCHORS:
+    for anchor in _FIND_ANCHORS:
         strong = anchor in _STRONG
         p = find(anchor)
         while p >= 0:

@@ -491,6 +491,17 @@ _ODD = [
     "prefix ------------[ cut here ]------------",
     "\x00BUG: soft lockup - CPU#0 stuck for 22s! [a:1]",  # a NUL inside a line
     "a\nb BUG: scheduling while atomic",  # a line that itself holds a newline
+    "int3: 0000 [#1] PREEMPT SMP NOPTI",
+    "stack segment: 0000 [#1] PREEMPT SMP NOPTI",
+    "divide error: 0000 [#1] PREEMPT SMP NOPTI",
+    "Internal error: undefined instruction: 0 [#1] SMP",
+    "Unhandled fault: imprecise external abort (0x1406) at 0x00000000",
+    "shadow-box: GRMCODE=020011",
+    "alcatraz: VMX is disabled by BIOS",
+    # a cut-here block that ends without a WARNING line (one WARNING at its end trace)
+    "------------[ cut here ]------------",
+    "custom WARN text",
+    "---[ end trace 0000000000000000 ]---",
 ]
 
 
