@@ -404,6 +404,9 @@ EXPECTED: dict[str, tuple[EventKind | set[EventKind] | None, set[EventKind], fro
     "kernel_clean_boot.log": (None, set(), frozenset(EventKind)),
     "kernel_nmi_sysrq.log": (None, {EventKind.NMI}, _NO_FAIL | {EventKind.WARNING}),
     "kernel_sysrq_crash.log": (EventKind.PANIC, {EventKind.PANIC}, frozenset({EventKind.REBOOT})),
+    # a lab guest (rig.lab.image's initramfs, the lab's kernel command line, QEMU -serial stdio) whose
+    # console shell was sent `echo b > /proc/sysrq-trigger`: the reset and the whole second boot
+    "kernel_sysrq_reboot.log": (None, {EventKind.REBOOT}, frozenset(CRASH_KINDS)),
     # sbsim captures (rig/lab/sbsim, real guest output; see tests/test_sbsim_build.py for how they were made)
     "sbsim_clean.log": (None, {EventKind.SHADOWBOX_START}, _NO_FAIL | {EventKind.WARNING}),
     "sbsim_nmis.log": (None, {EventKind.NMI, EventKind.SHADOWBOX_START}, _NO_FAIL),
