@@ -14,7 +14,8 @@ What a saved log may look like, and what is done about it (in this order):
   bytes as they came, with ``YYYY/MM/DD HH:MM:SS OPEN/CLOSE`` lines when ``trace-*-timestamp``
   is on: those lines are left alone (they match no rule).
 * ANSI escapes, NULs and other control characters (but tab): removed, as the console reader does.
-  Bytes that are not UTF-8 become U+FFFD.
+  Bytes that are not UTF-8 become U+FFFD. A byte-order mark is dropped; UTF-16 with one (a
+  Windows terminal's log) is decoded.
 * ``\\r\\n``, ``\\n``: end a line. A bare ``\\r`` inside a line (a progress bar, a terminal that
   overwrote the line) splits it into pieces that the detector sees as separate lines, as the live
   console reader does; events still name the file's line number.
@@ -213,6 +214,10 @@ def decode_console(data: bytes) -> tuple[list[str], list[int] | None, str, str |
     if data[:2] == b"\x1f\x8b":
         data = gzip.decompress(data)
         compressed = "gzip"
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):  # UTF-16 with a byte-order mark (a Windows tool's log)
+        data = data.decode("utf-16", errors="replace").encode("utf-8")
+    elif data[:3] == b"\xef\xbb\xbf":  # UTF-8 byte-order mark: not part of the first line
+        data = data[3:]
     fmt = "text"
     decoded = _decode_hexdump(data)
     if decoded is not None:

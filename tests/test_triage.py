@@ -298,6 +298,16 @@ def test_bare_carriage_returns_split_a_line_but_keep_its_number(tmp_path: Path) 
     assert (e["kind"], e["line"], e["timestamp"]) == ("panic", 2, 5.0)
 
 
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])
+def test_byte_order_marks(tmp_path: Path, encoding: str) -> None:
+    """Logs saved by Windows tools: a UTF-8 BOM in front of line 1, or UTF-16 with a BOM."""
+    text = (DATA / "kernel_sysrq_crash.log").read_text(errors="replace")
+    first = "[    2.959997] Kernel panic - not syncing: sysrq triggered crash\r\n"
+    _, f = one(_variant(tmp_path, "win.log", (first + text).encode(encoding)))
+    assert (f["verdict"], f["crash"]) == ("crash", "panic")
+    assert f["events"][0]["line"] == 1 and f["events"][0]["timestamp"] == 2.959997
+
+
 @pytest.mark.parametrize("fname", ["console.log.gz", "console.log"])
 def test_gzip_by_content(tmp_path: Path, fname: str) -> None:
     p = _variant(tmp_path, fname, gzip.compress((DATA / "sbsim_softlockup.log").read_bytes()))
