@@ -233,8 +233,8 @@ def decode_console(data: bytes) -> tuple[list[str], list[int] | None, str, str |
     sniff = text[: 200 * _SNIFF_LINES].split("\n", _SNIFF_LINES)[:_SNIFF_LINES]
     if any(_FOREIGN.match(ln) for ln in sniff):
         text = _FOREIGN_LINE.sub("", text)
-    lines = text.split("\n")
-    if lines and lines[-1] == "" and text:
+    lines = text.split("\n") if text else []
+    if lines and lines[-1] == "":
         lines.pop()  # a final line end does not start another line
     if "\r" not in text:
         return lines, None, fmt, compressed

@@ -326,6 +326,13 @@ def test_rig_console_log_format(tmp_path: Path) -> None:
     _same_detection(got, ref)
 
 
+def test_empty_file_is_ok_with_no_lines(tmp_path: Path) -> None:
+    code, f = one(_variant(tmp_path, "empty.log", b""))
+    assert (code, f["verdict"], f["lines"], f["events"]) == (0, "ok", 0, [])
+    _, f = one(_variant(tmp_path, "two.log", b"a\nb"))
+    assert f["lines"] == 2
+
+
 def test_stdin_dash() -> None:
     code, doc = run_json("-", stdin=(DATA / "sbsim_hang_banner.log").read_bytes())
     (f,) = doc["files"]
