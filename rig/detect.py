@@ -164,9 +164,9 @@ def _first_letter_trie(words: list[str]) -> re.Pattern[str]:
 
 _TRIE = _first_letter_trie(list(_TRIE_ANCHORS))
 
-#: Below this many lines :meth:`Detector.scan` feeds line by line (the live console path: a few
-#: lines at a time); the block pre-filter's fixed cost (one join, one ``find`` per anchor) pays
-#: off only on blocks.
+#: Below this many lines :meth:`Detector.scan` feeds line by line (a few lines at a time, as a
+#: live console delivers them); the block pre-filter's fixed cost (one join, one regex pass, one
+#: ``find`` pass per other anchor) pays off only on blocks.
 BLOCK_MIN_LINES = 24
 
 # --- prefixes
@@ -343,11 +343,13 @@ class Detector:
         """Feed every line (numbered from the detector's current position); return all events.
 
         Same events as calling :meth:`feed` on each line, but a block of lines is pre-filtered
-        at once: the lines are joined and each anchor literal is searched over the whole block
-        with ``str.find`` (a C loop), so only the few lines that contain one (about 6 % of a
-        console log, fewer in a quiet one) cost a Python call. Why not the per-line regex: a
-        ``re`` alternation of ~30 literals is tried alternative by alternative at every
-        position, and a Python call per line is most of the rest (BENCHMARKS.md, detector).
+        at once: the lines are joined and the anchors (:data:`_TRIE_ANCHORS`,
+        :data:`_FIND_ANCHORS`) are searched over the whole block in C (one regex pass, a few
+        ``str.find`` passes), so only the lines that contain one (about 3 % of the lab's
+        captures) cost a Python call. Why not the per-line regex of :meth:`feed`: a ``re``
+        alternation of ~30 literals is tried alternative by alternative at every position, and a
+        Python call per line is most of the rest (BENCHMARKS.md, detector). The live monitor
+        feeds one line at a time and keeps :meth:`feed`; both give the same events.
         """
         if not isinstance(lines, list):
             lines = list(lines)
