@@ -150,9 +150,9 @@ class Dut:
         A device that does not answer SSH (left hung or crashed by an earlier run) is power-cycled
         once and waited for, when its power control allows: the rig recovers and goes on.
         """
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.lock.acquire(self.lock_wait)
+        self.lock.acquire(self.lock_wait)  # first: a run refused here leaves nothing behind, not even a folder
         try:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
             if self.console is not None:
                 self.console.subscribe(self.monitor.on_line)
                 self.console.start()
