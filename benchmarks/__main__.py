@@ -183,6 +183,10 @@ def md_hang(r: dict[str, Any], where: str) -> str:
     out = (f"**Verdict: {'met' if ok else 'missed'}**" + (
         f" -- {len(lat)}/{r['hangs']} hangs judged hang, median {lm:.2f} s ({g_med - lm:.2f} s under the goal), "
         f"max {lx:.2f} s ({g_max - lx:.2f} s under the bound)." if lat else " -- no hang was judged.") + "\n\n")
+    loads = r.get("load") or []
+    if loads:
+        out = out.rstrip("\n") + (f" Noise: 1-minute load average at the verdicts: min {min(loads):.1f}, median "
+                                  f"{statistics.median(loads):.1f}, max {max(loads):.1f} (2 cores).\n\n")
     out += table(rows, where)
     out += "\n\nAll latencies: " + ", ".join(f"{x:.2f}" for x in lat) + " s. Recovery: " + ", ".join(
         f"{x:.1f}" for x in rec) + " s."
@@ -196,14 +200,16 @@ def md_hang(r: dict[str, Any], where: str) -> str:
             if xs:
                 trows.append(f"| {label} | {len(xs)} of {len(tls)} | {statistics.median(xs):+.2f} s | "
                              f"{min(xs):+.2f} .. {max(xs):+.2f} s |")
-        decided = sum(1 for x in r.get("reasons", []) if "did not answer" in x)
+        took = [f - st for tl in tls
+                if (st := first_at(tl, "silence probe start")) is not None
+                and (f := first_at(tl, "silence probe failed")) is not None]
         out += (
             "\n\nWhere the time went (the monitor's timeline per hang, seconds after the last heartbeat seen; "
             "first occurrence of each step):\n\n| step | hangs with it | median | range |\n|---|---|---|---|\n"
             + "\n".join(trows)
-            + f"\n\nIn {decided} of {len(r.get('reasons', []))} hangs the deciding evidence was a probe left "
-            "unanswered for its deadline (the rest: a probe that failed outright, e.g. a refused reconnect). "
-            "Example timeline: " + ", ".join(f"{lab} {t:+.2f}" for lab, t in tls[len(tls) // 2]) + "."
+            + (f"\n\nThe silence probe's answer (a failure: its deadline expired) came {statistics.median(took):.2f} s "
+               f"after it started (median; {min(took):.2f} .. {max(took):.2f}). " if took else "\n\n")
+            + "Example timeline: " + ", ".join(f"{lab} {t:+.2f}" for lab, t in tls[len(tls) // 2]) + "."
         )
     out += (
         "\n\nMethod: lab-1; per hang: `Dut.deploy_shadowbox(module_params={\"hang_after_nmi\": 3})`, 2 s, 2 QMP NMIs "
@@ -259,6 +265,15 @@ def md_flood(r: dict[str, Any], where: str) -> str:
          f"{r['rss_first_window_mib']:.1f} -> {r['rss_last_window_mib']:.1f} MiB ({drift:+.1f}; "
          f"{met(drift <= 2.0)}); max {r['rss_max_mib']:.1f} MiB"),
     ]
+    if r.get("controller_cpu_s") is not None:
+        cpu = r["controller_cpu_s"]
+        rows.append(("controller CPU (user + system of this process) over the soak", "-",
+                     f"{cpu:.0f} s = {100 * cpu / r['elapsed_s']:.1f} % of one core for {len(devs)} devices"))
+    elif r.get("controller_cpu_note"):
+        rows.append(("controller CPU (user + system of this process)", "-", r["controller_cpu_note"]))
+    loads = [x for _, x in r.get("load", [])]
+    noise = (f"1-minute load average during the soak: min {min(loads):.1f}, median {statistics.median(loads):.1f}, "
+             f"max {max(loads):.1f} (2 cores)" if loads else r.get("noise_note", ""))
     ok = false_total == 0 and bounded and mins >= 20 and len(devs) >= 2
     gaps = max(d["max_heartbeat_gap_s"] for d in devs.values())
     slow = max(d["slowest_probe_answer_s"] for d in devs.values())
@@ -267,7 +282,8 @@ def md_flood(r: dict[str, Any], where: str) -> str:
             f"{gaps:.2f} s (a hang needs {2 * h:g} s) and slowest probe answer {slow:.2f} s (deadline {short:g} s); "
             f"RSS {'bounded' if bounded else '**not bounded**'} ({slope2:+.3f} MiB/min in the 2nd half, "
             f"{drift:+.1f} MiB last vs first {w:.0f} min)."
-            + ("" if mins >= 20 else f" (Only {mins:.1f} min: the goal asks for 20.)") + "\n\n")
+            + ("" if mins >= 20 else f" (Only {mins:.1f} min: the goal asks for 20.)")
+            + (f" Noise: {noise}." if noise else "") + "\n\n")
     samples = r["rss_mib"]
     step = max(1, len(samples) // 24)
     return head + table(rows, where) + (

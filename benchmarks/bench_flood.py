@@ -24,6 +24,8 @@ Goal (issue 6): zero false verdicts over a 20-minute soak per device at 10 NMI/s
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import statistics
 import tempfile
 import threading
@@ -66,6 +68,7 @@ def main(lab: Lab | None = None, minutes: float = 5.0, count: int = 2, rate: flo
          sysrq_every: float = 10.0, rss_every: float = 15.0) -> dict[str, Any]:
     names = [f"lab-{i + 1}" for i in range(count)]
     rss: list[tuple[float, float]] = []
+    load: list[tuple[float, float]] = []  # 1-minute load average at each RSS sample: the run's noise
     per: dict[str, dict[str, Any]] = {}
     duts: list[Dut] = []
     with bench_lab(count, lab) as the_lab, tempfile.TemporaryDirectory(prefix="bench-flood-") as tmp:
@@ -78,6 +81,7 @@ def main(lab: Lab | None = None, minutes: float = 5.0, count: int = 2, rate: flo
             hb0 = {d.device.name: d.monitor.heartbeats for d in duts}
             lines0 = {d.device.name: d.console.mark() if d.console is not None else 0 for d in duts}
             t_start = time.monotonic()
+            ru0 = resource.getrusage(resource.RUSAGE_SELF)
             end = t_start + minutes * 60
             rss.append((0.0, rss_mib()))
             threads = []
@@ -91,9 +95,12 @@ def main(lab: Lab | None = None, minutes: float = 5.0, count: int = 2, rate: flo
             while (now := time.monotonic()) < end:
                 time.sleep(min(rss_every, max(0.0, end - now)))
                 rss.append((time.monotonic() - t_start, rss_mib()))
+                load.append((rss[-1][0], os.getloadavg()[0]))
             for t in threads:
                 t.join(timeout=120)
             elapsed = time.monotonic() - t_start
+            ru1 = resource.getrusage(resource.RUSAGE_SELF)
+            cpu_s = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
             rss.append((elapsed, rss_mib()))
             for d in duts:
                 name = d.device.name
@@ -118,6 +125,7 @@ def main(lab: Lab | None = None, minutes: float = 5.0, count: int = 2, rate: flo
             for d in duts:
                 d.close()
     return {"minutes": minutes, "count": count, "rate": rate, "elapsed_s": elapsed, "devices": per,
+            "controller_cpu_s": cpu_s, "load": load,
             "rss_mib": rss, **rss_figures(rss)}
 
 

@@ -18,6 +18,7 @@ Goal (issue 2/6): median latency < 2H+1 s and max < 3H+2 s over >= 20 hangs; rec
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -37,6 +38,7 @@ def main(lab: Lab | None = None, hangs: int = 20, guest: str = "lab-1") -> dict[
     probes: list[tuple[int, int]] = []
     timelines: list[list[tuple[str, float]]] = []
     reasons: list[str] = []
+    load: list[float] = []  # 1-minute load average at each verdict: the noise each figure saw
     with bench_lab(2, lab) as the_lab, tempfile.TemporaryDirectory(prefix="bench-hang-") as tmp:
         dut = open_dut(the_lab, guest, Path(tmp))
         try:
@@ -54,6 +56,7 @@ def main(lab: Lab | None = None, hangs: int = 20, guest: str = "lab-1") -> dict[
                 probes.append((dut.monitor.probes, dut.monitor.probe_failures))
                 timelines.append([(label, round(t, 3)) for label, t in dut.monitor.last_timeline])
                 reasons.append(v.reason)
+                load.append(os.getloadavg()[0])
                 latencies.append(float(v.since_heartbeat if v.since_heartbeat is not None else float("nan")))
                 recover_s.append(dut.recover())
                 verdict_to_ready.append(time.time() - v.at)
@@ -69,6 +72,7 @@ def main(lab: Lab | None = None, hangs: int = 20, guest: str = "lab-1") -> dict[
         "probes_at_verdict": probes,
         "timelines": timelines,
         "reasons": reasons,
+        "load": load,
     }
 
 

@@ -240,7 +240,8 @@ class HangRule:
             p = self.dead_evidence(now)
             if p is not None:
                 ref = self.last_hb if self.last_hb is not None else self.started
-                what = "failed" if p.ok is False else f"did not answer within {self.short:g} s"
+                what = (f"failed after {p.ended - p.started:.1f} s" if p.ok is False and p.ended is not None
+                        else f"did not answer within {self.short:g} s")
                 shown = silence if self.last_hb is not None else now - self.started
                 return Decision(
                     VerdictKind.HANG,
