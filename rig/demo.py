@@ -96,13 +96,19 @@ def summarize(run_dir: Path, console: Console) -> int:
 def run_demo(checkout: Path, soak_minutes: float, console: Console) -> int:
     from rig.lab.manager import Lab
 
-    lab = Lab(progress=lambda what, message: console.print(f"  {what}: {message}", highlight=False))
+    def progress(what: str, message: str) -> None:
+        """Only what a viewer cares about: kernels fetched, images built, guests ready or restarted."""
+        if what.startswith(("kernel", "image")) or message.startswith(("SSH ready", "restarting", "rolling")):
+            console.print(f"  {what}: {message}", highlight=False, soft_wrap=True)
+
+    lab = Lab(progress=progress)
     console.rule("[bold]1. the virtual lab: two QEMU laptops on two kernels, console server, virtual BMC")
     guests = lab.up(count=len(KERNELS), kernels=list(KERNELS.values()))
     kernel_of = {g.name: g.kernel_version for g in guests}
     inventory = write_demo_inventory(lab.inventory_dir, lab.root / "demo-devices")
     for p in inventory:
-        console.print(f"  {p.stem}: kernel {kernel_of.get(p.stem, '?')}, {BUILDS[p.stem][0]}  ({p})", highlight=False)
+        console.print(f"  {p.stem}: kernel {kernel_of.get(p.stem, '?')}, {BUILDS[p.stem][0]}  ({p})",
+                      highlight=False, soft_wrap=True)
     console.rule("[bold]2. the suites on both laptops in parallel (pytest -n 2)")
     run_id = "demo-" + __import__("time").strftime("%Y%m%d-%H%M%S")
     cmd = [

@@ -46,9 +46,9 @@ def _lab(ctx: click.Context, **kw: object) -> Lab:
 
 
 def _table(guests: list[GuestInfo], title: str) -> Table:
-    t = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)  # no vertical rules: fits 80 columns
+    t = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)  # fits 80 columns
     t.caption = ("ports are on 127.0.0.1; console is RFC 2217 (rfc2217://127.0.0.1:PORT?ign_set_control); "
-                 "pids: qemu/ser2net/vbmc")
+                 "pids: qemu/ser2net/vbmc; boot: seconds to SSH")
     rows = []
     for g in guests:
         pids = "/".join(str(p or "-") for p in (g.qemu_pid, g.console_server_pid, g.bmc_pid))
@@ -57,10 +57,10 @@ def _table(guests: list[GuestInfo], title: str) -> Table:
             str(g.ssh_port), str(g.console_port), str(g.bmc_port), pids,
             f"{g.boot_seconds:.1f}" if g.boot_seconds is not None else "-",
         ))
-    for i, col in enumerate(("guest", "state", "kernel", "ssh", "console", "bmc/udp", "pids", "boot s")):
+    for i, col in enumerate(("guest", "state", "kernel", "ssh", "console", "bmc/udp", "pids", "boot")):
         # values keep their width in a narrow terminal (a port cut to "400…" is useless); state may wrap
-        widest = max((len(r[i]) for r in rows), default=0)
-        t.add_column(col, no_wrap=col != "state", min_width=min(widest, 12) if col == "state" else widest)
+        widest = max([len(col)] + [len(r[i]) for r in rows])
+        t.add_column(col, no_wrap=col != "state", min_width=min(widest, 10) if col == "state" else widest)
     for r in rows:
         t.add_row(*r)
     return t
