@@ -13,6 +13,7 @@ APT_PKGS=(
   ipmitool openipmi                   # IPMI peers: ipmitool client, ipmi_sim BMC
   cpio kmod zstd xz-utils gzip        # building the initramfs (kmod: depmod for fetched kernels)
   gpgv debian-archive-keyring dpkg    # fetching Debian 11's 5.10 kernel: verify the signed index, unpack .debs
+  gpg                                 # tests only: throw-away signing keys for the fetcher's signature tests
   make gcc python3-venv python3-dev git
   chromium                            # headless browser: the HTML report tests open pages from disk
 )
