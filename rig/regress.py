@@ -513,6 +513,7 @@ class Regress:
                     self.console.print(f"{what}: the earlier run {why}; kept in {aside}", highlight=False)
                 state.update(spec.label, status="running", started=time.time(), **info)
                 if self.reset is not None:
+                    self.console.print(f"{what}: a fresh boot of every device", highlight=False)
                     self.reset(spec)
                 self.console.print(f"{what}: running the suites (log {self.out / (spec.label + '.log')})",
                                    highlight=False)  # fmt: skip
