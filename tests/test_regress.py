@@ -450,3 +450,64 @@ def test_regress_lines_up_fixed_hanging_and_panicking_builds(lab_restored: Any, 
     again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == EXIT_REGRESSED, again.stdout[-3000:] + again.stderr[-3000:]
     assert again.stdout.count("done in an earlier run, not run again") == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# the plugin options regress drives (no device is contacted: the tests only read the inventory)
+
+PLUGIN_SUITE = """
+import json, os
+
+def test_source_and_build(device, rig_run):
+    rig_run.device(device)  # writes this device's report.json
+    with open(os.environ["RIG_TEST_OUT"], "a") as fh:
+        fh.write(json.dumps({"device": device.name, "source": str(device.shadowbox.source)}) + "\\n")
+"""
+
+
+def run_plugin(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    inv = tmp_path / "devices"
+    inv.mkdir(exist_ok=True)
+    for name in ("a", "b"):
+        (inv / f"{name}.toml").write_text(
+            f'name = "{name}"\n[ssh]\nhost = "192.0.2.1"\nuser = "root"\nknown_hosts = "{inv / "known_hosts"}"\n'
+            f'key_file = "{inv / "key"}"\n'
+            f'[shadowbox]\nrecipe = "sbsim"\nsource = "/nonexistent/original-{name}"\n'
+        )
+    (tmp_path / "test_suite.py").write_text(PLUGIN_SUITE)
+    cmd = [
+        sys.executable, "-m", "pytest", str(tmp_path / "test_suite.py"), "--rig-devices", str(inv),
+        "--rig-report-dir", str(tmp_path / "reports"), "-p", "no:cacheprovider", "-p", "no:xdist", "-q", *args,
+    ]  # fmt: skip
+    env = {**os.environ, "RIG_RUN_ID": "run", "RIG_TEST_OUT": str(tmp_path / "seen.jsonl")}
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_plugin_deploys_one_tree_everywhere_and_records_the_build(tmp_path: Path) -> None:
+    tree = tmp_path / "build-tree"
+    tree.mkdir()
+    proc = run_plugin(tmp_path, "--rig-shadowbox-source", "build-tree", "--rig-build", "v2.3-rc1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    seen = [json.loads(line) for line in (tmp_path / "seen.jsonl").read_text().splitlines()]
+    assert {s["device"]: s["source"] for s in seen} == {"a": str(tree), "b": str(tree)}  # relative to the cwd
+    for name in ("a", "b"):
+        assert json.loads((tmp_path / "reports" / "run" / name / "report.json").read_text())["build"] == "v2.3-rc1"
+    summary = json.loads((tmp_path / "reports" / "run" / "summary.json").read_text())
+    assert summary["build"] == "v2.3-rc1" and {d["build"] for d in summary["devices"]} == {"v2.3-rc1"}
+    assert json.loads((tmp_path / "reports" / "run" / "run.json").read_text())["build"] == "v2.3-rc1"
+    # without the options: the inventory's own source, no build label
+    (tmp_path / "seen.jsonl").unlink()
+    shutil.rmtree(tmp_path / "reports")
+    proc = run_plugin(tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    seen = [json.loads(line) for line in (tmp_path / "seen.jsonl").read_text().splitlines()]
+    assert {s["source"] for s in seen} == {"/nonexistent/original-a", "/nonexistent/original-b"}
+    assert json.loads((tmp_path / "reports" / "run" / "summary.json").read_text())["build"] is None
+
+
+def test_plugin_refuses_a_source_that_is_not_a_folder(tmp_path: Path) -> None:
+    proc = run_plugin(tmp_path, "--rig-shadowbox-source", "missing-tree")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode not in (0, 1), out  # a usage error, not a test failure
+    assert f"--rig-shadowbox-source missing-tree: {tmp_path / 'missing-tree'} is not a folder" in out
+    assert not (tmp_path / "seen.jsonl").exists()
