@@ -461,8 +461,9 @@ def test_power_off_during_a_suite_fails_as_powered_off_and_the_next_test_recover
 FLOOD_LINE = "[%6d.%06d] rig-flood %s line %07d: the quick brown fox jumps over the lazy dog 0123456789"
 #: A kernel console line (the monitor's heartbeat, or e.g. "hrtimer: interrupt took ..." under load): the
 #: kernel writes it straight to the UART, between two bytes of the tty's output. Flood lines look alike
-#: on purpose, so they are told apart by their tag.
-KERNEL_LINE = re.compile(rb"\[\s*\d+\.\d{6}\] (?!rig-flood )[^\r\n]*\r\n")
+#: on purpose, so they are told apart by their tag (and a flood line's stamp directly followed by a kernel
+#: line -- "[  6.006674] [ 50.1] rig-heartbeat ..." -- is not taken for one).
+KERNEL_LINE = re.compile(rb"\[\s*\d+\.\d{6}\] (?!rig-flood |\[)[^\r\n]*\r\n")
 
 
 def flood_lines(token: str, n: int) -> bytes:
@@ -525,9 +526,11 @@ def _check_flood(r: dict[str, Any], serial_log: Path, log_dir: Path, lines: int)
     got, want = KERNEL_LINE.sub(b"", mine), r["expected"]
     if got != want:
         i = next((k for k, (x, y) in enumerate(zip(got, want, strict=False)) if x != y), min(len(got), len(want)))
+        at = mine.find(got[max(0, i - 40) : i])
         raise AssertionError(
             f"flood window: the rig kept {len(got)} bytes (kernel lines aside), the guest wrote {len(want)}; "
-            f"first difference at {i}: {got[max(0, i - 20) : i + 20]!r} vs {want[max(0, i - 20) : i + 20]!r}"
+            f"first difference at {i}: {got[max(0, i - 20) : i + 20]!r} vs {want[max(0, i - 20) : i + 20]!r}; "
+            f"console.raw there: {mine[max(0, at) : at + 200]!r}"
         )
     # 2. against QEMU's own log of the same window: the same bytes (QEMU may repeat one, see match_serial_log)
     qemus = window(serial_log.read_bytes(), r["start"], r["end"])
