@@ -28,6 +28,7 @@ from consolepeers import free_port
 from rig.errors import LabFault
 from rig.lab import image, kernels
 from rig.lab.kernels import Series, Suite
+from rig.lab.sbsim import default_headers_dir
 
 # --- versions and index parsing ----------------------------------------------------------------------
 
@@ -403,6 +404,10 @@ def test_fetch_from_a_signed_archive_unpacks_fixes_and_caches(
     # the headers Makefile reaches the common tree inside the cache
     out = subprocess.run(["make", "-s", "-C", str(k.headers)], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "ok"
+
+    # sbsim's builder finds headers in the kernel cache by release (the host has no /usr/src for 5.10)
+    monkeypatch.setenv("RIG_KERNEL_CACHE", str(cache))
+    assert default_headers_dir("5.10.0-46-amd64") == k.headers
 
     # a second time: from the cache, without the archive (it is gone)
     shutil.rmtree(local_archive.dir)

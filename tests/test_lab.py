@@ -34,6 +34,7 @@ from rig.lab.cli import lab as lab_cli
 from rig.lab.guest import run_state
 from rig.lab.manager import Lab, vbmc_available
 from rig.lab.ports import cmdline_text, guest_ports, pid_alive, port_bound
+from rig.lab.sbsim import build_sbsim, default_headers_dir
 
 # --- helpers ---------------------------------------------------------------------------------------
 
@@ -167,6 +168,16 @@ def test_one_image_per_kernel_each_with_its_own_e1000(tmp_path: Path) -> None:
     # the headers the inventory will name build for that kernel: their release is the kernel's
     assert _uts_release(k510.headers) == k510.release
     assert image.headers_dir(k510.release) == k510.headers
+
+
+def test_sbsim_builds_for_5_10_with_the_hosts_gcc(tmp_path: Path) -> None:
+    """The fetched 5.10 headers (Debian 11 named gcc-10) build sbsim with the host's gcc 12; the module
+    carries 5.10's vermagic. That it also loads is tested on the 5.10 guest below."""
+    k510 = kernels.resolve("5.10", host_release=image.kernel_version())
+    assert default_headers_dir(k510.release) == k510.headers
+    ko = build_sbsim(k510.headers, tmp_path / "build")
+    assert _modinfo(ko, "vermagic").split()[0] == k510.release
+    assert _modinfo(ko, "name") == "sbsim"
 
 
 # --- bad input (no guest boots) ----------------------------------------------------------------------

@@ -20,6 +20,7 @@ import subprocess
 from pathlib import Path
 
 from rig.errors import LabFault
+from rig.lab import kernels
 
 #: Files that make up the module's source; everything the build needs, nothing else.
 SOURCE_FILES: tuple[str, ...] = ("sbsim.c", "Makefile")
@@ -79,8 +80,10 @@ def default_headers_dir(kernel_version: str) -> Path:
     """Where Debian keeps the headers for ``kernel_version`` (e.g. ``6.1.0-56-amd64``).
 
     Prefers ``/usr/src/linux-headers-<ver>`` (what the linux-headers package installs, present
-    even when that kernel is not the one running) and falls back to ``/lib/modules/<ver>/build``.
-    Returns the /usr/src path when neither exists, so that build_sbsim names it in its error.
+    even when that kernel is not the one running) and falls back to ``/lib/modules/<ver>/build``,
+    then to the lab's kernel cache (kernels fetched from Debian's archive, e.g. 5.10: see
+    rig.lab.kernels). Returns the /usr/src path when none exists, so that build_sbsim names it in
+    its error.
     """
     if not kernel_version or "/" in kernel_version or kernel_version in (".", ".."):
         raise ValueError(f"not a kernel version: {kernel_version!r} (expected e.g. '6.1.0-56-amd64')")
@@ -88,6 +91,9 @@ def default_headers_dir(kernel_version: str) -> Path:
     for candidate in (usr_src, Path("/lib/modules") / kernel_version / "build"):
         if (candidate / "Makefile").is_file():
             return candidate
+    fetched = kernels.cached_kernel(kernel_version)
+    if fetched is not None and (fetched.headers / "Makefile").is_file():
+        return fetched.headers
     return usr_src
 
 
@@ -153,7 +159,12 @@ def _tail(text: str, lines: int = ERROR_TAIL_LINES) -> str:
 
 
 def _reinstall_hint(headers_dir: Path) -> str:
-    """The apt command that restores these headers (Debian names the dir after the package)."""
+    """The command that restores these headers: apt for the host's, a re-fetch for the kernel cache's."""
+    cache = kernels.cache_dir().resolve()
+    if headers_dir.resolve().is_relative_to(cache):
+        release = headers_dir.resolve().name.removeprefix("linux-headers-")
+        return (f"rm -rf {cache / release} && rig lab kernels --fetch {kernels.series_of(release)}"
+                " (headers fetched from Debian's archive)")
     name = headers_dir.resolve().name
     package = name if name.startswith("linux-headers-") else "linux-headers-amd64"
     return f"apt-get install --reinstall {package}"
