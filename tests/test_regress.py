@@ -511,3 +511,34 @@ def test_plugin_refuses_a_source_that_is_not_a_folder(tmp_path: Path) -> None:
     assert proc.returncode not in (0, 1), out  # a usage error, not a test failure
     assert f"--rig-shadowbox-source missing-tree: {tmp_path / 'missing-tree'} is not a folder" in out
     assert not (tmp_path / "seen.jsonl").exists()
+
+
+def test_ref_builds_run_on_their_commit_and_a_moved_ref_is_a_new_build(
+    small_repo: tuple[Path, list[str]], tmp_path: Path
+) -> None:
+    repo, commits = small_repo
+    trees: dict[str, Path] = {}
+
+    class Recording(FakeSuites):
+        def __call__(self, spec: BuildSpec, tree: Path, run_dir: Path, sel: Selection) -> int:
+            trees[spec.label] = tree
+            return super().__call__(spec, tree, run_dir, sel)
+
+    def regress(runner: FakeSuites) -> list[BuildResult]:
+        builds = parse_builds(repo, ["old=v0", "main"], [])
+        out = tmp_path / "out"
+        return Regress(builds, out, selection(["lab-1"]), out / "trees", Console(quiet=True), runner).run()
+
+    first = Recording()
+    results = regress(first)
+    assert first.calls == ["old", "main"]
+    assert trees == {"old": tmp_path / "out" / "trees" / commits[0], "main": tmp_path / "out" / "trees" / commits[2]}
+    assert (trees["old"] / "f.txt").read_text() == "version 0\n"
+    assert [r.spec["commit"] for r in results] == [commits[0], commits[2]]
+    assert RegressState(tmp_path / "out").entry("main")["commit"] == commits[2]  # type: ignore[index]
+    # a new commit on main: "main" is a different build now and runs again; "old" does not
+    (repo / "f.txt").write_text("version 3\n")
+    new = commit_all(repo, "v3")
+    second = Recording()
+    regress(second)
+    assert second.calls == ["main"] and trees["main"] == tmp_path / "out" / "trees" / new
