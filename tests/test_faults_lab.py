@@ -76,11 +76,24 @@ def match_serial_log(raw: bytes, serial: bytes, *, start: int = 0) -> tuple[int,
     chardev logfile sometimes writes a byte twice when the pty pushes back (seen under a console
     flood: the log had ``foox`` where the guest printed -- and the rig received -- ``fox``). Such a
     repeat is allowed on QEMU's side only; any other difference fails, saying where it is.
+    Every place the start of ``raw`` occurs is tried (boots print the same first lines each time).
     """
     assert raw, "console.raw (this piece) is empty: the rig captured nothing"
     head = raw[:64]
+    best: tuple[int, str] = (-1, f"the first bytes of console.raw {head!r} are not in QEMU's serial log after {start}")
     at = serial.find(head, start)
-    assert at >= 0, f"the first bytes of console.raw {head!r} are not in QEMU's serial log (after offset {start})"
+    while at >= 0:
+        matched, dups, why = _walk(raw, serial, at)
+        if not why:
+            return at, dups
+        if matched > best[0]:
+            best = (matched, why)
+        at = serial.find(head, at + 1)
+    raise AssertionError(best[1])
+
+
+def _walk(raw: bytes, serial: bytes, at: int) -> tuple[int, int, str]:
+    """Compare from serial[at]: (bytes of raw matched, QEMU repeats skipped, "" or why they differ)."""
     i, j, dups, n, m = 0, at, 0, len(raw), len(serial)
     chunk = 4096
     while i < n:
@@ -95,11 +108,12 @@ def match_serial_log(raw: bytes, serial: bytes, *, start: int = 0) -> tuple[int,
             elif 0 < j < m and serial[j] == serial[j - 1]:
                 dups, j = dups + 1, j + 1
             else:
-                raise AssertionError(
+                why = (
                     f"console.raw differs from QEMU's serial log at console.raw offset {i} (serial log offset {j}): "
                     f"the rig has {raw[max(0, i - 20) : i + 20]!r}, QEMU logged {serial[max(0, j - 20) : j + 20]!r}"
                 )
-    return at, dups
+                return i, dups, why
+    return i, dups, ""
 
 
 def assert_contiguous_in_serial_log(raw: bytes, serial: bytes, *, start: int = 0) -> int:
