@@ -190,6 +190,14 @@ def md_hang(r: dict[str, Any], where: str) -> str:
     out += table(rows, where)
     out += "\n\nAll latencies: " + ", ".join(f"{x:.2f}" for x in lat) + " s. Recovery: " + ", ".join(
         f"{x:.1f}" for x in rec) + " s."
+    if loads and len(loads) == len(rec):
+        calm = [x for x, ld in zip(rec, loads, strict=True) if ld < 5]
+        busy = [x for x, ld in zip(rec, loads, strict=True) if ld >= 5]
+        if calm and busy:
+            out += (f" Recovery split by the 1-minute load at the verdict (a lagging measure of the noise): median "
+                    f"{statistics.median(calm):.1f} s over the {len(calm)} hangs at a load under 5, "
+                    f"{statistics.median(busy):.1f} s over the {len(busy)} at 5 or more (a power cycle is a TCG boot "
+                    "of the guest, sharing the 2 cores with everything else; last session, quieter: median 13.2 s).")
     tls = r.get("timelines") or []
     if tls:
         labels = ["heartbeat late noticed", "silence probe start", "silence probe failed", "routine probe start",
