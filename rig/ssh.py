@@ -505,7 +505,16 @@ class SshClient:
                     f"device {self.device}: SSH {self.cfg.host}:{self.cfg.port} dropped the connection "
                     f"during the handshake: {exc}"
                 ) from None
-            self._check_host_key(t.get_remote_server_key(), known)
+            try:
+                # start_client returns quietly when its timeout runs out mid-handshake (a hung
+                # device's sshd): the key exchange is then unfinished and there is no server key.
+                server_key = t.get_remote_server_key()
+            except paramiko.SSHException:
+                raise SshUnreachable(
+                    f"device {self.device}: SSH {self.cfg.host}:{self.cfg.port} did not finish the handshake "
+                    "before the deadline (a hung device?)"
+                ) from None
+            self._check_host_key(server_key, known)
             self._login(t, deadline)
         except BaseException:
             t.close()

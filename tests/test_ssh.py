@@ -341,6 +341,40 @@ def test_nothing_listening_is_ssh_unreachable_not_a_lab_fault(tmp_path: Path, cl
     assert c.alive(timeout=2) is False
 
 
+def test_handshake_stalled_after_the_banner_is_ssh_unreachable(
+    peer: SshPeer, clients: list[SshClient]
+) -> None:
+    """A hung device's sshd may send its banner and then never finish the key exchange.
+
+    The peer here is a real socket that does exactly that (a stand-in for a kernel that hangs
+    mid-handshake: a frozen sshd never sends the banner, which is a different path). paramiko's
+    start_client returns quietly when its timeout runs out; the rig must still say "unreachable"
+    (so Dut.open power-cycles the device), not leak paramiko's "No existing session".
+    """
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = srv.accept()
+            held.append(conn)
+            conn.sendall(b"SSH-2.0-stalled_1.0\r\n")  # banner, then silence (reads are never answered)
+
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+    try:
+        c = client_for(peer, clients, port=srv.getsockname()[1], connect_timeout=2.0)
+        with pytest.raises(SshUnreachable, match="lap-1.*did not finish the handshake"):
+            c.connect()
+    finally:
+        srv.close()
+        for conn in held:
+            conn.close()
+        th.join(timeout=5)
+
+
 def test_socket_has_keepalive_and_user_timeout(peer: SshPeer, clients: list[SshClient]) -> None:
     c = client_for(peer, clients)
     c.connect()
