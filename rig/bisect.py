@@ -46,7 +46,7 @@ from rig.errors import ConfigError, LabFault, RigError, Unavailable
 from rig.inventory import Device, load_inventory
 from rig.regress import clone_shared, fresh_boot, resolve_ref
 from rig.report import write_json_atomic
-from rig.vocab import VerdictKind
+from rig.vocab import NOT_DEVICE_KINDS, VerdictKind
 
 RESULT_FILE = "bisect.json"
 EXIT_FOUND = 0
@@ -224,8 +224,8 @@ class Oracle:
             raise
         except (DeployFailed, RigError) as exc:
             d.needs_recovery = True
-            v = d.monitor.wait(self.detect_bound)
-            if v is not None and v.kind is VerdictKind.LAB_FAULT:
+            v = d.wait_verdict(self.detect_bound)
+            if v is not None and v.kind in NOT_DEVICE_KINDS:
                 raise self._lab_fault(v, commit) from None
             if v is not None and v.kind in (VerdictKind.HANG, VerdictKind.CRASH, VerdictKind.REBOOT):
                 a.failed, a.verdict, a.reason = True, v.text, f"while loading: {v.reason}"
@@ -256,9 +256,9 @@ class Oracle:
         v = d.verdict()
         if v.ok:
             # A hang in the last seconds of the soak is declared only later: watch that long, quietly.
-            late = d.monitor.wait(self.detect_bound)
+            late = d.wait_verdict(self.detect_bound)
             v = late if late is not None else v
-        if v.kind is VerdictKind.LAB_FAULT:
+        if v.kind in NOT_DEVICE_KINDS:  # a lab fault, or switched off behind our back: never the commit's fault
             raise self._lab_fault(v, commit)
         if v.ok:
             a.exposure = soaked
