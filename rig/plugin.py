@@ -168,6 +168,24 @@ def selected_devices(config: pytest.Config) -> list[Device]:
     return devices
 
 
+#: Time a soak test may take beyond its soak: deploy, recovery (a power cycle and boot), verdicts.
+SOAK_TIMEOUT_MARGIN_S = 900.0
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Give each ``soak`` test a pytest-timeout of its soak length plus a margin.
+
+    Why: a project's ``timeout`` ini (ours is 600 s, to catch a stuck rig test) would kill a
+    20-minute soak halfway and call it a failure of the device. A test's own ``timeout`` marker wins.
+    """
+    if not config.pluginmanager.hasplugin("timeout"):
+        return
+    limit = soak_minutes_of(config) * 60 + SOAK_TIMEOUT_MARGIN_S
+    for item in items:
+        if item.get_closest_marker("soak") is not None and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(limit))
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "device" not in metafunc.fixturenames:
         return
