@@ -253,7 +253,7 @@ class Oracle:
             if d.monitor.wait(timeout=self.interval) is not None:
                 break
         soaked = time.monotonic() - start
-        v = d.verdict()
+        v = d.settled_verdict()
         if v.ok:
             # A hang in the last seconds of the soak is declared only later: watch that long, quietly.
             late = d.wait_verdict(self.detect_bound)

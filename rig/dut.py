@@ -250,10 +250,15 @@ class Dut:
         """The device's verdict: the monitor's, with a switched-off device told apart from a hung one."""
         return self._judge_power(self.monitor.verdict())
 
+    def settled_verdict(self) -> Verdict:
+        """:meth:`verdict` after a hang had its chance to become the crash or reboot the console
+        prints next (:meth:`rig.monitor.HangMonitor.settled`): what reports and bisect record."""
+        return self._judge_power(self.monitor.settled())
+
     def wait_verdict(self, timeout: float) -> Verdict | None:
-        """Block until a non-ok verdict (returned, judged as :meth:`verdict` does) or ``timeout`` (None)."""
+        """Block until a non-ok verdict (returned settled, as :meth:`settled_verdict`) or ``timeout`` (None)."""
         v = self.monitor.wait(timeout)
-        return None if v is None else self._judge_power(v)
+        return None if v is None else self.settled_verdict()
 
     def _judge_power(self, v: Verdict) -> Verdict:
         """A hang or lost connection of a device whose power control says 'off' is ``powered-off``.

@@ -39,7 +39,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from rig.detect import Detector, Event
 from rig.inventory import MonitorConfig
@@ -89,6 +89,9 @@ class Verdict:
             "since_heartbeat": None if self.since_heartbeat is None else round(self.since_heartbeat, 3),
         }
 
+
+#: Verdicts judged from silence alone: a crash or boot banner printed soon after may still explain them.
+SILENCE_KINDS = frozenset({VerdictKind.HANG, VerdictKind.LOST_CONNECTION})
 
 HEARTBEAT_RE = re.compile(r"rig-heartbeat ([0-9a-f]{8}) (\d+)")
 
@@ -305,6 +308,7 @@ class HangMonitor:
         self._token = secrets.token_hex(4)
         self._lock = threading.Lock()
         self._verdict: Verdict | None = None
+        self._silence_declared = 0.0  # clock() of the last verdict (used while it is a silence verdict)
         self._changed = threading.Condition(self._lock)
         self._last_hb_mono: float | None = None
         self._last_hb_wall: float | None = None
@@ -337,7 +341,10 @@ class HangMonitor:
         with self._lock:
             self.events.extend(events)
             self.event_counts.update(ev.kind.value for ev in events)
-            if self._verdict is not None or self._paused:
+            if self._paused:
+                return
+            if self._verdict is not None:
+                self._settle_silence(events)
                 return
             for ev in events:
                 if ev.kind in CRASH_KINDS:
@@ -425,11 +432,56 @@ class HangMonitor:
                 self._changed.wait(timeout=min(left, 0.5))
             return self._verdict
 
+    def settled(self) -> Verdict:
+        """The verdict once a silence verdict had its chance to turn into what the console says next.
+
+        A hang or lost connection is declared from silence alone, within about 2H. Some devices
+        print the real story a few seconds later: under an NMI flood a panicking CPU prints its
+        panic only after it failed to stop the others (4.7-9.3 s on the lab), and a laptop that
+        reset itself prints its boot banner after its firmware. For ``crash_tail_seconds`` after a
+        silence verdict, such a line replaces it (see ``_settle_silence``); this waits out that
+        window, so reports and bisect steps name the crash or reboot, not "hang". Any other
+        verdict is returned at once.
+        """
+        with self._changed:
+            while self._verdict is not None and self._verdict.kind in SILENCE_KINDS and not self._paused:
+                left = self._silence_declared + self.settings.crash_tail_seconds - self.clock()
+                if left <= 0:
+                    break
+                self._changed.wait(timeout=min(left, 0.5))
+        return self.verdict()
+
     def last_heartbeat_age(self) -> float | None:
         with self._lock:
             return None if self._last_hb_mono is None else self.clock() - self._last_hb_mono
 
     # -- internals ---------------------------------------------------------------------------
+
+    def _settle_silence(self, events: list[Event]) -> None:
+        """Replace a fresh silence verdict by a crash or reboot the console printed after it (lock held)."""
+        v = self._verdict
+        if v is None or v.kind not in SILENCE_KINDS:
+            return
+        late = self.clock() - self._silence_declared
+        if late > self.settings.crash_tail_seconds:
+            return
+        for ev in events:
+            if ev.kind in CRASH_KINDS:
+                kind, detail, what = VerdictKind.CRASH, ev.kind.value, f"console: {ev.text.strip()[:200]}"
+            elif ev.kind is EventKind.REBOOT:
+                kind, detail, what = VerdictKind.REBOOT, None, "the kernel booted again without the rig asking"
+            else:
+                continue
+            self._verdict = replace(
+                v,
+                kind=kind,
+                detail=detail,
+                event=ev,
+                reason=f"{what} (printed {late:.1f} s after the silence was declared {v.text}: {v.reason})",
+            )
+            log.warning("%s: verdict %s -> %s: the console spoke after the silence", self.device, v.text, kind.value)
+            self._changed.notify_all()
+            return
 
     def _declare(self, kind: VerdictKind, detail: str | None, reason: str, event: Event | None = None) -> None:
         """Latch a verdict (caller holds the lock). The first non-ok verdict wins."""
@@ -440,6 +492,7 @@ class HangMonitor:
         self._verdict = Verdict(
             kind, detail, reason, time.time(), event, last_heartbeat=self._last_hb_wall, since_heartbeat=since
         )
+        self._silence_declared = now
         self.last_timeline = self.rule.timeline(now)
         log.warning("%s: verdict %s: %s", self.device, self._verdict.text, reason)
         log.info(

@@ -361,7 +361,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         return
     if report.when != "call":
         return
-    verdict = d.verdict()  # the monitor's, with a switched-off device told apart (rig.dut.Dut.verdict)
+    # The monitor's, settled (a hang followed by a panic is the panic) and with a switched-off
+    # device told apart (rig.dut.Dut.settled_verdict).
+    verdict = d.settled_verdict()
     lab_error = call.excinfo if call.excinfo is not None and call.excinfo.errisinstance(LabFault) else None
     if lab_error is not None and verdict.kind not in (VerdictKind.CRASH, VerdictKind.POWERED_OFF):
         from rig.monitor import Verdict
