@@ -71,7 +71,8 @@ DEFAULT_BACKOFF_MAX = 2.0
 EXPECT_CONTEXT_LINES = 15
 
 _EOL = re.compile(rb"\r\n|\r|\n")
-_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
+#: An ANSI escape sequence (CSI, OSC, two-byte): stripped from console lines, live (here) and saved (rig.triage).
+ANSI_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
 # Delete C0 controls but tab, DEL and C1 controls.
 _CONTROL = {c: None for c in (*range(0x00, 0x09), *range(0x0A, 0x20), 0x7F, *range(0x80, 0xA0))}
 
@@ -110,7 +111,7 @@ def format_log_line(wall: float, text: str) -> str:
 def _clean(raw: bytes) -> str:
     s = raw.decode("utf-8", errors="replace")
     if "\x1b" in s:
-        s = _ANSI.sub("", s)
+        s = ANSI_ESCAPE.sub("", s)
     return s.translate(_CONTROL)
 
 

@@ -70,7 +70,7 @@ from typing import Any
 
 import click
 
-from rig.console import _ANSI  # one definition of "an ANSI escape" for live and saved consoles
+from rig.console import ANSI_ESCAPE  # one definition of "an ANSI escape" for live and saved consoles
 from rig.detect import Detector, Event, first_crash
 from rig.vocab import EventKind
 
@@ -98,7 +98,7 @@ _NOTICE_VERDICT = (
     (EventKind.WARNING, "warning"),
 )
 
-_ANSI_B = re.compile(_ANSI.pattern.encode("ascii"))
+_ANSI_B = re.compile(ANSI_ESCAPE.pattern.encode("ascii"))
 #: C0 controls but tab, LF and CR, and DEL: dropped from the bytes (before decoding, so no
 #: UTF-8 sequence is touched: none of these bytes occurs inside one).
 _C0_DELETE = bytes([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
