@@ -17,8 +17,11 @@
  *   panic_after_nmi=N  panic from the Nth NMI
  *   nmi_delay_us=N     a slow NMI handler
  *   fail_start=1       refuse to start as Shadow-box does without VT-x
- *   trigger=<what>     (runtime) oops, bug, warn, panic, softlockup, rcu_stall, hung_task,
+ *   trigger=<what>     (runtime) oops, gpf, bug, warn, panic, softlockup, rcu_stall, hung_task,
  *                      alert[:name], hang_banner[:reason]
+ *                      (gpf: a load from the non-canonical address 0xdead000000000100, so the
+ *                      kernel prints "general protection fault, probably for non-canonical
+ *                      address ..." -- the other kernel-crash class, beside the page-fault oops)
  * See README.md next to this file for the exact console lines of each.
  */
 
@@ -196,9 +199,15 @@ static const struct proc_ops sbsim_proc_ops = {
  * Long or fatal triggers run in their own kthread, not in the writer of the sysfs file:
  * the writer holds sbsim's parameter mutex, which an oops would leave locked forever and
  * a 30 s spin would hold for 30 s. Each thread holds a module reference (rmmod waits for
- * it; after an oops/BUG the reference is never dropped -- reboot, as with Shadow-box).
+ * it; after an oops/GPF/BUG the reference is never dropped -- reboot, as with Shadow-box).
  */
 static int * volatile sbsim_null;
+/*
+ * LIST_POISON1's value: bits 63..48 are not copies of bit 47, so the CPU raises #GP (not #PF)
+ * and the kernel names it "probably for non-canonical address" -- the typical shape of a
+ * use-after-list_del in real drivers. volatile, so the compiler cannot prove the load faults.
+ */
+static int * volatile sbsim_noncanonical = (int *)0xdead000000000100UL;
 static volatile int sbsim_true = 1;
 static char sbsim_last_trigger[SBSIM_TRIGGER_LEN] = "none";
 static DECLARE_WAIT_QUEUE_HEAD(sbsim_never_wq);
@@ -215,6 +224,13 @@ static int sbsim_oops_fn(void *arg)
 {
 	pr_info("trigger oops: NULL pointer dereference in kthread\n");
 	pr_info("value %d\n", READ_ONCE(*sbsim_null));
+	module_put_and_kthread_exit(0);
+}
+
+static int sbsim_gpf_fn(void *arg)
+{
+	pr_info("trigger gpf: non-canonical address dereference in kthread\n");
+	pr_info("value %d\n", READ_ONCE(*sbsim_noncanonical));
 	module_put_and_kthread_exit(0);
 }
 
@@ -297,6 +313,8 @@ static int sbsim_trigger_set(const char *val, const struct kernel_param *kp)
 
 	if (!strcmp(what, "oops"))
 		return sbsim_start_thread(sbsim_oops_fn, "sbsim_oops");
+	if (!strcmp(what, "gpf"))
+		return sbsim_start_thread(sbsim_gpf_fn, "sbsim_gpf");
 	if (!strcmp(what, "bug"))
 		return sbsim_start_thread(sbsim_bug_fn, "sbsim_bug");
 	if (!strcmp(what, "softlockup"))
@@ -318,7 +336,7 @@ static int sbsim_trigger_set(const char *val, const struct kernel_param *kp)
 	} else if (!strcmp(what, "hang_banner")) {
 		sbsim_hang_banner(arg && *arg ? arg : "sbsim simulated hang");
 	} else {
-		pr_err("trigger: unknown value \"%s\" (oops bug warn panic softlockup rcu_stall hung_task alert[:name] hang_banner[:reason])\n",
+		pr_err("trigger: unknown value \"%s\" (oops gpf bug warn panic softlockup rcu_stall hung_task alert[:name] hang_banner[:reason])\n",
 		       what);
 		strscpy(sbsim_last_trigger, "none", sizeof(sbsim_last_trigger));
 		return -EINVAL;
@@ -337,7 +355,7 @@ static const struct kernel_param_ops sbsim_trigger_ops = {
 };
 module_param_cb(trigger, &sbsim_trigger_ops, NULL, 0644);
 MODULE_PARM_DESC(trigger,
-		 "Write to act now: oops bug warn panic softlockup rcu_stall hung_task alert[:name] hang_banner[:reason]");
+		 "Write to act now: oops gpf bug warn panic softlockup rcu_stall hung_task alert[:name] hang_banner[:reason]");
 
 /* ---- load / unload --------------------------------------------------------------------- */
 
