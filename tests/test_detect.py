@@ -92,6 +92,7 @@ SINGLE = [
         3,
         "soft lockup CPU#3",
     ),
+    # hard lockup: line-level only, no capture can exist here (see test_hard_lockup_report_then_panic)
     ("watchdog: Watchdog detected hard LOCKUP on cpu 2", EventKind.HARD_LOCKUP, 2, "hard lockup CPU#2"),
     ("NMI watchdog: Watchdog detected hard LOCKUP on cpu 0", EventKind.HARD_LOCKUP, 0, "hard lockup CPU#0"),
     ("watchdog: CPU1: Watchdog detected hard LOCKUP on cpu 1", EventKind.HARD_LOCKUP, 1, "hard lockup CPU#1"),
@@ -341,6 +342,54 @@ def test_soft_lockup_then_panic() -> None:
     assert kinds(ev) == [EventKind.SOFT_LOCKUP, EventKind.PANIC]
 
 
+def test_hard_lockup_report_then_panic() -> None:
+    """A hard-lockup report as Debian 12's 6.1 kernel prints it, then its panic (hardlockup_panic=1).
+
+    There is no real capture of this class in tests/data/console/ and there cannot be one from the
+    lab: the hard-lockup detector runs on perf NMIs from the PMU, and QEMU/TCG guests have no PMU
+    (their console says "NMI watchdog: Perf NMI watchdog permanently disabled", which must stay
+    harmless: see HARMLESS). The two kernel lines below are the format strings found in the lab
+    kernel's own image (strings of the decompressed /boot/vmlinuz-6.1.0-56-amd64:
+    "NMI watchdog: Watchdog detected hard LOCKUP on cpu %d" at KERN_EMERG and the panic text
+    "Hard LOCKUP"), with the register dump the kernel prints between them.
+    """
+    lines = [
+        "<0>[  123.456789] NMI watchdog: Watchdog detected hard LOCKUP on cpu 1",
+        "[  123.456790] Modules linked in: sbsim(OE) e1000",
+        "[  123.456791] CPU: 1 PID: 134 Comm: insmod Tainted: G           OE      6.1.0-56-amd64 #1  Debian 6.1.192-2",
+        "[  123.456792] RIP: 0010:sb_vmx_loop+0x12/0x30 [shadow_box]",
+        "[  123.456793] Call Trace:",
+        "[  123.456794]  <NMI>",
+        "[  123.456795]  </NMI>",
+        "[  123.456796] Kernel panic - not syncing: Hard LOCKUP",
+        "[  123.456797] ---[ end Kernel panic - not syncing: Hard LOCKUP ]---",
+    ]
+    ev = scan(lines, booted=True)
+    assert [(e.kind, e.cpu, e.title) for e in ev] == [
+        (EventKind.HARD_LOCKUP, 1, "hard lockup CPU#1"),
+        (EventKind.PANIC, None, "panic: Hard LOCKUP"),
+    ]
+    fc = first_crash(ev)
+    assert fc is not None and fc.kind is EventKind.HARD_LOCKUP and fc.line_no == 1
+
+
+def test_gpf_capture_is_one_gpf_not_an_oops() -> None:
+    """sbsim trigger=gpf on a 6.1 lab guest: the #GP report is one GPF event at its first line.
+
+    The oops body after it (registers, Call Trace, "---[ end trace") must not add an OOPS: the
+    verdict is crash(gpf), not crash(oops).
+    """
+    lines = _read_lines(DATA / "sbsim_gpf.log")
+    ev = scan(lines)
+    crashes = [e for e in ev if e.kind in CRASH_KINDS]
+    assert [(e.kind, e.title) for e in crashes] == [(EventKind.GPF, "general protection fault")], crashes
+    (gpf,) = crashes
+    assert lines[gpf.line_no - 1].endswith(
+        "] general protection fault, probably for non-canonical address 0xdead000000000100: 0000 [#1] PREEMPT SMP NOPTI"
+    )
+    assert first_crash(ev) is gpf
+
+
 def test_rcu_stall_then_soft_lockup_both_reported() -> None:
     ev = scan(
         [
@@ -417,6 +466,13 @@ EXPECTED: dict[str, tuple[EventKind | set[EventKind] | None, set[EventKind], fro
     "sbsim_panic.log": (EventKind.PANIC, {EventKind.PANIC}, frozenset()),
     "sbsim_panic_after_nmi.log": (EventKind.PANIC, {EventKind.PANIC}, frozenset()),
     "sbsim_oops.log": (EventKind.OOPS, {EventKind.OOPS}, frozenset()),
+    # trigger=gpf on a lab guest (rig.lab's QEMU serial.log, from boot: the lab's /init, its console
+    # shell prompt, rig heartbeats, sbsim deployed by the rig): a #GP on a non-canonical address
+    "sbsim_gpf.log": (
+        EventKind.GPF,
+        {EventKind.GPF, EventKind.SHADOWBOX_START},
+        frozenset({EventKind.OOPS, EventKind.PANIC, EventKind.REBOOT}),
+    ),
     # a spinning CPU trips the RCU stall detector first; the soft lockup must still be reported
     "sbsim_softlockup.log": ({EventKind.SOFT_LOCKUP, EventKind.RCU_STALL}, {EventKind.SOFT_LOCKUP}, frozenset()),
     "sbsim_softlockup_default.log": (EventKind.RCU_STALL, {EventKind.RCU_STALL}, frozenset()),

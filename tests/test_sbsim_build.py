@@ -122,6 +122,24 @@ def test_missing_headers_name_the_path_and_the_fix(tmp_path: Path) -> None:
     assert "apt-get install" in str(info.value)
 
 
+def test_builds_against_every_lab_kernel_it_can_find(tmp_path: Path) -> None:
+    """sbsim must build for each kernel a lab guest boots: the host's 6.1 and the cached 5.10.
+
+    The 5.10 headers come from the lab's kernel cache (rig.lab.kernels, fetched from Debian's
+    archive by tools/bootstrap.sh); without them this checks the host's kernel alone.
+    """
+    from rig.lab import kernels
+
+    _headers()
+    releases = [lab_kernel_version(), *kernels.cached_releases("5.10")]
+    for release in releases:
+        ko = build_sbsim(default_headers_dir(release), tmp_path / release)
+        assert _modinfo(ko, "vermagic").split()[0] == release
+        assert "gpf" in _modinfo(ko, "parm")  # the trigger list in the parameter's description
+    if len(releases) == 1:
+        pytest.skip("no cached 5.10 kernel (rig lab kernels --fetch 5.10): built for the host's kernel only")
+
+
 def test_default_headers_dir() -> None:
     assert default_headers_dir("9.9.9-none") == Path("/usr/src/linux-headers-9.9.9-none")
     with pytest.raises(ValueError):
@@ -170,6 +188,16 @@ EXPECTED: dict[str, list[str]] = {
         "Oops: 0000 [#1] PREEMPT SMP NOPTI",
         "Comm: sbsim_oops",
         "RIP: 0010:sbsim_oops_fn",
+        "---[ end trace",
+    ],
+    # a lab guest's serial.log (rig.lab, sbsim deployed by the rig), not the scenario /init above
+    "gpf": [
+        "shadow-box: errorcode=0",
+        "shadow-box: trigger gpf: non-canonical address dereference in kthread",
+        "general protection fault, probably for non-canonical address 0xdead000000000100: 0000 [#1]",
+        "Comm: sbsim_gpf",
+        "RIP: 0010:sbsim_gpf_fn",
+        "RAX: dead000000000100",
         "---[ end trace",
     ],
     "bug": ["kernel BUG at ", "sbsim.c:", "invalid opcode: 0000 [#1]", "RIP: 0010:sbsim_bug_fn", "---[ end trace"],

@@ -44,6 +44,7 @@ TRIAGE: dict[str, tuple[str, str | set[str] | None, set[str]]] = {
     "sbsim_panic.log": ("crash", "panic", {"panic"}),
     "sbsim_panic_after_nmi.log": ("crash", "panic", {"panic", "nmi"}),
     "sbsim_oops.log": ("crash", "oops", {"oops"}),
+    "sbsim_gpf.log": ("crash", "gpf", {"gpf", "shadowbox_start"}),  # #GP on 0xdead000000000100
     "sbsim_softlockup.log": ("crash", {"soft_lockup", "rcu_stall"}, {"soft_lockup"}),
     "sbsim_softlockup_default.log": ("crash", "rcu_stall", {"rcu_stall"}),
     "sbsim_rcu_stall.log": ("crash", "rcu_stall", {"rcu_stall"}),
@@ -95,11 +96,11 @@ def test_every_capture_has_a_row() -> None:
 
 
 def test_captures_cover_the_failure_classes() -> None:
-    """The classes the captures can show (no GPF or hard-lockup capture exists: TCG has no PMU for
-    the hard-lockup detector and sbsim has no GPF trigger; tests/test_detect.py has their lines)."""
+    """The classes the captures can show (no hard-lockup capture exists: TCG has no PMU for the
+    hard-lockup detector; tests/test_detect.py has its lines)."""
     code, doc = run_json(*(str(DATA / n) for n in CAPTURES))
     seen = {k for f in doc["files"] for k in kinds(f)}
-    wanted = {"panic", "oops", "bug", "soft_lockup", "rcu_stall", "hung_task", "warning", "shadowbox_fail",
+    wanted = {"panic", "oops", "gpf", "bug", "soft_lockup", "rcu_stall", "hung_task", "warning", "shadowbox_fail",
               "shadowbox_alert", "shadowbox_hang", "nmi", "reboot"}
     assert wanted <= seen, wanted - seen
     assert {f["verdict"] for f in doc["files"]} == set(VERDICTS)
@@ -115,6 +116,18 @@ def test_real_capture(name: str) -> None:
     assert must <= set(kinds(f)), summary(f)
     assert code == (0 if verdict == "ok" else 1)
     assert f["error"] is None and f["format"] == "text" and f["compressed"] is None
+
+
+def test_gpf_capture_is_crash_gpf_and_names_its_line() -> None:
+    """A #GP is its own class: the verdict is crash(gpf), its oops body adds no "oops" event."""
+    code, f = one(DATA / "sbsim_gpf.log")
+    assert (code, f["verdict"], f["crash"]) == (1, "crash", "gpf")
+    assert kinds(f) == ["shadowbox_start", "gpf"], summary(f)
+    assert f["reason"] == "general protection fault"
+    gpf = f["events"][1]
+    assert gpf["text"].endswith("] general protection fault, probably for non-canonical address 0xdead000000000100: "
+                                "0000 [#1] PREEMPT SMP NOPTI")
+    assert (gpf["line"], gpf["timestamp"]) == (398, 8.99334)
 
 
 def test_json_shape_and_lines_point_into_the_file() -> None:
