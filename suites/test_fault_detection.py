@@ -55,6 +55,16 @@ def test_oops_is_an_oops(dut):
     dut.accept_verdict()
 
 
+def test_gpf_is_a_gpf(dut):
+    """A #GP on a non-canonical address (sbsim dereferences 0xdead000000000100, LIST_POISON1):
+    the kernel's "general protection fault" report is its own crash class, not an oops."""
+    dut.deploy_shadowbox()
+    dut.ssh.run("echo gpf > /sys/module/sbsim/parameters/trigger", timeout=10)
+    verdict = dut.monitor.wait(timeout=30)
+    assert verdict is not None and verdict.text == "crash(gpf)", verdict
+    dut.accept_verdict()
+
+
 def test_refusal_to_start_is_named(dut):
     with pytest.raises(DeployFailed) as exc:
         dut.deploy_shadowbox(module_params={"fail_start": 1})
