@@ -66,6 +66,7 @@ def test_suites_on_two_devices_in_parallel(lab: Lab, tmp_path: Path) -> None:
         assert cells["test_hang_after_nmis_is_a_hang"]["verdict"] == "hang"
         assert cells["test_panic_after_nmi_is_a_panic"]["verdict"] == "crash(panic)"
         assert cells["test_oops_is_an_oops"]["verdict"] == "crash(oops)"
+        assert cells["test_gpf_is_a_gpf"]["verdict"] == "crash(gpf)"
         assert cells["test_refusal_to_start_is_named"]["verdict"] == "ok"
         report = load(tmp_path / "par" / dev["device"] / "report.json")
         # the session lab is a kernel matrix (lab-1 6.1, lab-2 5.10): each report names its guest's kernel
