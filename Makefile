@@ -1,7 +1,7 @@
 # shadowbox-rig: the two entry points of the README, plus helpers.
 VENV := .venv
 BIN := $(VENV)/bin
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=25
 
 .PHONY: deps demo test lint lab-down bench clean
 

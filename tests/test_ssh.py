@@ -366,7 +366,7 @@ def test_handshake_stalled_after_the_banner_is_ssh_unreachable(
     th.start()
     try:
         c = client_for(peer, clients, port=srv.getsockname()[1], connect_timeout=2.0)
-        with pytest.raises(SshUnreachable, match="lap-1.*did not finish the handshake"):
+        with pytest.raises(SshUnreachable, match="lap-1.*handshake"):  # paramiko may time out first: same class
             c.connect()
     finally:
         srv.close()
