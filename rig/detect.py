@@ -573,25 +573,21 @@ def _candidates(lines: list[str]) -> list[tuple[int, bool]]:
     if not hits:
         return []
     hits.sort()
-    out: list[tuple[int, bool]] = []
     if text.count(sep) == len(lines) - 1:
+        # The separator occurs only between lines: a hit's line is the number of separators before it.
         count = text.count
-        idx = prev = 0
+        idxs, prev, idx = [], 0, 0
         for p in hits:
             idx += count(sep, prev, p)
             prev = p
-            strong = p not in weak
-            if out and out[-1][0] == idx:
-                if strong and not out[-1][1]:
-                    out[-1] = (idx, True)
-                continue
-            out.append((idx, strong))
-        return out
-    ends = list(map(operator.add, accumulate(map(len, lines)), range(len(lines))))
-    for p in hits:
-        idx = bisect_left(ends, p)
+            idxs.append(idx)
+    else:  # a line holds the separator itself: find each hit's line by its end offset
+        ends = list(map(operator.add, accumulate(map(len, lines)), range(len(lines))))
+        idxs = [bisect_left(ends, p) for p in hits]
+    out: list[tuple[int, bool]] = []
+    for idx, p in zip(idxs, hits, strict=True):
         strong = p not in weak
-        if out and out[-1][0] == idx:
+        if out and out[-1][0] == idx:  # one entry per line: strong if any of its hits is
             if strong and not out[-1][1]:
                 out[-1] = (idx, True)
             continue
