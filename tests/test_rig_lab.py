@@ -92,10 +92,13 @@ def test_sbsim_starts_and_counts_host_callbacks_per_cpu(dut1: Dut) -> None:
 
 
 def test_monitor_stays_ok_under_an_nmi_flood(dut1: Dut) -> None:
-    """45 s of NMIs every 100 ms (QMP) plus sysrq backtraces: heartbeats go on, no false verdict."""
+    """20 s of NMIs every 100 ms (QMP) plus sysrq backtraces: heartbeats go on, no false verdict.
+
+    Short on purpose (CI time): the 20-minute version at 10 NMI/s on 2 devices is a benchmark
+    (`python -m benchmarks --only flood`, figures in BENCHMARKS.md)."""
     dut1.deploy_shadowbox()
     qmp, sysrq = dut1.nmi_source("qmp"), dut1.nmi_source("sysrq")
-    end = time.monotonic() + 45
+    end = time.monotonic() + 20
     rounds = 0
     while time.monotonic() < end:
         qmp.raise_(1)
@@ -105,7 +108,7 @@ def test_monitor_stays_ok_under_an_nmi_flood(dut1: Dut) -> None:
         time.sleep(0.1)
     verdict = dut1.verdict()
     assert verdict.ok, verdict.reason
-    assert dut1.monitor.heartbeats >= 30, dut1.monitor.heartbeats
+    assert dut1.monitor.heartbeats >= 12, dut1.monitor.heartbeats
 
 
 def test_sbsim_hang_is_a_hang_within_the_bound_then_recovered(dut2: Dut) -> None:
