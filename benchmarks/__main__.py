@@ -90,7 +90,10 @@ def md_detect(r: dict[str, Any], where: str) -> str:
                      f"{r['real_defaults_hits']} / {r['real_window_hits']} matches"))
     out = [table(rows, where)]
     out.append(
-        f"\n\nMethod: CPU time (`time.process_time`) of one thread. Detector: `rig.detect.Detector().scan()` over "
+        f"\n\nMethod: CPU time (`time.process_time`) of one thread; every measurement {r.get('rounds', 1)} times, "
+        f"interleaved, medians shown (windowed ratio per round: "
+        f"{', '.join(f'{x:.2f}x' for x in r.get('ratio_window_per_round', []))}). "
+        f"Detector: `rig.detect.Detector().scan()` over "
         f"{r['bytes'] / 1e6:.1f} MB of the real captures in `tests/data/console/` (repeated whole): the block "
         f"pre-filter joins the lines and finds the rules' anchor words in C (one regex pass for capitalised anchors, "
         f"`str.find` for the others); only the lines holding one are classified ({r['detector_events']} events). "
@@ -108,12 +111,14 @@ def md_detect(r: dict[str, Any], where: str) -> str:
     if "real_defaults_mb_s" in r:
         out.append(" The real pexpect library (not a rig dependency; installed aside for the cross-check) gave the "
                    "same match counts and similar speed, so the re-implementation is faithful.")
-    if r["ratio_window"] < 10:
+    if r["ratio_window"] < 11:
         out.append(
-            f"\n\n**Goal missed against the kind baseline**: the detector is {r['ratio_window']:.1f}x a windowed "
-            "expect loop, not 10x. It beats pexpect's defaults (quadratic re-search between matches) by "
-            f"{r['ratio_defaults']:.0f}x, but a windowed loop runs the regexes in C over 2000-character blocks, "
-            "while the detector pays per line in Python."
+            f"\n\n**{'Marginal' if r['ratio_window'] >= 10 else 'Missed'} against the kind baseline**: the "
+            f"detector is {r['ratio_window']:.1f}x a windowed expect loop (goal 10x; session 1 measured 4.4x before "
+            "the block pre-filter). A windowed loop runs its regexes in C over 2000-character blocks; the detector "
+            "now also finds its anchor words in C over the joined block and classifies only the ~3 % of lines that "
+            "hold one. What is left is the anchor scans themselves (one regex pass, a few `str.find` passes) and "
+            "the classification of the lines they find."
         )
     if r.get("profile"):
         share = r.get("prefilter_share", 0.0)
