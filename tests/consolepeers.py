@@ -20,6 +20,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 SOCAT = shutil.which("socat") or "/usr/bin/socat"
@@ -33,13 +34,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_for(cond, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+def wait_for(cond: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll ``cond`` until it is true; after ``timeout`` s fail naming ``what`` (the one wait helper of the tests)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if cond():
             return
         time.sleep(0.02)
-    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+    raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 def _port_open(port: int) -> bool:
@@ -88,7 +90,7 @@ class PtyPair:
             stderr=open(self.dir / "socat.err", "wb"),  # noqa: SIM115 -- child owns it
         )
         try:
-            _wait_for(lambda: self.dev.exists() and self.feed.exists(), 5, f"socat ptys in {self.dir}")
+            wait_for(lambda: self.dev.exists() and self.feed.exists(), 5, f"socat ptys in {self.dir}")
             self._hold_fd = os.open(self.dev, os.O_WRONLY | os.O_NOCTTY)
             self._feed_fd = os.open(self.feed, os.O_RDWR | os.O_NOCTTY)
         except BaseException:
@@ -177,7 +179,7 @@ class Ser2Net:
             stderr=subprocess.STDOUT,
         )
         try:
-            _wait_for(
+            wait_for(
                 lambda: self.proc is not None and (self.proc.poll() is not None or _port_open(self.port)),
                 5,
                 f"ser2net on 127.0.0.1:{self.port}",

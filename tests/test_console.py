@@ -17,7 +17,7 @@ import pytest
 from rig.console import SPLIT_MARK, ConsoleCapture, ConsoleLine, ExpectTimeout, format_log_line
 from rig.detect import Detector
 from rig.errors import DeviceError, LabFault
-from tests.consolepeers import PtyPair, Ser2Net, free_port
+from tests.consolepeers import PtyPair, Ser2Net, free_port, wait_for
 
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (.*)$")
 
@@ -45,19 +45,10 @@ def capture(tmp_path: Path, ser2net: Ser2Net) -> Iterator[ConsoleCapture]:
     c = ConsoleCapture(ser2net.rfc2217_url, tmp_path / "logs", backoff_max=0.3)
     c.start()
     try:
-        wait_until(lambda: c.connected, 10, "console connected")
+        wait_for(lambda: c.connected, 10, "console connected")
         yield c
     finally:
         c.stop()
-
-
-def wait_until(cond, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def log_texts(path: Path) -> list[str]:
@@ -81,7 +72,7 @@ def test_bytes_hit_disk_before_subscribers(capture: ConsoleCapture, pty: PtyPair
     pty.write(payload)
     line = capture.expect("second line", 10)
     assert line.number == 2 and line.text == "second line"
-    wait_until(lambda: capture.raw_path.read_bytes() == payload, 10, "console.raw to hold the exact bytes")
+    wait_for(lambda: capture.raw_path.read_bytes() == payload, 10, "console.raw to hold the exact bytes")
     assert log_texts(capture.log_path) == ["[    0.000000] Linux version 6.1.0", "second line"]
     assert [(s[0].text, s[1]) for s in seen] == [(t, True) for t in log_texts(capture.log_path)]
     assert capture.expect("no end", 5).partial  # a prompt without newline still matches
@@ -176,7 +167,7 @@ def test_detector_on_captured_lines(capture: ConsoleCapture, pty: PtyPair) -> No
     capture.subscribe(lambda ln: events.extend(det.feed(ln.text, line_no=ln.number, time=ln.time)))
     pty.write(b"[   12.5] Kernel panic - not syncing: sysrq triggered crash\r\n")
     line = capture.expect("panic", 10)
-    wait_until(lambda: events, 5, "event")
+    wait_for(lambda: events, 5, "event")
     assert events[0].kind == "panic" and events[0].line_no == line.number and events[0].time == line.time
     # console.log lines (with their ISO time) give the same event when re-scanned later
     (again,) = Detector(booted=True).scan(capture.log_path.read_text().splitlines())
@@ -190,8 +181,8 @@ def test_reconnect_after_ser2net_restart_loses_nothing_delivered(
     pty.write(b"before 1\r\nbefore 2\r\n")
     capture.expect("before 2", 10)
     ser2net.stop()
-    wait_until(lambda: not capture.connected, 10, "capture to notice ser2net is gone")
-    wait_until(lambda: capture.lab_fault() is not None, 5, "lab_fault while down")
+    wait_for(lambda: not capture.connected, 10, "capture to notice ser2net is gone")
+    wait_for(lambda: capture.lab_fault() is not None, 5, "lab_fault while down")
     fault = capture.lab_fault()
     assert fault is not None and ser2net.rfc2217_url in fault and "unreachable" in fault
     with pytest.raises(LabFault):
@@ -201,7 +192,7 @@ def test_reconnect_after_ser2net_restart_loses_nothing_delivered(
     # Written while nobody serves the pty: may be lost (pty buffering), so not asserted.
     pty.write(b"while down\r\n")
     ser2net.start()
-    wait_until(lambda: capture.connected, 15, "capture to reconnect")
+    wait_for(lambda: capture.connected, 15, "capture to reconnect")
     assert capture.reconnects == 1 and capture.lab_fault() is None
     pty.write(b"after 1\r\n")
     capture.expect("after 1", 10)
@@ -239,15 +230,15 @@ def test_socket_url_raw_tcp_and_reconnect(tmp_path: Path, pty: PtyPair) -> None:
     cap = ConsoleCapture(srv.socket_url, tmp_path / "logs", backoff_max=0.3)
     try:
         cap.start()
-        wait_until(lambda: cap.connected, 10, "socket:// connected")
+        wait_for(lambda: cap.connected, 10, "socket:// connected")
         sync_with_server(cap, pty, "1")
         mark = cap.mark()
         pty.write(b"raw hello\r\n")
         assert cap.expect("raw hello", 10).number == mark + 1
         srv.stop()
-        wait_until(lambda: not cap.connected, 10, "socket:// EOF noticed")
+        wait_for(lambda: not cap.connected, 10, "socket:// EOF noticed")
         srv.start()
-        wait_until(lambda: cap.connected, 15, "socket:// reconnected")
+        wait_for(lambda: cap.connected, 15, "socket:// reconnected")
         sync_with_server(cap, pty, "2")
         pty.write(b"raw again\r\n")
         cap.expect("raw again", 10)
@@ -263,7 +254,7 @@ def test_socket_url_raw_tcp_and_reconnect(tmp_path: Path, pty: PtyPair) -> None:
 def test_never_reachable_is_a_lab_fault(tmp_path: Path) -> None:
     url = f"rfc2217://127.0.0.1:{free_port()}?ign_set_control"
     with ConsoleCapture(url, tmp_path / "logs", backoff_max=0.2) as cap:
-        wait_until(lambda: cap.last_error is not None, 5, "a connect error")
+        wait_for(lambda: cap.last_error is not None, 5, "a connect error")
         fault = cap.lab_fault()
         assert fault is not None and "never reached" in fault and url in fault
         assert cap.lab_fault(min_down=3600) is None
@@ -282,7 +273,7 @@ def test_restart_appends_and_continues_numbering(tmp_path: Path, ser2net: Ser2Ne
     logs = tmp_path / "logs"
     for i in (1, 2):
         with ConsoleCapture(ser2net.rfc2217_url, logs, backoff_max=0.3) as cap:
-            wait_until(lambda c=cap: c.connected, 10, "connected")  # type: ignore[misc]
+            wait_for(lambda c=cap: c.connected, 10, "connected")  # type: ignore[misc]
             pty.write(f"run {i}\r\n".encode())
             assert cap.expect(f"run {i}", 10).number == i
     assert log_texts(logs / "console.log") == ["run 1", "run 2"]
@@ -291,7 +282,7 @@ def test_restart_appends_and_continues_numbering(tmp_path: Path, ser2net: Ser2Ne
 
 def test_tail_is_bounded(tmp_path: Path, ser2net: Ser2Net, pty: PtyPair) -> None:
     with ConsoleCapture(ser2net.rfc2217_url, tmp_path / "logs", tail_lines=10) as cap:
-        wait_until(lambda: cap.connected, 10, "connected")
+        wait_for(lambda: cap.connected, 10, "connected")
         pty.write(b"".join(b"l%d\r\n" % i for i in range(50)))
         cap.expect("^l49$", 10)
         assert [ln.number for ln in cap.tail()] == list(range(41, 51))
@@ -353,7 +344,7 @@ def test_qemu_guest_panic_then_reboot_seen_through_capture(tmp_path: Path, crash
     cap.subscribe(lambda ln: events.extend(det.feed(ln.text, line_no=ln.number, time=ln.time)))
     try:
         cap.start()
-        wait_until(lambda: [e for e in events if e.kind == "reboot"], 120, "panic and reboot banner")
+        wait_for(lambda: [e for e in events if e.kind == "reboot"], 120, "panic and reboot banner")
     finally:
         cap.stop()
         qemu.kill()

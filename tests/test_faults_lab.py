@@ -47,6 +47,7 @@ from rig.shadowbox import REMOTE_DIR, Deployer, DeployFailed, recipe_for
 from rig.ssh import SshClient
 from rig.vocab import VerdictKind
 from tests.conftest import wait_lab_guest_ready
+from tests.consolepeers import wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -130,15 +131,6 @@ def window(data: bytes, start_marker: bytes, end_marker: bytes) -> bytes:
     b = data.find(end_marker, a)
     assert b >= 0, f"end marker {end_marker!r} not found after the start marker"
     return data[a : b + len(end_marker)]
-
-
-def wait_for(cond: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 # ---------------------------------------------------------------------------------------------

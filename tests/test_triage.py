@@ -22,10 +22,10 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from consolepeers import SER2NET, PtyPair, _port_open, _wait_for, free_port, terminate
 
 from rig.cli import main
 from rig.triage import SCHEMA, VERDICTS, decode_console
+from tests.consolepeers import SER2NET, PtyPair, _port_open, free_port, terminate, wait_for
 
 DATA = Path(__file__).parent / "data" / "console"
 CAPTURES = sorted(p.name for p in DATA.glob("*.log"))
@@ -412,7 +412,7 @@ def ser2net_traces(tmp_path: Path) -> Iterator[tuple[Path, Path, bytes]]:
             stderr=subprocess.STDOUT,
         )
         try:
-            _wait_for(lambda: proc.poll() is not None or _port_open(port), 10, f"ser2net on 127.0.0.1:{port}")
+            wait_for(lambda: proc.poll() is not None or _port_open(port), 10, f"ser2net on 127.0.0.1:{port}")
             assert proc.poll() is None, (tmp_path / "ser2net.out").read_text()
 
 
