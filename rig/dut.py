@@ -373,6 +373,10 @@ class Dut:
         self.deployment = (key, result)
         return result
 
+    def runs_shadowbox(self) -> bool:
+        """Whether a module of the inventory's recipe is loaded now (then only a reboot gives a clean state)."""
+        return self._modules_loaded(recipe_for(self.device.shadowbox.recipe).modules)
+
     def _modules_loaded(self, modules: tuple[str, ...]) -> bool:
         names = {m.removesuffix(".ko").replace("-", "_") for m in modules}
         loaded = {line.split(" ", 1)[0] for line in self.ssh.run("cat /proc/modules", timeout=10).out.splitlines()}

@@ -418,13 +418,9 @@ def _clean(dut: Any) -> bool:
 
     The same test the deploy step makes before it decides to reboot; any doubt means "not clean".
     """
-    from rig.shadowbox import recipe_for
-
     try:
         dut.ssh.connect(timeout=5)
-        mods = {m.removesuffix(".ko").replace("-", "_") for m in recipe_for(dut.device.shadowbox.recipe).modules}
-        loaded = {ln.split(" ", 1)[0] for ln in dut.ssh.run("cat /proc/modules", timeout=10).out.splitlines()}
-        return not (mods & loaded)
+        return not dut.runs_shadowbox()
     except Exception:  # noqa: BLE001 - unreachable, hung, half-open: a power cycle will tell
         return False
 
