@@ -77,8 +77,7 @@ class DeviceLock:
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    fh.seek(0)
-                    holder = fh.read().strip() or "another process"
+                    holder = self._holder(fh)
                     fh.close()
                     raise DeviceBusy(
                         f"device {self.device} ({self.key}) is in use by {holder}; "
@@ -90,6 +89,21 @@ class DeviceLock:
         fh.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         fh.flush()
         self._fh = fh
+
+    @staticmethod
+    def _holder(fh: TextIO, patience: float = 1.0) -> str:
+        """Who holds the lock, as its holder wrote it ("pid N since ...").
+
+        The holder writes that line just after it got the lock, so a run that loses the race by a
+        hair finds the file empty: wait a moment for the line rather than say "another process".
+        """
+        end = time.monotonic() + patience
+        while True:
+            fh.seek(0)
+            text = fh.read().strip()
+            if text or time.monotonic() >= end:
+                return text or "another process"
+            time.sleep(0.05)
 
     def release(self) -> None:
         if self._fh is not None:

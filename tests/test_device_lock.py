@@ -1,0 +1,65 @@
+"""The machine-wide device lock (rig.dut.DeviceLock): real flock on real files, no device needed."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from rig.dut import DeviceBusy, DeviceLock
+from rig.inventory import load_device
+
+DEVICE = """
+name = "{name}"
+[ssh]
+host = "192.0.2.7"
+port = 2222
+key_file = "id"
+known_hosts = "known_hosts"
+"""
+
+
+def device(tmp_path: Path, name: str = "lap-1"):  # type: ignore[no-untyped-def]
+    p = tmp_path / f"{name}.toml"
+    p.write_text(DEVICE.format(name=name))
+    return load_device(p)
+
+
+def test_second_holder_is_refused_naming_the_first(tmp_path: Path) -> None:
+    first, second = DeviceLock(device(tmp_path), tmp_path / "locks"), DeviceLock(device(tmp_path), tmp_path / "locks")
+    first.acquire()
+    try:
+        with pytest.raises(DeviceBusy, match=rf"lap-1 \(root@192.0.2.7:2222\) is in use by pid {os.getpid()} since"):
+            second.acquire()
+    finally:
+        first.release()
+    second.acquire()  # released: free again
+    second.release()
+
+
+def test_a_run_that_loses_by_a_hair_still_names_the_holder(tmp_path: Path) -> None:
+    """CI caught it: the holder writes "pid N since ..." just after it got the flock; a loser that
+    read the file in between said "another process". Here the holder is a real flock on the lock
+    file whose line arrives 0.3 s later, as a slow holder's would."""
+    lock = DeviceLock(device(tmp_path), tmp_path / "locks")
+    fh = open(lock.path, "a+")  # noqa: SIM115 - the stand-in holder's lock file, closed below
+    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    fh.truncate(0)
+
+    def write_line() -> None:
+        time.sleep(0.3)
+        fh.write("pid 4242 since 2026-11-26 02:00:00\n")
+        fh.flush()
+
+    writer = threading.Thread(target=write_line)
+    writer.start()
+    try:
+        with pytest.raises(DeviceBusy, match="in use by pid 4242 since"):
+            lock.acquire()
+    finally:
+        writer.join()
+        fh.close()
