@@ -284,29 +284,36 @@ def remote_hashes(ssh: SshClient, remote: str) -> dict[str, str]:
 # 1. SSH dropped mid-upload
 
 
-def test_ssh_dropped_once_mid_upload_is_retried_and_the_tree_arrives_whole(
-    lab: Lab, lab_devices: list[Device], relay_factory: Any, tmp_path: Path
-) -> None:
-    dev = _device(lab_devices, "lab-1")
-    want = make_tree(tmp_path / "tree")
-    relay = relay_factory("lab-1", cut_after=300_000, cuts=1)
+@contextlib.contextmanager
+def held_with_relay(dev: Device, lab: Lab, relay: Any) -> Iterator[tuple[SshClient, SshClient]]:
+    """Hold ``dev`` (the device lock) and yield (direct SSH, SSH through ``relay``); clean the upload dir after."""
     lock = DeviceLock(dev)
     lock.acquire(wait=120)
     direct = SshClient(dev.ssh, device=dev.name)
     cut_ssh = SshClient(through_relay(dev, lab, relay).ssh, device=dev.name)
     try:
-        direct.connect()
-        cut_ssh.connect()
-        deployer = Deployer(cut_ssh, None, recipe_for("sbsim"), tmp_path / "tree", device=dev.name)
-        deployer.upload(tmp_path / "tree")
-        assert relay.cut == 1, f"the relay never cut the upload ({relay.connections} connections)"
-        assert remote_hashes(direct, REMOTE_DIR) == want
+        yield direct, cut_ssh
     finally:
         with contextlib.suppress(Exception):
             direct.run(["rm", "-rf", REMOTE_DIR], timeout=30)
         cut_ssh.close()
         direct.close()
         lock.release()
+
+
+def test_ssh_dropped_once_mid_upload_is_retried_and_the_tree_arrives_whole(
+    lab: Lab, lab_devices: list[Device], relay_factory: Any, tmp_path: Path
+) -> None:
+    dev = _device(lab_devices, "lab-1")
+    want = make_tree(tmp_path / "tree")
+    relay = relay_factory("lab-1", cut_after=300_000, cuts=1)
+    with held_with_relay(dev, lab, relay) as (direct, cut_ssh):
+        direct.connect()
+        cut_ssh.connect()
+        deployer = Deployer(cut_ssh, None, recipe_for("sbsim"), tmp_path / "tree", device=dev.name)
+        deployer.upload(tmp_path / "tree")
+        assert relay.cut == 1, f"the relay never cut the upload ({relay.connections} connections)"
+        assert remote_hashes(direct, REMOTE_DIR) == want
 
 
 def test_ssh_that_keeps_dropping_fails_the_deploy_as_a_lab_fault_naming_device_and_step(
@@ -322,11 +329,7 @@ def test_ssh_that_keeps_dropping_fails_the_deploy_as_a_lab_fault_naming_device_a
             (tree / f.name).write_bytes(f.read_bytes())
     (tree / "firmware.bin").write_bytes(secrets.token_bytes(1_000_000))  # a tree big enough to be cut
     relay = relay_factory("lab-1", cut_after=300_000, cuts=None)
-    lock = DeviceLock(dev)
-    lock.acquire(wait=120)
-    cut_ssh = SshClient(through_relay(dev, lab, relay).ssh, device=dev.name)
-    direct = SshClient(dev.ssh, device=dev.name)
-    try:
+    with held_with_relay(dev, lab, relay) as (direct, cut_ssh):
         before = direct.run("cat /proc/modules", timeout=10).out
         cfg = dev.shadowbox
         deployer = Deployer(
@@ -343,12 +346,6 @@ def test_ssh_that_keeps_dropping_fails_the_deploy_as_a_lab_fault_naming_device_a
         assert relay.cut == 2, f"expected one try and one retry, the relay cut {relay.cut}"
         assert took < 300, f"a dropped connection took {took:.0f} s to notice"
         assert direct.run("cat /proc/modules", timeout=10).out == before, "something was loaded anyway"
-    finally:
-        with contextlib.suppress(Exception):
-            direct.run(["rm", "-rf", REMOTE_DIR], timeout=30)
-        cut_ssh.close()
-        direct.close()
-        lock.release()
 
 
 # ---------------------------------------------------------------------------------------------
