@@ -95,21 +95,45 @@ class DeviceLock:
         """Who holds the lock, as its holder wrote it ("pid N since ...").
 
         The holder writes that line just after it got the lock, so a run that loses the race by a
-        hair finds the file empty: wait a moment for the line rather than say "another process".
+        hair finds the file empty, or still holding the line of a holder that was killed: wait a
+        moment for a line naming a live process rather than name the wrong one.
         """
         end = time.monotonic() + patience
+        text = ""
         while True:
             fh.seek(0)
             text = fh.read().strip()
-            if text or time.monotonic() >= end:
-                return text or "another process"
+            if text and _names_live_process(text):
+                return text
+            if time.monotonic() >= end:
+                break
             time.sleep(0.05)
+        return f"{text} (that process has gone; another holds it now)" if text else "another process"
 
     def release(self) -> None:
         if self._fh is not None:
+            # Empty the file while still holding the lock: the next run that loses a race must not
+            # read this run's line and name a process that no longer holds the device (CI caught it).
+            self._fh.seek(0)
+            self._fh.truncate()
+            self._fh.flush()
             fcntl.flock(self._fh, fcntl.LOCK_UN)
             self._fh.close()
             self._fh = None
+
+
+def _names_live_process(line: str) -> bool:
+    """Whether a lock line's "pid N" is a process that still exists (a killed holder leaves its line)."""
+    m = re.match(r"pid (\d+)\b", line)
+    if m is None:
+        return True  # not our format: show it as it is
+    try:
+        os.kill(int(m.group(1)), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class Dut:

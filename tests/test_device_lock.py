@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -52,14 +54,65 @@ def test_a_run_that_loses_by_a_hair_still_names_the_holder(tmp_path: Path) -> No
 
     def write_line() -> None:
         time.sleep(0.3)
-        fh.write("pid 4242 since 2026-11-26 02:00:00\n")
+        fh.write(f"pid {os.getpid()} since 2026-11-26 02:00:00\n")
         fh.flush()
 
     writer = threading.Thread(target=write_line)
     writer.start()
     try:
-        with pytest.raises(DeviceBusy, match="in use by pid 4242 since"):
+        with pytest.raises(DeviceBusy, match=f"in use by pid {os.getpid()} since 2026-11-26 02:00:00"):
             lock.acquire()
     finally:
         writer.join()
+        fh.close()
+
+
+def test_a_released_lock_leaves_no_line_for_the_next_loser_to_misread(tmp_path: Path) -> None:
+    """CI caught it: run X held the device and released it; runs A and B then raced, A won, and B
+    read X's line (A had not written its own yet) and named X. Release now empties the file."""
+    lock = DeviceLock(device(tmp_path), tmp_path / "locks")
+    lock.acquire()
+    assert lock.path.read_text().startswith(f"pid {os.getpid()} since")
+    lock.release()
+    assert lock.path.read_text() == ""
+
+
+def test_a_killed_holders_line_is_not_taken_for_the_current_holder(tmp_path: Path) -> None:
+    """A SIGKILLed holder cannot empty the file. The loser must not name that dead pid while the
+    winner is still writing its own line."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # a pid that no longer exists
+    lock = DeviceLock(device(tmp_path), tmp_path / "locks")
+    lock.path.write_text(f"pid {child.pid} since 2026-11-25 23:00:00\n")
+    fh = open(lock.path, "r+")  # noqa: SIM115 - the stand-in winner's lock file, closed below
+    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def write_line() -> None:
+        time.sleep(0.3)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} since 2026-11-26 04:00:00\n")
+        fh.flush()
+
+    writer = threading.Thread(target=write_line)
+    writer.start()
+    try:
+        with pytest.raises(DeviceBusy, match=f"in use by pid {os.getpid()} since 2026-11-26 04:00:00"):
+            lock.acquire()
+    finally:
+        writer.join()
+        fh.close()
+
+
+def test_a_dead_holders_line_is_shown_as_gone_when_nothing_better_arrives(tmp_path: Path) -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    lock = DeviceLock(device(tmp_path), tmp_path / "locks")
+    lock.path.write_text(f"pid {child.pid} since 2026-11-25 23:00:00\n")
+    fh = open(lock.path, "r")  # noqa: SIM115 - the stand-in holder, closed below
+    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        with pytest.raises(DeviceBusy, match=rf"pid {child.pid} since .* \(that process has gone; another holds it now\)"):
+            lock.acquire()
+    finally:
         fh.close()
