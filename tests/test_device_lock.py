@@ -109,10 +109,11 @@ def test_a_dead_holders_line_is_shown_as_gone_when_nothing_better_arrives(tmp_pa
     child.wait()
     lock = DeviceLock(device(tmp_path), tmp_path / "locks")
     lock.path.write_text(f"pid {child.pid} since 2026-11-25 23:00:00\n")
-    fh = open(lock.path, "r")  # noqa: SIM115 - the stand-in holder, closed below
+    fh = open(lock.path)  # noqa: SIM115 - the stand-in holder, closed below
     fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     try:
-        with pytest.raises(DeviceBusy, match=rf"pid {child.pid} since .* \(that process has gone; another holds it now\)"):
+        gone = r"\(that process has gone; another holds it now\)"
+        with pytest.raises(DeviceBusy, match=rf"pid {child.pid} since .* {gone}"):
             lock.acquire()
     finally:
         fh.close()
