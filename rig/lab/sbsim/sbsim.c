@@ -102,6 +102,8 @@ MODULE_PARM_DESC(hung_secs,
 static DEFINE_PER_CPU(unsigned long, sbsim_nmi_count);
 static atomic_t sbsim_nmi_total = ATOMIC_INIT(0);
 static atomic_t sbsim_hanging = ATOMIC_INIT(0);
+/* set by the one NMI that calls nmi_panic() for panic_after_nmi (see the handler) */
+static atomic_t sbsim_panicking = ATOMIC_INIT(0);
 static char sbsim_panic_msg[80];
 static DEFINE_RATELIMIT_STATE(sbsim_nmi_rs, 5 * HZ, 10);
 
@@ -152,8 +154,16 @@ static int sbsim_nmi_handler(unsigned int type, struct pt_regs *regs)
 		sbsim_spin_forever();
 	}
 
+	/*
+	 * Exactly one NMI panics; the other CPUs' NMIs return as usual so that panic() can stop
+	 * them with its REBOOT_VECTOR IPI. If every CPU past the limit called nmi_panic(), the
+	 * losers would spin in nmi_panic_self_stop() with NMIs blocked, never go offline, and a
+	 * 5.10 kernel whose stuck CPU held logbuf_lock would then skip printk_safe_flush_on_panic()
+	 * ("more CPUs are up") and print nothing at all: a silent hang, not the panic this switch
+	 * promises (seen once in CI on the 5.10 guest, as a 'hang' verdict).
+	 */
 	limit = READ_ONCE(panic_after_nmi);
-	if (limit > 0 && total >= limit)
+	if (limit > 0 && total >= limit && atomic_cmpxchg(&sbsim_panicking, 0, 1) == 0)
 		nmi_panic(regs, sbsim_panic_msg);
 
 	mode = READ_ONCE(log_nmi);
