@@ -248,6 +248,17 @@ class ConsoleCapture:
             lines = list(self._tail)
         return lines if n is None else lines[-n:]
 
+    def wait_connected(self, timeout: float) -> bool:
+        """Block until the reader holds a connection (True) or ``timeout`` passes (False)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not self.connected:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.2))
+        return True
+
     def lab_fault(self, min_down: float = 0.0) -> str | None:
         """A sentence saying the console *path* is broken (not the device), or None.
 
@@ -366,9 +377,11 @@ class ConsoleCapture:
                 continue
             with self._port_lock:
                 self._port = port
-            self.connected = True
-            self.disconnected_since = None
-            self.last_error = None
+            with self._cond:
+                self.connected = True
+                self.disconnected_since = None
+                self.last_error = None
+                self._cond.notify_all()
             if self._connects:
                 self.reconnects += 1
                 log.info("console %s: reconnected (%d)", self.name, self.reconnects)

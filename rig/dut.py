@@ -20,7 +20,7 @@ from typing import TextIO
 
 from rig.bmc import BmcClient
 from rig.console import ConsoleCapture
-from rig.errors import ConfigError, DeviceError, RigError, Unavailable
+from rig.errors import ConfigError, DeviceError, LabFault, RigError, Unavailable
 from rig.inventory import Device, IpmiPower
 from rig.monitor import HangMonitor, Verdict
 from rig.nmi import (
@@ -194,6 +194,8 @@ class Dut:
             if self.console is not None:
                 self.console.subscribe(self.monitor.on_line)
                 self.console.start()
+                if monitor:
+                    self._wait_console()
             try:
                 self.ssh.connect()
             except DeviceError as exc:
@@ -208,6 +210,23 @@ class Dut:
             raise
         self._opened = True
         return self
+
+    def _wait_console(self) -> None:
+        """A watched device needs its console from the start: without it no hang can be told apart.
+
+        Why at open and not only in the monitor: the monitor calls a console that stays away a lab
+        fault only after 3·H + 2 s, so a short test on a device whose console server is down
+        passed unwatched. A console server that does not accept us within
+        ``console_connect_timeout`` fails the set-up as a lab fault, naming the server.
+        """
+        assert self.console is not None
+        wait = self.device.monitor.console_connect_timeout
+        if not self.console.wait_connected(wait):
+            fault = self.console.lab_fault() or f"console server {self.console.url} not reached"
+            raise LabFault(
+                f"device {self.name}: {fault} (no connection within console_connect_timeout = {wait:g} s, "
+                f"[monitor] in {self.device.source_file})"
+            )
 
     def close(self) -> None:
         try:

@@ -214,6 +214,9 @@ class MonitorConfig(_Strict):
     ssh_probe_timeout: float = Field(default=3.0, gt=0)
     crash_tail_seconds: float = Field(default=10.0, ge=0)
     boot_timeout: float = Field(default=180.0, gt=0, description="Power cycle to SSH ready.")
+    console_connect_timeout: float = Field(
+        default=10.0, gt=0, description="How long a watched device's console server may take to accept us at start."
+    )
 
 
 class Device(_Strict):

@@ -261,6 +261,18 @@ def test_never_reachable_is_a_lab_fault(tmp_path: Path) -> None:
         assert not cap.connected and cap.reconnects == 0
 
 
+def test_wait_connected_is_false_until_the_console_server_comes_up(tmp_path: Path, pty: PtyPair) -> None:
+    """What Dut.open waits on: no server, no connection; a real ser2net started later is joined."""
+    port = free_port()
+    with ConsoleCapture(f"rfc2217://127.0.0.1:{port}?ign_set_control", tmp_path / "logs", backoff_max=0.2) as cap:
+        assert cap.wait_connected(0.5) is False
+        srv = Ser2Net(tmp_path / "srv", pty.dev, port).start()
+        try:
+            assert cap.wait_connected(10) is True and cap.connected
+        finally:
+            srv.stop()
+
+
 def test_stop_is_quick_when_peer_is_silent(capture: ConsoleCapture) -> None:
     time.sleep(0.3)  # reader is blocked in read() on a silent console
     t0 = time.monotonic()
