@@ -292,6 +292,7 @@ def dut(request: pytest.FixtureRequest, device: Device, _dut_pool: dict[str, Any
             d.monitor.start()
     except LabFault as exc:
         rig_run.device(device).event("lab-fault", str(exc))
+        request.node._rig_setup = (device, str(exc))  # recorded as a lab-fault row (pytest_runtest_makereport)
         pytest.fail(f"LAB FAULT on {device.name} (not a device failure): {exc}", pytrace=False)
     d.accepted_verdict = None
     request.node._rig_dut = d
@@ -330,13 +331,14 @@ def nmi_sources(dut: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def shadowbox(dut: Any, rig_run: Any) -> Any:
+def shadowbox(request: pytest.FixtureRequest, dut: Any, rig_run: Any) -> Any:
     """Shadow-box deployed on the device and verified started (a fresh boot is used if it was loaded)."""
     dev_report = rig_run.device(dut.device)
     try:
         result = dut.deploy_shadowbox()
     except LabFault as exc:
         dev_report.event("lab-fault", str(exc))
+        request.node._rig_setup = (dut.device, str(exc))
         pytest.fail(f"LAB FAULT on {dut.name} (not a device failure): {exc}", pytrace=False)
     except RigError as exc:
         dev_report.event("deploy-failed", str(exc))
@@ -354,10 +356,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     outcome = yield
     report: pytest.TestReport = outcome.get_result()
     d = getattr(item, "_rig_dut", None)
+    if report.when == "setup" and report.failed:
+        _record_setup_error(item, d, report, call)
+        return
     if d is None:
         return
     if report.when == "setup" and report.skipped:
-        _record(item, d, report, d.verdict(), after=None)  # e.g. rig_requires: shown with its reason
+        _record(item, d.device, report, d.verdict(), after=None)  # e.g. rig_requires: shown with its reason
         return
     if report.when != "call":
         return
@@ -404,10 +409,37 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if verdict.ok:
         with contextlib.suppress(RigError):
             after = d.interrupts()
-    _record(item, d, report, verdict, after)
+    _record(item, d.device, report, verdict, after)
 
 
-def _record(item: pytest.Item, d: Any, report: pytest.TestReport, verdict: Any, after: Any) -> None:
+def _record_setup_error(item: pytest.Item, d: Any, report: pytest.TestReport, call: pytest.CallInfo[None]) -> None:
+    """A test whose set-up failed (a deploy that failed, a lab fault while connecting) gets its row too.
+
+    Why: the row is where a lab engineer looks. Without it a build that Shadow-box refused to start
+    on ("VMX not support") showed a device report with no test in it. The outcome is ``failed`` and
+    the failure text says it was the set-up; a lab fault is a ``lab-fault`` verdict, never the
+    device's failure. A device this run does not hold (DEVICE BUSY) gets nothing: its report
+    belongs to the holder.
+    """
+    from rig.monitor import Verdict
+
+    lab = getattr(item, "_rig_setup", None)
+    if lab is not None:
+        device, reason = lab
+        verdict = Verdict(VerdictKind.LAB_FAULT, None, reason)
+    elif d is not None:
+        device, verdict = d.device, d.verdict()
+    else:
+        return  # failed before the device was held (busy, bad inventory): no device report to add to
+    # The exception's own words (DeployFailed names the step and the console markers), not the
+    # fixture's traceback: that is what a lab engineer reads in the report.
+    why = call.excinfo.exconly() if call.excinfo is not None else str(report.longrepr)
+    _record(item, device, report, verdict, after=None, failure=f"error in set-up: {why}")
+
+
+def _record(
+    item: pytest.Item, device: Device, report: pytest.TestReport, verdict: Any, after: Any, failure: str | None = None
+) -> None:
     """One test's line in the device's report.json (outcome, verdict, NMI counts before/after)."""
     run = item.config.stash.get(RUN_KEY, None)
     if run is None:
@@ -416,11 +448,13 @@ def _record(item: pytest.Item, d: Any, report: pytest.TestReport, verdict: Any, 
     params = [str(v) for k, v in (callspec.params.items() if callspec else []) if k != "device"]
     label = getattr(item, "originalname", item.name) + (f"[{'-'.join(params)}]" if params else "")
     longrepr = ""
-    if report.failed:
+    if failure is not None:
+        longrepr = failure
+    elif report.failed:
         longrepr = str(report.longrepr)
     elif report.skipped and isinstance(report.longrepr, tuple):
         longrepr = str(report.longrepr[2])  # the skip reason
-    run.device(d.device).test_result(
+    run.device(device).test_result(
         nodeid=item.nodeid,
         name=label,
         outcome=report.outcome,

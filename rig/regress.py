@@ -231,8 +231,8 @@ def _round(v: float | None) -> float | None:
 def classify_device(report: dict[str, Any] | None) -> Cell:
     """One device's report.json -> its cell. Pure: the precedence is the point.
 
-    A hang or crash anywhere wins (that is what the build did to the laptop); then a plain failure
-    (an assertion, a deploy that failed by name, a reboot nobody asked for); then a lab fault (the
+    A hang or crash anywhere wins (that is what the build did to the laptop); then a deploy that
+    failed by name; then a plain failure (an assertion, a reboot nobody asked for); then a lab fault (the
     lab failed, not the build: never counted as a regression); a run cut short is ``incomplete``.
     Tests that provoke a crash on purpose pass, and are not failures here either.
     """
@@ -248,14 +248,14 @@ def classify_device(report: dict[str, Any] | None) -> Cell:
             return Cell("hang", v.get("reason", ""), ttf, t.get("name", ""))
         if v.get("kind") == "crash":
             return Cell("crash", v.get("detail") or "unknown", ttf, t.get("name", ""))
+    deploy_failed = [e for e in timeline if e.get("kind") == "deploy-failed"]
+    if deploy_failed:  # before the tests' failures: the tests that needed the deploy fail in set-up with it
+        return Cell("fail", f"deploy: {deploy_failed[0].get('text', '')[:120]}")
     for t in failed:
         kind = t.get("verdict", {}).get("kind")
         if kind != "lab-fault":
             what = t.get("verdict", {}).get("verdict") if kind not in (None, "ok") else "assertion"
             return Cell("fail", f"{t.get('name', '?')} ({what})", None, t.get("name", ""))
-    deploy_failed = [e for e in timeline if e.get("kind") == "deploy-failed"]
-    if deploy_failed:
-        return Cell("fail", f"deploy: {deploy_failed[0].get('text', '')[:120]}")
     faults = failed + [e for e in timeline if e.get("kind") == "lab-fault"]  # the failed ones left are lab faults
     if faults:
         first = faults[0]

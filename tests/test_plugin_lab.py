@@ -103,7 +103,9 @@ def test_a_lab_fault_is_reported_as_such(lab: Lab, tmp_path: Path) -> None:
     assert "LAB FAULT on lab-2 (not a device failure)" in out
     report = load(tmp_path / "fault" / "lab-2" / "report.json")
     (test,) = report["tests"]
-    assert test["verdict"]["verdict"] == "lab-fault" and "console" in test["verdict"]["reason"]
+    assert test["verdict"]["verdict"] == "lab-fault" and "console server" in test["verdict"]["reason"], test
+    # found when the device is opened, however short the test: it never ran unwatched
+    assert test["failure"].startswith("error in set-up:") and "console_connect_timeout" in test["failure"], test
 
 
 def test_missing_capability_is_a_skip_with_the_reason(lab: Lab, tmp_path: Path) -> None:
@@ -113,6 +115,28 @@ def test_missing_capability_is_a_skip_with_the_reason(lab: Lab, tmp_path: Path) 
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     assert "lab-1 lacks vmx: the CPU shows no 'vmx' flag (no VT-x)" in out
+
+
+def test_a_deploy_that_fails_in_set_up_still_gets_its_row(lab: Lab, tmp_path: Path) -> None:
+    """A build Shadow-box refuses to start on fails every test that needs it *in set-up* (the
+    ``shadowbox`` fixture). Those tests must still be rows of the device's report, or the report
+    of the most important failure of all shows a device with no tests."""
+    from tests.test_regress import sbsim_variant
+
+    refuses = sbsim_variant(tmp_path / "refuses", fail_start=1)
+    suite = tmp_path / "test_needs_shadowbox.py"
+    suite.write_text("def test_needs_shadowbox(shadowbox):\n    pass\n")
+    proc = run_suites(
+        lab, tmp_path, "setup", str(suite), "--rig-device", "lab-1", "--rig-shadowbox-source", str(refuses)
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out[-3000:]
+    (test,) = load(tmp_path / "setup" / "lab-1" / "report.json")["tests"]
+    assert test["name"] == "test_needs_shadowbox" and test["outcome"] == "failed", test
+    assert test["failure"].startswith("error in set-up: rig.shadowbox.DeployFailed: no-vmx:"), test
+    assert test["verdict"]["verdict"] == "ok"  # the laptop is fine: the build refused to start
+    summary = load(tmp_path / "setup" / "summary.json")
+    assert summary["devices"][0]["tests"]["test_needs_shadowbox"]["outcome"] == "failed"
 
 
 def test_a_killed_run_leaves_a_readable_incomplete_report(lab: Lab, tmp_path: Path) -> None:

@@ -64,8 +64,10 @@ def sbsim_variant(dest: Path, **defaults: int) -> Path:
     src = dest / "sbsim.c"
     text = src.read_text()
     for name, value in defaults.items():
-        text, n = re.subn(rf"^static int {name}( = -?\d+)?;", f"static int {name} = {int(value)};", text, flags=re.M)
-        assert n == 1, f"sbsim.c has no 'static int {name};' declaration any more: update sbsim_variant"
+        text, n = re.subn(
+            rf"^static (int|bool) {name}( = -?\d+)?;", rf"static \g<1> {name} = {int(value)};", text, flags=re.M
+        )
+        assert n == 1, f"sbsim.c has no 'static int/bool {name};' declaration any more: update sbsim_variant"
     src.write_text(text)
     return dest
 
