@@ -7,7 +7,7 @@ same :class:`rig.detect.Detector` the monitor feeds, run over the file's lines.
 
 What a saved log may look like, and what is done about it (in this order):
 
-* gzip'd (by its magic bytes, whatever the name): decompressed.
+* gzip'd, xz'd or bzip2'd (by its magic bytes, whatever the name): decompressed.
 * a ser2net trace written with ``trace-*-hexdump: true`` (lines of ``[YYYY/MM/DD HH:MM:SS ]term
   5b 20 ... |[ ...|``): the device's bytes (``term`` lines; the client's ``tcp`` lines are
   dropped) are decoded back from the hex columns. A plain trace (no hexdump) is the device's
@@ -36,7 +36,7 @@ The JSON shape (``--json``; stable, versioned by ``schema``; docs/triage.md show
                 "crash": "<kind of the first crash event>" | null,
                 "reason": "<title of the event behind the verdict>" | null,
                 "lines": <lines in the file (decoded text for a hexdump trace)>,
-                "format": "text|ser2net-hexdump", "compressed": "gzip" | null,
+                "format": "text|ser2net-hexdump", "compressed": "gzip" | "xz" | "bzip2" | null,
                 "error": "<why the file could not be read>" | null,
                 "events": [{"kind": "<rig.vocab.EventKind value>", "line": <1-based line>,
                             "timestamp": <printk seconds> | null, "text": "<the line>",
@@ -58,12 +58,14 @@ could not be read (the other files are still classified and printed).
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import json
+import lzma
 import re
 import sys
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,17 +205,35 @@ def _decode_hexdump(data: bytes) -> bytes | None:
     return b"".join(bytes.fromhex(hx.decode("ascii")) for side, hx in rows if keep_all or side == _DEVICE_SIDE)
 
 
+#: (magic bytes, name, decompress): what bug reports arrive as; told by content, whatever the file name.
+_COMPRESSORS: tuple[tuple[bytes, str, Callable[[bytes], bytes]], ...] = (
+    (b"\x1f\x8b", "gzip", gzip.decompress),
+    (b"\xfd7zXZ\x00", "xz", lzma.decompress),
+    (b"BZh", "bzip2", bz2.decompress),
+)
+#: What the decompressors raise for a broken file (bz2: ValueError when cut short).
+_BROKEN = (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError)
+
+
+class BrokenCompressedFile(Exception):
+    """A gzip/xz/bzip2 file that does not decompress (cut short, corrupt); the message names the format."""
+
+
 def decode_console(data: bytes) -> tuple[list[str], list[int] | None, str, str | None]:
     """Bytes of a saved console -> ``(lines for the detector, file line of each or None, format, compressed)``.
 
     The second item is None when every detector line is the file line of the same number (no
     bare ``\\r`` inside a line); otherwise it maps detector line ``i`` (0-based) to its file line.
-    Raises ``OSError``/``EOFError``/``zlib.error`` for a broken gzip file.
+    Raises ``BrokenCompressedFile`` for a broken gzip, xz or bzip2 file.
     """
     compressed = None
-    if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
-        compressed = "gzip"
+    for magic, name, decompress in _COMPRESSORS:
+        if data.startswith(magic):
+            try:
+                data, compressed = decompress(data), name
+            except _BROKEN as exc:
+                raise BrokenCompressedFile(f"not a readable {name} file ({exc})") from exc
+            break
     if data[:2] in (b"\xff\xfe", b"\xfe\xff"):  # UTF-16 with a byte-order mark (a Windows tool's log)
         data = data.decode("utf-16", errors="replace").encode("utf-8")
     elif data[:3] == b"\xef\xbb\xbf":  # UTF-8 byte-order mark: not part of the first line
@@ -270,8 +290,8 @@ def triage_bytes(data: bytes, name: str, *, mid_run: bool = False) -> FileResult
     its first ``Linux version`` banner is already a reboot."""
     try:
         lines, numbers, fmt, compressed = decode_console(data)
-    except (OSError, EOFError, zlib.error) as exc:
-        return FileResult(name, ERROR, error=f"{name}: not a readable gzip file ({exc}); gunzip it to check")
+    except BrokenCompressedFile as exc:
+        return FileResult(name, ERROR, error=f"{name}: {exc}; decompress it by hand to check")
     events = Detector(booted=mid_run).scan(lines)
     if numbers is not None:
         events = [_renumber(e, numbers[e.line_no - 1]) for e in events]
@@ -342,7 +362,7 @@ def _print_text(r: FileResult, show_all: bool) -> None:
     "--mid-run", is_flag=True, help="The logs start after a boot: their first 'Linux version' banner is a reboot."
 )
 def triage(logfiles: Sequence[str], as_json: bool, show_all: bool, mid_run: bool) -> None:
-    """Classify saved console logs (plain, .gz, ser2net traces, '-' for stdin) with the monitor's detector.
+    """Classify saved console logs (plain, .gz/.xz/.bz2, ser2net traces, '-' for stdin) with the monitor's detector.
 
     One verdict word per file: crash, reboot, fail, alert, warning or ok (docs/triage.md).
     Exit status: 0 all ok, 1 any other verdict, 2 a usage error or an unreadable file.

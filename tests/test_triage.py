@@ -9,8 +9,10 @@ the ser2net test runs socat + ser2net on loopback (tests/consolepeers.py) and is
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import json
+import lzma
 import re
 import socket
 import subprocess
@@ -328,6 +330,19 @@ def test_gzip_by_content(tmp_path: Path, fname: str) -> None:
     _, got = one(p)
     _same_detection(got, ref)
     assert got["compressed"] == "gzip"
+
+
+@pytest.mark.parametrize(("compress", "name"), [(lzma.compress, "xz"), (bz2.compress, "bzip2")])
+def test_xz_and_bzip2_by_content(tmp_path: Path, compress: Any, name: str) -> None:
+    """Bug reports arrive as .xz or .bz2 as often as .gz (kernel bugzilla attachments)."""
+    p = _variant(tmp_path, "attachment.txt", compress((DATA / "sbsim_softlockup.log").read_bytes()))
+    _, ref = one(DATA / "sbsim_softlockup.log")
+    _, got = one(p)
+    _same_detection(got, ref)
+    assert got["compressed"] == name
+    broken = _variant(tmp_path, "cut.txt", compress((DATA / "sbsim_panic.log").read_bytes())[:100])
+    code, _, err = run(str(broken))
+    assert code == 2 and f"{broken}: not a readable {name} file" in err
 
 
 def test_rig_console_log_format(tmp_path: Path) -> None:
