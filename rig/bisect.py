@@ -24,11 +24,14 @@ is part of the evidence, while the user's checkout, index and refs are never tou
 that does not build (or does not start for a named reason that is not a hang/crash) is skipped.
 
 A lab fault (console server, BMC) aborts the bisection with the evidence so far: it is never
-blamed on a commit.
+blamed on a commit. The same command with the same ``--out`` resumes an interrupted bisection:
+``bisect.json`` keeps the bad ref's attempts and every judged step, which are replayed into a new
+``git bisect`` (``BisectRun._resume``, ``_replay``); only an attempt that was cut short runs again.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import subprocess
@@ -385,10 +388,56 @@ class BisectRun:
     def say(self, text: str) -> None:
         self.console.print(text, highlight=False, soft_wrap=True)
 
+    def _resume(self) -> bool:
+        """Take over ``<out>/bisect.json`` of an interrupted run of the same bisection; True if it had finished.
+
+        Why: a bisection on real laptops runs for hours (each 'good' is a long soak), and a ^C, a
+        power cut or a lab fault must not throw the soaks already done away. What was recorded is
+        kept (the bad ref's attempts, every judged step); an attempt cut short was never recorded
+        and is done again. Another bisection's folder is refused, naming the field that differs.
+        """
+        path = self.out / RESULT_FILE
+        if not path.exists():
+            return False
+        try:
+            prior = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{path}: not a readable bisect.json ({exc}); use another --out") from None
+        if prior.get("schema") != self.result["schema"]:
+            raise ConfigError(f"{path} is not a rig bisect result; use another --out")
+        same = {
+            "source_tree": (prior.get("source_tree"), self.result["source_tree"]),
+            "good commit": ((prior.get("good") or {}).get("commit"), self.good),
+            "bad commit": ((prior.get("bad") or {}).get("commit"), self.bad),
+            "device": (prior.get("device"), self.device.name),
+            "confidence": (prior.get("confidence"), self.confidence),
+            "max_soak_seconds": (prior.get("max_soak_seconds"), self.max_soak),
+        }
+        for what, (was, now) in same.items():
+            if was != now:
+                raise ConfigError(
+                    f"{path} holds another bisection ({what} was {was}, now {now}): rerun with the same "
+                    "options to resume it, or give another --out"
+                )
+        self.result = prior
+        if prior.get("status") in ("done", "inconclusive"):
+            self.say(f"{path}: this bisection has finished already ({prior['status']}); nothing to do")
+            return True
+        self.result.pop("error", None)
+        self.result["status"] = "running"
+        self.result.setdefault("resumed", []).append(time.time())
+        self.say(
+            f"resuming {path}: {len(prior.get('bad_ref_attempts', []))} bad-ref attempt(s) and "
+            f"{len(prior.get('steps', []))} step(s) already judged"
+        )
+        return False
+
     def run(self) -> dict[str, Any]:
         from rig.dut import Dut
 
         self.out.mkdir(parents=True, exist_ok=True)
+        if self._resume():
+            return self.result
         self.save()
         git = GitBisect(self.source, self.out / "tree")
         # A clean start: the device may be hung, or run an earlier build (Shadow-box cannot be unloaded).
@@ -403,7 +452,7 @@ class BisectRun:
                 f"a 'good' needs {min(target, self.max_soak):.0f} s of NMIs without failure "
                 f"(confidence {self.confidence:g} against a commit as bad as {self.bad_ref})"
             )
-            done = git.start(self.bad, self.good)
+            done = self._replay(git)
             while not done:
                 commit = git.head()
                 self.say(f"testing {commit[:12]} {git.subject(commit)}")
@@ -431,10 +480,25 @@ class BisectRun:
             dut.close()
         return self.result
 
+    def _replay(self, git: GitBisect) -> bool:
+        """``git bisect start`` and the verdicts already recorded (a resumed run); True when that settles it."""
+        done = git.start(self.bad, self.good)
+        for i, step in enumerate(self.result["steps"], 1):
+            if done:
+                break
+            head = git.head()
+            if head != step["commit"]:
+                raise ConfigError(
+                    f"{self.out / RESULT_FILE}: step {i} judged {step['commit'][:12]} but git bisect now asks for "
+                    f"{head[:12]} (did the history between the refs change?); give another --out"
+                )
+            done = git.mark(step["verdict"], head)
+        return done
+
     def _measure_bad(self, git: GitBisect, oracle: Oracle) -> float:
         tree = git.checkout(self.bad)
-        pairs: list[tuple[float, bool]] = []
-        for i in range(self.bad_attempts):
+        pairs = [(float(a["exposure"]), bool(a["failed"])) for a in self.result["bad_ref_attempts"]]
+        for i in range(len(pairs), self.bad_attempts):
             self.say(f"measuring the bad ref {self.bad_ref} ({self.bad[:12]}): attempt {i + 1}/{self.bad_attempts}")
             a = oracle.attempt(tree, self.bad, self.max_soak)
             self.result["bad_ref_attempts"].append(a.to_json())
@@ -489,7 +553,7 @@ def render_steps(result: dict[str, Any]) -> Table:
               help="Soaks of the bad ref to measure its time to failure.")  # fmt: skip
 @click.option("--nmi-interval", type=float, default=NMI_INTERVAL, show_default=True, help="Seconds between NMI rounds.")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Evidence folder (default <report-dir>/bisect-<time>).")  # fmt: skip
+              help="Evidence folder (default <report-dir>/bisect-<time>); reuse it to resume.")  # fmt: skip
 @click.pass_context
 def bisect_cmd(
     ctx: click.Context,
@@ -531,6 +595,4 @@ def bisect_cmd(
 
 
 def _load_partial(out: Path) -> dict[str, Any]:
-    import json
-
     return dict(json.loads((out / RESULT_FILE).read_text()))

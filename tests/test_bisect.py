@@ -14,8 +14,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +126,65 @@ def test_skipped_commits_leave_candidates(tmp_path: Path) -> None:
     assert gb.first_bad is None and set(gb.candidates) >= {commits[1], commits[2]}
 
 
+def _unreachable_device(tmp_path: Path) -> Any:
+    from rig.inventory import load_device
+
+    p = tmp_path / "lap-9.toml"
+    p.write_text('name = "lap-9"\n[ssh]\nhost = "192.0.2.9"\nkey_file = "id"\nknown_hosts = "kh"\n')
+    return load_device(p)
+
+
+def test_a_finished_bisection_is_not_run_again_and_another_ones_folder_is_refused(tmp_path: Path) -> None:
+    """Resume bookkeeping without a device: the device here does not exist (TEST-NET address), so
+    any attempt to boot or soak it would fail the test."""
+    from rig.bisect import RESULT_FILE, BisectRun
+
+    repo = tmp_path / "sb"
+    commits = make_history(repo, bad_index=2, n=4)
+    out = tmp_path / "out"
+    dev = _unreachable_device(tmp_path)
+
+    def run(**kw: Any) -> BisectRun:
+        return BisectRun(repo, commits[0], commits[-1], dev, out, **kw)
+
+    first = run(confidence=0.9)
+    finished = {**first.result, "status": "done", "first_bad": {"commit": commits[2], "subject": "commit 2"}}
+    out.mkdir()
+    (out / RESULT_FILE).write_text(json.dumps(finished))
+    assert run(confidence=0.9).run()["first_bad"]["commit"] == commits[2]  # read back; the device is never touched
+    with pytest.raises(ConfigError, match=r"holds another bisection \(confidence was 0.9, now 0.95\)"):
+        run(confidence=0.95).run()
+    other = BisectRun(repo, commits[1], commits[-1], dev, out, confidence=0.9)
+    with pytest.raises(ConfigError, match="good commit was"):
+        other.run()
+
+
+def test_replay_of_recorded_steps_continues_the_same_git_bisection(tmp_path: Path) -> None:
+    from rig.bisect import BisectRun
+
+    repo = tmp_path / "sb"
+    commits = make_history(repo, bad_index=5, n=9)
+    dev = _unreachable_device(tmp_path)
+    # an uninterrupted bisection, judging from bug.txt, for reference
+    gb = GitBisect(repo, tmp_path / "ref")
+    done, order = gb.start(commits[-1], commits[0]), []
+    while not done:
+        head = gb.head()
+        verdict = "bad" if (gb.clone / "bug.txt").read_text() == "bug\n" else "good"
+        order.append((head, verdict))
+        done = gb.mark(verdict, head)
+    assert len(order) >= 2
+    # a run interrupted after its first step: replaying it leaves git asking for the reference's second commit
+    run = BisectRun(repo, commits[0], commits[-1], dev, tmp_path / "out")
+    run.result["steps"] = [{"commit": order[0][0], "verdict": order[0][1]}]
+    resumed = GitBisect(repo, tmp_path / "resumed")
+    assert run._replay(resumed) is False and resumed.head() == order[1][0]
+    # a recorded step that is not what git asks for (the history changed): refused, not guessed
+    run.result["steps"] = [{"commit": commits[1], "verdict": "good"}]
+    with pytest.raises(ConfigError, match="step 1 judged"):
+        run._replay(GitBisect(repo, tmp_path / "changed"))
+
+
 # ---------------------------------------------------------------------------------------------
 # on the lab
 
@@ -152,6 +213,8 @@ def sbsim_history(tmp_path: Path) -> tuple[Path, list[str]]:
 def test_bisect_names_the_commit_that_introduced_the_nmi_hang(
     lab: Any, sbsim_history: tuple[Path, list[str]], tmp_path: Path
 ) -> None:
+    """Also the 2 a.m. case: the controller dies mid-bisection (SIGKILL once the first step is judged)
+    and the same command resumes it, keeping what was judged instead of soaking it again."""
     repo, commits = sbsim_history
     out = tmp_path / "bisect"
     cmd = [
@@ -159,14 +222,32 @@ def test_bisect_names_the_commit_that_introduced_the_nmi_hang(
         "--source-tree", str(repo), "--good", "known-good", "--bad", "main", "--device", "lab-1",
         "--confidence", "0.9", "--max-soak-minutes", "1", "--bad-attempts", "1", "--out", str(out),
     ]  # fmt: skip
+    env = {**os.environ, "COLUMNS": "200"}
     try:
-        proc = subprocess.run(
-            cmd, cwd=tmp_path, env={**os.environ, "COLUMNS": "200"}, capture_output=True, text=True, timeout=900
+        first = subprocess.Popen(
+            cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
+        try:
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline and first.poll() is None:
+                if (out / "bisect.json").exists() and json.loads((out / "bisect.json").read_text())["steps"]:
+                    break
+                time.sleep(0.5)
+        finally:
+            if first.poll() is None:
+                os.killpg(first.pid, signal.SIGKILL)
+            first.wait(30)
+        before = json.loads((out / "bisect.json").read_text())
+        assert before["status"] == "running" and len(before["steps"]) == 1, before
+        proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     finally:
         restore_guests(lab, tmp_path / "restore")
     text = proc.stdout + proc.stderr
     assert proc.returncode == EXIT_FOUND, text[-5000:]
+    assert "resuming" in text and "1 bad-ref attempt(s) and 1 step(s) already judged" in text
+    resumed = json.loads((out / "bisect.json").read_text())
+    assert resumed["bad_ref_attempts"] == before["bad_ref_attempts"]  # not measured again
+    assert resumed["steps"][0] == before["steps"][0] and len(resumed["resumed"]) == 1
     assert f"first bad commit: {commits[2]} NMI path: do not return after 40 NMIs" in text
     result = json.loads((out / "bisect.json").read_text())
     assert result["status"] == "done" and result["first_bad"]["commit"] == commits[2]
