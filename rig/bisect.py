@@ -24,7 +24,8 @@ is part of the evidence, while the user's checkout, index and refs are never tou
 that does not build (or does not start for a named reason that is not a hang/crash) is skipped.
 
 A lab fault (console server, BMC) aborts the bisection with the evidence so far: it is never
-blamed on a commit. The same command with the same ``--out`` resumes an interrupted bisection:
+blamed on a commit. git bisect trusts the good ref; ``--verify-good`` soaks it first, as long as a
+'good' step needs, and stops if it fails too. The same command with the same ``--out`` resumes an interrupted bisection:
 ``bisect.json`` keeps the bad ref's attempts and every judged step, which are replayed into a new
 ``git bisect`` (``BisectRun._resume``, ``_replay``); only an attempt that was cut short runs again.
 """
@@ -354,6 +355,7 @@ class BisectRun:
     max_soak: float = 3600.0
     bad_attempts: int = 2
     interval: float = NMI_INTERVAL
+    verify_good: bool = False
     console: Console = field(default_factory=Console)
 
     def __post_init__(self) -> None:
@@ -452,6 +454,8 @@ class BisectRun:
                 f"a 'good' needs {min(target, self.max_soak):.0f} s of NMIs without failure "
                 f"(confidence {self.confidence:g} against a commit as bad as {self.bad_ref})"
             )
+            if self.verify_good:
+                self._verify_good(git, oracle, rate, target)
             done = self._replay(git)
             while not done:
                 commit = git.head()
@@ -479,6 +483,31 @@ class BisectRun:
             self.save()
             dut.close()
         return self.result
+
+    def _verify_good(self, git: GitBisect, oracle: Oracle, rate: float, target: float) -> None:
+        """Soak the good ref as long as any 'good' verdict needs; stop if it fails.
+
+        Why: git bisect trusts the good ref. If it has the bug too (intermittent, so nobody saw it),
+        every commit between would be judged against a false premise and the "first bad commit"
+        named would be wrong. One soak of the same length and confidence as a 'good' step settles
+        it first. Recorded in ``good_ref_attempt``; a resumed run does not soak it again.
+        """
+        rec = self.result.get("good_ref_attempt")
+        if rec is None:
+            self.say(f"verifying the good ref {self.good_ref} ({self.good[:12]})")
+            a = oracle.attempt(git.checkout(self.good), self.good, min(target, self.max_soak))
+            step = judge_soak(a, rate, target, self.confidence)
+            rec = self.result["good_ref_attempt"] = {**a.to_json(), "verdict_for_bisect": step.verdict,
+                                                     "confidence": step.confidence}  # fmt: skip
+            self.save()
+            self.say(f"  {step.evidence}")
+        if rec["verdict_for_bisect"] == "bad":
+            raise ConfigError(
+                f"the good ref {self.good_ref} ({self.good[:12]}) fails too ({rec['evidence']} on {self.device.name}): "
+                "it is not good; give an older --good"
+            )
+        if rec["verdict_for_bisect"] == "skip":
+            raise ConfigError(f"the good ref {self.good_ref} cannot be tested on {self.device.name}: {rec['reason']}")
 
     def _replay(self, git: GitBisect) -> bool:
         """``git bisect start`` and the verdicts already recorded (a resumed run); True when that settles it."""
@@ -534,6 +563,10 @@ def render_steps(result: dict[str, Any]) -> Table:
     for a in result["bad_ref_attempts"]:
         table.add_row("bad", a["commit"][:12], f"(the bad ref {result['bad']['ref']})", "bad" if a["failed"] else "-",
                       a["evidence"])  # fmt: skip
+    g = result.get("good_ref_attempt")
+    if g is not None:
+        table.add_row("good", g["commit"][:12], f"(the good ref {result['good']['ref']})", g["verdict_for_bisect"],
+                      g["evidence"])  # fmt: skip
     for i, s in enumerate(result["steps"], 1):
         style = {"good": "green", "bad": "red"}.get(s["verdict"], "yellow")
         table.add_row(str(i), s["commit"][:12], s["subject"], f"[{style}]{s['verdict']}[/]", s["evidence"])
@@ -551,6 +584,8 @@ def render_steps(result: dict[str, Any]) -> Table:
               help="Cap of one soak (bad-ref attempts and good verdicts).")  # fmt: skip
 @click.option("--bad-attempts", type=int, default=2, show_default=True,
               help="Soaks of the bad ref to measure its time to failure.")  # fmt: skip
+@click.option("--verify-good", is_flag=True,
+              help="First soak the good ref as long as a 'good' verdict needs; stop if it fails too.")  # fmt: skip
 @click.option("--nmi-interval", type=float, default=NMI_INTERVAL, show_default=True, help="Seconds between NMI rounds.")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Evidence folder (default <report-dir>/bisect-<time>); reuse it to resume.")  # fmt: skip
@@ -564,6 +599,7 @@ def bisect_cmd(
     confidence: float,
     max_soak_minutes: float,
     bad_attempts: int,
+    verify_good: bool,
     nmi_interval: float,
     out: Path | None,
 ) -> None:
@@ -575,7 +611,8 @@ def bisect_cmd(
         (device,) = load_inventory(root.get("devices", [Path("devices")]), names=[name])
         run = BisectRun(
             source_tree.resolve(), good, bad, device, out, confidence=confidence,
-            max_soak=max_soak_minutes * 60, bad_attempts=bad_attempts, interval=nmi_interval, console=console,
+            max_soak=max_soak_minutes * 60, bad_attempts=bad_attempts, interval=nmi_interval,
+            verify_good=verify_good, console=console,
         )  # fmt: skip
         result = run.run()
     except LabFault as exc:

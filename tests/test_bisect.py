@@ -220,7 +220,7 @@ def test_bisect_names_the_commit_that_introduced_the_nmi_hang(
     cmd = [
         sys.executable, "-m", "rig.cli", "--devices", str(lab.inventory_dir), "bisect",
         "--source-tree", str(repo), "--good", "known-good", "--bad", "main", "--device", "lab-1",
-        "--confidence", "0.9", "--max-soak-minutes", "1", "--bad-attempts", "1", "--out", str(out),
+        "--confidence", "0.9", "--max-soak-minutes", "1", "--bad-attempts", "1", "--verify-good", "--out", str(out),
     ]  # fmt: skip
     env = {**os.environ, "COLUMNS": "200"}
     try:
@@ -248,6 +248,10 @@ def test_bisect_names_the_commit_that_introduced_the_nmi_hang(
     resumed = json.loads((out / "bisect.json").read_text())
     assert resumed["bad_ref_attempts"] == before["bad_ref_attempts"]  # not measured again
     assert resumed["steps"][0] == before["steps"][0] and len(resumed["resumed"]) == 1
+    # --verify-good: the good ref survived a 'good'-length soak before the bisection, once
+    good = before["good_ref_attempt"]
+    assert good["commit"] == commits[0] and good["verdict_for_bisect"] == "good" and not good["failed"]
+    assert resumed["good_ref_attempt"] == good and "(the good ref known-good)" in text
     assert f"first bad commit: {commits[2]} NMI path: do not return after 40 NMIs" in text
     result = json.loads((out / "bisect.json").read_text())
     assert result["status"] == "done" and result["first_bad"]["commit"] == commits[2]
@@ -270,3 +274,30 @@ def test_bisect_names_the_commit_that_introduced_the_nmi_hang(
     assert (out / "console" / "console.log").read_text().count("Execution Complete") >= 1 + len(result["steps"])
     # the user's tree was only read
     assert git(repo, "rev-parse", "--abbrev-ref", "HEAD") == "main" and not git(repo, "status", "--porcelain")
+
+
+@pytest.mark.lab
+def test_verify_good_stops_when_the_good_ref_has_the_bug_too(
+    lab: Any, sbsim_history: tuple[Path, list[str]], tmp_path: Path
+) -> None:
+    """A 'good' ref that hangs as well (the bug was older than thought): no bisection, and why."""
+    repo, commits = sbsim_history
+    out = tmp_path / "bisect"
+    cmd = [
+        sys.executable, "-m", "rig.cli", "--devices", str(lab.inventory_dir), "bisect",
+        "--source-tree", str(repo), "--good", commits[3], "--bad", "main", "--device", "lab-1",
+        "--confidence", "0.9", "--max-soak-minutes", "1", "--bad-attempts", "1", "--verify-good", "--out", str(out),
+    ]  # fmt: skip
+    try:
+        proc = subprocess.run(
+            cmd, cwd=tmp_path, env={**os.environ, "COLUMNS": "200"}, capture_output=True, text=True, timeout=900
+        )
+    finally:
+        restore_guests(lab, tmp_path / "restore")
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 1, text[-4000:]
+    assert f"the good ref {commits[3]} ({commits[3][:12]}) fails too (hang after" in text, text[-4000:]
+    assert "it is not good; give an older --good" in text
+    result = json.loads((out / "bisect.json").read_text())
+    assert result["status"] == "aborted" and result["steps"] == [] and result["first_bad"] is None
+    assert result["good_ref_attempt"]["failed"] and result["good_ref_attempt"]["verdict_for_bisect"] == "bad"
