@@ -30,7 +30,9 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,6 +49,37 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def mute_ssh_server(banner: bytes | None = None) -> Iterator[int]:
+    """A real TCP server on 127.0.0.1 that accepts and then never speaks SSH; yields its port.
+
+    A stand-in for a hung laptop whose kernel still accepts connections: with ``banner`` it sends
+    that (an sshd that hangs mid-handshake), without it nothing at all (a frozen sshd).
+    """
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = srv.accept()
+                held.append(conn)
+                if banner is not None:
+                    conn.sendall(banner)
+
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+    try:
+        yield int(srv.getsockname()[1])
+    finally:
+        srv.close()
+        for conn in held:
+            conn.close()
+        th.join(timeout=5)
 
 
 def ssh_keygen(path: Path, kind: str = "ed25519") -> str:

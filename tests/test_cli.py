@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -14,6 +11,7 @@ from click.testing import CliRunner
 
 from rig.cli import main
 from rig.lab.manager import Lab
+from tests.sshpeers import mute_ssh_server
 
 
 def rig(*args: str) -> tuple[int, str]:
@@ -43,32 +41,17 @@ def test_a_device_that_never_sends_its_ssh_banner_is_one_line_not_a_traceback(tm
     """A hung laptop accepts TCP and never answers: paramiko logs that as ERROR with a traceback from
     its own thread. The real ``rig`` process (its own logging set-up) must say it once, in the rig's
     words. The peer is a real socket that accepts and stays silent."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(4)
-    held: list[socket.socket] = []
-
-    def serve() -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                held.append(srv.accept()[0])
-
-    threading.Thread(target=serve, daemon=True).start()
     (tmp_path / "kh").write_text("")
     (tmp_path / "id").write_text("")
-    (tmp_path / "mute.toml").write_text(
-        f'name = "mute"\n[ssh]\nhost = "127.0.0.1"\nport = {srv.getsockname()[1]}\nkey_file = "id"\n'
-        'known_hosts = "kh"\nconnect_timeout = 2\n'
-    )
-    try:
+    with mute_ssh_server() as port:
+        (tmp_path / "mute.toml").write_text(
+            f'name = "mute"\n[ssh]\nhost = "127.0.0.1"\nport = {port}\nkey_file = "id"\n'
+            'known_hosts = "kh"\nconnect_timeout = 2\n'
+        )
         proc = subprocess.run(
             [sys.executable, "-m", "rig.cli", "--devices", str(tmp_path), "--report-dir", str(tmp_path / "r"), "check"],
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
-    finally:
-        srv.close()
-        for conn in held:
-            conn.close()
     out = proc.stdout + proc.stderr
     assert "mute" in out and "SshUnreachable" in out, out
     assert "Traceback" not in out and "paramiko" not in out, out

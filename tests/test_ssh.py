@@ -23,7 +23,7 @@ import pytest
 
 from rig.errors import CommandTimeout, DeviceError, LabFault
 from rig.ssh import CommandResult, HostKeyError, SshClient, SshUnreachable, fingerprint, wrap_command
-from tests.sshpeers import SshPeer, free_port, ssh_keygen
+from tests.sshpeers import SshPeer, free_port, mute_ssh_server, ssh_keygen
 
 KINDS = ["sshd", "dropbear"]
 
@@ -351,28 +351,10 @@ def test_handshake_stalled_after_the_banner_is_ssh_unreachable(
     start_client returns quietly when its timeout runs out; the rig must still say "unreachable"
     (so Dut.open power-cycles the device), not leak paramiko's "No existing session".
     """
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(1)
-    held: list[socket.socket] = []
-
-    def serve() -> None:
-        with contextlib.suppress(OSError):
-            conn, _ = srv.accept()
-            held.append(conn)
-            conn.sendall(b"SSH-2.0-stalled_1.0\r\n")  # banner, then silence (reads are never answered)
-
-    th = threading.Thread(target=serve, daemon=True)
-    th.start()
-    try:
-        c = client_for(peer, clients, port=srv.getsockname()[1], connect_timeout=2.0)
+    with mute_ssh_server(banner=b"SSH-2.0-stalled_1.0\r\n") as port:  # banner, then silence
+        c = client_for(peer, clients, port=port, connect_timeout=2.0)
         with pytest.raises(SshUnreachable, match="lap-1.*handshake"):  # paramiko may time out first: same class
             c.connect()
-    finally:
-        srv.close()
-        for conn in held:
-            conn.close()
-        th.join(timeout=5)
 
 
 def test_socket_has_keepalive_and_user_timeout(peer: SshPeer, clients: list[SshClient]) -> None:
