@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,29 @@ def device(tmp_path: Path, name: str = "lap-1"):  # type: ignore[no-untyped-def]
     return load_device(p)
 
 
+@contextlib.contextmanager
+def slow_holder(path: Path, line: str, after: float = 0.3) -> Iterator[None]:
+    """A real flock on ``path`` whose holder (re)writes its "pid N since" ``line`` only ``after`` seconds,
+    as a slow winner of the race would; whatever the file held before stays there until then."""
+    fh = open(path, "a+")  # noqa: SIM115 - closed below
+    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def write_line() -> None:
+        time.sleep(after)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(line)
+        fh.flush()
+
+    writer = threading.Thread(target=write_line)
+    writer.start()
+    try:
+        yield
+    finally:
+        writer.join()
+        fh.close()
+
+
 def test_second_holder_is_refused_naming_the_first(tmp_path: Path) -> None:
     first, second = DeviceLock(device(tmp_path), tmp_path / "locks"), DeviceLock(device(tmp_path), tmp_path / "locks")
     first.acquire()
@@ -48,23 +73,12 @@ def test_a_run_that_loses_by_a_hair_still_names_the_holder(tmp_path: Path) -> No
     read the file in between said "another process". Here the holder is a real flock on the lock
     file whose line arrives 0.3 s later, as a slow holder's would."""
     lock = DeviceLock(device(tmp_path), tmp_path / "locks")
-    fh = open(lock.path, "a+")  # noqa: SIM115 - the stand-in holder's lock file, closed below
-    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    fh.truncate(0)
-
-    def write_line() -> None:
-        time.sleep(0.3)
-        fh.write(f"pid {os.getpid()} since 2026-11-26 02:00:00\n")
-        fh.flush()
-
-    writer = threading.Thread(target=write_line)
-    writer.start()
-    try:
-        with pytest.raises(DeviceBusy, match=f"in use by pid {os.getpid()} since 2026-11-26 02:00:00"):
-            lock.acquire()
-    finally:
-        writer.join()
-        fh.close()
+    lock.path.write_text("")
+    with (
+        slow_holder(lock.path, f"pid {os.getpid()} since 2026-11-26 02:00:00\n"),
+        pytest.raises(DeviceBusy, match=f"in use by pid {os.getpid()} since 2026-11-26 02:00:00"),
+    ):
+        lock.acquire()
 
 
 def test_a_released_lock_leaves_no_line_for_the_next_loser_to_misread(tmp_path: Path) -> None:
@@ -84,24 +98,11 @@ def test_a_killed_holders_line_is_not_taken_for_the_current_holder(tmp_path: Pat
     child.wait()  # a pid that no longer exists
     lock = DeviceLock(device(tmp_path), tmp_path / "locks")
     lock.path.write_text(f"pid {child.pid} since 2026-11-25 23:00:00\n")
-    fh = open(lock.path, "r+")  # noqa: SIM115 - the stand-in winner's lock file, closed below
-    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-
-    def write_line() -> None:
-        time.sleep(0.3)
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()} since 2026-11-26 04:00:00\n")
-        fh.flush()
-
-    writer = threading.Thread(target=write_line)
-    writer.start()
-    try:
-        with pytest.raises(DeviceBusy, match=f"in use by pid {os.getpid()} since 2026-11-26 04:00:00"):
-            lock.acquire()
-    finally:
-        writer.join()
-        fh.close()
+    with (
+        slow_holder(lock.path, f"pid {os.getpid()} since 2026-11-26 04:00:00\n"),
+        pytest.raises(DeviceBusy, match=f"in use by pid {os.getpid()} since 2026-11-26 04:00:00"),
+    ):
+        lock.acquire()
 
 
 def test_a_dead_holders_line_is_shown_as_gone_when_nothing_better_arrives(tmp_path: Path) -> None:
