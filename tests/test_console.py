@@ -74,6 +74,9 @@ def test_bytes_hit_disk_before_subscribers(capture: ConsoleCapture, pty: PtyPair
     assert line.number == 2 and line.text == "second line"
     wait_for(lambda: capture.raw_path.read_bytes() == payload, 10, "console.raw to hold the exact bytes")
     assert log_texts(capture.log_path) == ["[    0.000000] Linux version 6.1.0", "second line"]
+    # Subscribers run on the reader thread just after expect() is woken: wait for them (CI once read
+    # `seen` before the reader had called them).
+    wait_for(lambda: len(seen) >= 2, 10, "both lines at the subscriber")
     assert [(s[0].text, s[1]) for s in seen] == [(t, True) for t in log_texts(capture.log_path)]
     assert capture.expect("no end", 5).partial  # a prompt without newline still matches
     assert capture.last_byte_time is not None and abs(capture.last_byte_time - time.time()) < 60
