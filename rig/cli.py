@@ -102,9 +102,8 @@ class CheckRow:
 
 def _wait_console(dut: object, timeout: float = 5.0) -> None:
     console = getattr(dut, "console", None)
-    deadline = time.monotonic() + timeout
-    while console is not None and not console.connected and time.monotonic() < deadline:
-        time.sleep(0.1)
+    if console is not None:
+        console.wait_connected(timeout)
 
 
 def check_device(device: Device, log_dir: Path) -> CheckRow:
