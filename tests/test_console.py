@@ -17,6 +17,7 @@ import pytest
 from rig.console import SPLIT_MARK, ConsoleCapture, ConsoleLine, ExpectTimeout, format_log_line
 from rig.detect import Detector
 from rig.errors import DeviceError, LabFault
+from rig.lab.image import lab_kernel
 from tests.consolepeers import PtyPair, Ser2Net, free_port, wait_for
 
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (.*)$")
@@ -308,7 +309,6 @@ def test_format_log_line() -> None:
     assert format_log_line(1735787045.678, "x") == "2025-01-02T03:04:05.678Z x"
 
 
-KERNEL = Path("/boot/vmlinuz-6.1.0-56-amd64")
 BUSYBOX = Path("/bin/busybox")
 CRASH_INIT = """#!/bin/busybox sh
 /bin/busybox mount -t proc proc /proc
@@ -347,7 +347,7 @@ def test_qemu_guest_panic_then_reboot_seen_through_capture(tmp_path: Path, crash
         [
             "qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", "256",
             "-display", "none", "-monitor", "none", "-nodefaults",
-            "-kernel", str(KERNEL), "-initrd", str(crash_initrd),
+            "-kernel", str(lab_kernel().vmlinuz), "-initrd", str(crash_initrd),
             "-append", "console=ttyS0 panic=1",
             "-serial", f"tcp:127.0.0.1:{port},server=on,wait=on",
         ],

@@ -349,7 +349,7 @@ def test_hard_lockup_report_then_panic() -> None:
     lab: the hard-lockup detector runs on perf NMIs from the PMU, and QEMU/TCG guests have no PMU
     (their console says "NMI watchdog: Perf NMI watchdog permanently disabled", which must stay
     harmless: see HARMLESS). The two kernel lines below are the format strings found in the lab
-    kernel's own image (strings of the decompressed /boot/vmlinuz-6.1.0-56-amd64:
+    kernel's own image (strings of the decompressed Debian 12 6.1 vmlinuz, seen 2026-11:
     "NMI watchdog: Watchdog detected hard LOCKUP on cpu %d" at KERN_EMERG and the panic text
     "Hard LOCKUP"), with the register dump the kernel prints between them.
     """

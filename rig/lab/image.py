@@ -74,11 +74,19 @@ def _run(argv: list[str], what: str, *, input_bytes: bytes | None = None) -> byt
     return proc.stdout
 
 
-def kernel_version() -> str:
-    """The kernel the lab boots: ``RIG_LAB_KERNEL``, else the one ``linux-image-amd64`` depends on.
+def _version_key(version: str) -> list[tuple[int, str]]:
+    """Sort key so that 6.1.0-57 sorts after 6.1.0-9 (numbers compare as numbers)."""
+    return [(int(part), "") if part.isdigit() else (-1, part) for part in re.split(r"[.-]", version)]
 
-    Falls back to the newest ``/boot/vmlinuz-*`` that has modules and headers installed. The
-    headers of this same version are what sbsim is built against (see :func:`headers_dir`).
+
+def kernel_version() -> str:
+    """The host kernel the lab boots: ``RIG_LAB_KERNEL``, else the one ``linux-image-amd64`` depends on.
+
+    The one place that answers "which host kernel": the lab, sbsim's builder and the tests all ask
+    here, because Debian's archive replaces point releases (6.1.0-56 -> 6.1.0-57) and a version
+    written anywhere else goes stale on the next fresh machine. Falls back to the newest
+    ``/boot/vmlinuz-*`` that has modules installed. The headers of this same version are what sbsim
+    is built against (see :func:`headers_dir`).
     """
     env = os.environ.get("RIG_LAB_KERNEL")
     if env:
@@ -95,7 +103,7 @@ def kernel_version() -> str:
         return m.group(1)
     candidates = sorted(
         (p.name.removeprefix("vmlinuz-") for p in Path("/boot").glob("vmlinuz-*")),
-        reverse=True,
+        key=_version_key, reverse=True,
     )
     for ver in candidates:
         if Path(f"/lib/modules/{ver}").is_dir():

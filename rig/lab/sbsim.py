@@ -14,7 +14,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -95,39 +94,6 @@ def default_headers_dir(kernel_version: str) -> Path:
     if fetched is not None and (fetched.headers / "Makefile").is_file():
         return fetched.headers
     return usr_src
-
-
-def _version_key(version: str) -> list[tuple[int, str]]:
-    """Sort key so that 6.1.0-56 sorts after 6.1.0-9 (numbers compare as numbers)."""
-    return [(int(part), "") if part.isdigit() else (-1, part) for part in re.split(r"[.-]", version)]
-
-
-def lab_kernel_version() -> str:
-    """Version of the kernel the lab guests boot: the one linux-image-amd64 depends on.
-
-    Falls back to the newest ``/boot/vmlinuz-*`` when dpkg-query has no answer (not Debian, or
-    the metapackage is absent). Raises SbsimBuildError when there is no kernel image at all.
-    """
-    try:
-        out = subprocess.run(
-            ["dpkg-query", "-W", "-f=${Depends}", "linux-image-amd64"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        ).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        out = ""
-    match = re.search(r"linux-image-(\d[^\s,()]*)", out)
-    if match and Path(f"/boot/vmlinuz-{match.group(1)}").is_file():
-        return match.group(1)
-    images = [p.name.removeprefix("vmlinuz-") for p in Path("/boot").glob("vmlinuz-*")]
-    if not images:
-        raise SbsimBuildError(
-            "no kernel image for the lab: linux-image-amd64 is not installed and /boot has no vmlinuz-*; "
-            "run tools/bootstrap.sh (it installs linux-image-amd64 and linux-headers-amd64)"
-        )
-    return max(images, key=_version_key)
 
 
 def _file_digest(path: Path) -> str:
