@@ -12,9 +12,10 @@ deps:
 demo: deps
 	$(BIN)/rig demo
 
-## Install what the tests need and run them (the lab tests boot real QEMU guests).
+## Install what the tests need and run them (the lab tests boot real QEMU guests): lab tests in one
+## process, the others in parallel beside it (tools/run-tests.sh says why).
 test: deps
-	$(BIN)/pytest $(PYTEST_ARGS)
+	@bash tools/run-tests.sh $(PYTEST_ARGS)
 
 lint: deps
 	$(BIN)/ruff check rig tests suites benchmarks

@@ -185,9 +185,8 @@ class Oracle:
     def __init__(self, dut: Any, *, interval: float = NMI_INTERVAL) -> None:
         self.dut = dut
         self.interval = interval
-        h = dut.device.monitor.heartbeat_interval
-        #: A hang is declared within 3*H + 2 s of the last heartbeat (rig.monitor): watch that long after a soak.
-        self.detect_bound = 3 * h + 2 + 1
+        #: Watch the monitor's hang bound (and a second more) after a soak, so a hang at its end is seen.
+        self.detect_bound = dut.device.monitor.hang_bound + 1
 
     def _sources(self) -> tuple[dict[str, Any], dict[str, Any]]:
         ready = {n: s for n, s in self.dut.nmi_sources().items() if not isinstance(s, Unavailable)}

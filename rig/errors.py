@@ -5,8 +5,9 @@ the device under test, the lab (console server, BMC, network, credentials), or t
 Reports and verdicts depend on that answer, so it is carried by the exception type, never
 guessed from a message.
 
-No exception message may contain a secret (BMC or SSH password). Code that builds a message
-from user data must pass it through :func:`rig.secrets.redact` first.
+No exception message may contain a secret (BMC or SSH password). Inventories hold only references
+to secrets (password_env, password_file) and the transports never put a value they read into a
+message, so a message built from inventory data carries none.
 """
 
 from __future__ import annotations

@@ -218,6 +218,14 @@ class MonitorConfig(_Strict):
         default=10.0, gt=0, description="How long a watched device's console server may take to accept us at start."
     )
 
+    @property
+    def hang_bound(self) -> float:
+        """The promise to users: a hang is declared within 3·H + 2 s of the last heartbeat (rig.monitor).
+
+        One place computes it: the monitor's console grace, the suites' and bisect's waits all read it.
+        """
+        return 3 * self.heartbeat_interval + 2
+
 
 class Device(_Strict):
     """One laptop (or virtual laptop) as the rig knows it."""

@@ -517,7 +517,7 @@ class HangMonitor:
     def _watch(self) -> None:
         h = self.settings.heartbeat_interval
         tick = min(h / 8, 0.1)
-        console_grace = 3 * h + 2
+        console_grace = self.settings.hang_bound
         while not self._stop.wait(tick):
             now = self.clock()
             fault = self.console.lab_fault() if self.console is not None else None

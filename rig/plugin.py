@@ -27,6 +27,7 @@ import os
 import secrets
 import time
 from collections.abc import Generator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,27 @@ DUTS_KEY = pytest.StashKey[dict[str, Any]]()
 RUN_KEY = pytest.StashKey[Any]()
 #: device name -> the refusal message, for devices another run holds (asked once per run, see ``dut``).
 BUSY_KEY = pytest.StashKey[dict[str, str]]()
+#: This run's id (the controller's; a worker reads it from workerinput) and its selected devices.
+RUN_ID_KEY = pytest.StashKey[str]()
+DEVICES_KEY = pytest.StashKey[list[Device]]()
+
+
+@dataclass
+class TestState:
+    """What the ``dut`` fixture leaves on a test item for ``pytest_runtest_makereport`` to judge with."""
+
+    dut: Any = None
+    #: (device, reason) of a lab fault while setting up: recorded as a lab-fault row.
+    setup_fault: tuple[Device, str] | None = None
+    #: /proc/interrupts before the test (per-CPU NMI deltas in the report).
+    irq_before: Any = None
+
+
+TEST_KEY = pytest.StashKey[TestState]()
+
+
+def _state(item: pytest.Item) -> TestState:
+    return item.stash.setdefault(TEST_KEY, TestState())
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -130,11 +152,9 @@ def _run_id(config: pytest.Config) -> str:
     winput = getattr(config, "workerinput", None)
     if winput and "rig_run_id" in winput:
         return str(winput["rig_run_id"])
-    if not hasattr(config, "_rig_run_id"):
-        config._rig_run_id = os.environ.get("RIG_RUN_ID") or (  # type: ignore[attr-defined]
-            time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
-        )
-    return str(config._rig_run_id)  # type: ignore[attr-defined]
+    return config.stash.setdefault(
+        RUN_ID_KEY, os.environ.get("RIG_RUN_ID") or (time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2))
+    )
 
 
 def soak_minutes_of(config: pytest.Config) -> float:
@@ -149,7 +169,7 @@ def report_dir(config: pytest.Config) -> Path:
 
 
 def selected_devices(config: pytest.Config) -> list[Device]:
-    cached = getattr(config, "_rig_devices", None)
+    cached = config.stash.get(DEVICES_KEY, None)
     if cached is not None:
         return list(cached)
     paths = config.getoption("--rig-devices") or config.getini("rig_devices") or [Path(config.rootpath) / "devices"]
@@ -164,8 +184,8 @@ def selected_devices(config: pytest.Config) -> list[Device]:
         if not tree.is_dir():
             raise pytest.UsageError(f"--rig-shadowbox-source {source}: {tree} is not a folder")
         devices = [d.model_copy(update={"shadowbox": d.shadowbox.model_copy(update={"source": tree})}) for d in devices]
-    config._rig_devices = devices  # type: ignore[attr-defined]
-    return devices
+    config.stash[DEVICES_KEY] = list(devices)
+    return list(devices)
 
 
 #: Time a soak test may take beyond its soak: deploy, recovery (a power cycle and boot), verdicts.
@@ -292,15 +312,14 @@ def dut(request: pytest.FixtureRequest, device: Device, _dut_pool: dict[str, Any
             d.monitor.start()
     except LabFault as exc:
         rig_run.device(device).event("lab-fault", str(exc))
-        request.node._rig_setup = (device, str(exc))  # recorded as a lab-fault row (pytest_runtest_makereport)
+        _state(request.node).setup_fault = (device, str(exc))  # a lab-fault row (pytest_runtest_makereport)
         pytest.fail(f"LAB FAULT on {device.name} (not a device failure): {exc}", pytrace=False)
     d.accepted_verdict = None
-    request.node._rig_dut = d
+    state = _state(request.node)
+    state.dut = d
     _check_requires(request, d)
-    request.node._rig_started = time.time()
-    request.node._rig_irq_before = None
     with contextlib.suppress(RigError):
-        request.node._rig_irq_before = d.interrupts()
+        state.irq_before = d.interrupts()
     yield d
 
 
@@ -338,7 +357,7 @@ def shadowbox(request: pytest.FixtureRequest, dut: Any, rig_run: Any) -> Any:
         result = dut.deploy_shadowbox()
     except LabFault as exc:
         dev_report.event("lab-fault", str(exc))
-        request.node._rig_setup = (dut.device, str(exc))
+        _state(request.node).setup_fault = (dut.device, str(exc))
         pytest.fail(f"LAB FAULT on {dut.name} (not a device failure): {exc}", pytrace=False)
     except RigError as exc:
         dev_report.event("deploy-failed", str(exc))
@@ -351,11 +370,18 @@ def shadowbox(request: pytest.FixtureRequest, dut: Any, rig_run: Any) -> Any:
 # verdicts
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
-    outcome = yield
-    report: pytest.TestReport = outcome.get_result()
-    d = getattr(item, "_rig_dut", None)
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    _judge(item, call, report)
+    return report
+
+
+def _judge(item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestReport) -> None:
+    """The device's verdict decides the test's outcome; the row goes into the device's report."""
+    d = _state(item).dut
     if report.when == "setup" and report.failed:
         _record_setup_error(item, d, report, call)
         return
@@ -423,7 +449,7 @@ def _record_setup_error(item: pytest.Item, d: Any, report: pytest.TestReport, ca
     """
     from rig.monitor import Verdict
 
-    lab = getattr(item, "_rig_setup", None)
+    lab = _state(item).setup_fault
     if lab is not None:
         device, reason = lab
         verdict = Verdict(VerdictKind.LAB_FAULT, None, reason)
@@ -460,7 +486,7 @@ def _record(
         outcome=report.outcome,
         duration=report.duration,
         verdict=verdict,
-        irq_before=getattr(item, "_rig_irq_before", None),
+        irq_before=_state(item).irq_before,
         irq_after=after,
         longrepr=longrepr,
     )

@@ -18,8 +18,7 @@ pytestmark = pytest.mark.rig_requires("lab")
 
 
 def _bound(dut) -> float:
-    h = dut.device.monitor.heartbeat_interval
-    return 3 * h + 2
+    return dut.device.monitor.hang_bound
 
 
 def test_hang_after_nmis_is_a_hang(dut, nmi_sources):

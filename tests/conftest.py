@@ -87,3 +87,14 @@ def wait_lab_guest_ready(info: GuestInfo, timeout: float = LAB_READY_TIMEOUT) ->
             last = exc
             time.sleep(0.5)
     raise TimeoutError(f"{info.name}: no SSH login within {timeout:.0f} s (last error: {last})")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses the shared lab is a lab test, whether or not it says so.
+
+    `make test` (tools/run-tests.sh) runs lab tests in one process and the rest in parallel beside
+    it; a lab user left unmarked would boot a second lab in a parallel worker.
+    """
+    for item in items:
+        if {"lab", "lab_devices"} & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("lab"):
+            item.add_marker(pytest.mark.lab)

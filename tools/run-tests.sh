@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The rig's own tests, as `make test` runs them: two pytest processes side by side.
+#
+#   lab   tests marked `lab` (they share one session-scoped virtual lab of booted QEMU guests, which
+#         must not be booted twice, and several put a guest into a state the next test relies on):
+#         one process, in order, at normal priority;
+#   pure  everything else (parsers, rules, real sockets, sshd, ser2net, git, gpg...): one process
+#         with xdist workers, at lower CPU priority, so the guests' heartbeats are never starved.
+#
+# Why: on a 2-core machine the lab tests spend much of their time waiting on guests (boots, timeouts,
+# soaks); the pure tests fill that time instead of queueing behind it. Extra pytest arguments go to
+# both (e.g. `make test PYTEST_ARGS="-x --durations=25"`). RIG_TEST_WORKERS sets the pure side's xdist
+# workers (default 2; 0 runs it without xdist). The exit status is the first failing side's.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+PYTEST=${PYTEST:-.venv/bin/pytest}
+workers=${RIG_TEST_WORKERS:-2}
+pure_log=$(mktemp "${TMPDIR:-/tmp}/rig-pure-tests.XXXXXX.log")
+
+xdist=()
+[ "$workers" != 0 ] && xdist=(-n "$workers")
+
+start=$(date +%s)
+nice -n 10 "$PYTEST" -m "not lab" "${xdist[@]}" "$@" >"$pure_log" 2>&1 &
+pure_pid=$!
+# A ^C or a kill of this script must not leave the pure side running on its own.
+trap 'kill "$pure_pid" 2>/dev/null; wait "$pure_pid" 2>/dev/null; exit 130' INT TERM
+
+echo "== lab tests (one process; pure tests run beside it, their output follows) =="
+"$PYTEST" -m lab "$@"
+lab_rc=$?
+lab_end=$(date +%s)
+
+wait "$pure_pid"
+pure_rc=$?
+end=$(date +%s)
+
+echo
+echo "== pure tests (ran beside the lab tests; log: $pure_log) =="
+cat "$pure_log"
+echo
+echo "rig tests: lab exit $lab_rc in $((lab_end - start)) s, pure exit $pure_rc, $((end - start)) s in all"
+# pytest exits 5 when a side selected no test (e.g. PYTEST_ARGS picked one file): that is not a failure.
+[ "$lab_rc" = 5 ] && lab_rc=0
+[ "$pure_rc" = 5 ] && pure_rc=0
+if [ "$lab_rc" != 0 ]; then exit "$lab_rc"; fi
+exit "$pure_rc"
