@@ -17,6 +17,7 @@ from rich.table import Table
 from rig import __version__
 from rig.errors import RigError, Unavailable
 from rig.inventory import Device, load_inventory
+from rig.vocab import NMI_SOURCE_NAMES
 
 out = Console()
 err = Console(stderr=True)
@@ -179,7 +180,7 @@ def check(ctx: click.Context, names: Sequence[str], tags: Sequence[str]) -> None
 
 @main.command()
 @click.argument("name")
-@click.option("--via", "source", required=True, type=click.Choice(["ipmi", "sysrq", "perf", "qmp"]))
+@click.option("--via", "source", required=True, type=click.Choice(NMI_SOURCE_NAMES))
 @click.option("--count", default=1, show_default=True)
 @click.option("--interval", default=0.0, show_default=True, help="Seconds between NMIs.")
 @click.pass_context

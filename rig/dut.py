@@ -23,15 +23,7 @@ from rig.console import ConsoleCapture
 from rig.errors import ConfigError, DeviceError, LabFault, RigError, Unavailable
 from rig.inventory import Device, IpmiPower
 from rig.monitor import HangMonitor, Verdict
-from rig.nmi import (
-    InterruptCounts,
-    IpmiDiagNmi,
-    NmiSource,
-    PerfNmi,
-    QmpNmi,
-    SysrqNmi,
-    read_interrupts,
-)
+from rig.nmi import SOURCES, InterruptCounts, NmiMeans, NmiSource, read_interrupts
 from rig.power import IpmiPowerControl, ManualPowerControl, PowerControl, PowerState, power_for
 from rig.qmp import QmpClient
 from rig.shadowbox import Deployer, DeployResult, recipe_for
@@ -252,16 +244,10 @@ class Dut:
 
     def nmi_source(self, name: str) -> NmiSource:
         """Build one NMI source by name (whether or not the device offers it: ``check`` says)."""
-        sudo = self.device.ssh.sudo
-        if name == "ipmi":
-            return IpmiDiagNmi(self.ssh, self.bmc)
-        if name == "qmp":
-            return QmpNmi(self.ssh, self.qmp)
-        if name == "sysrq":
-            return SysrqNmi(self.ssh, sudo=sudo)
-        if name == "perf":
-            return PerfNmi(self.ssh, sudo=sudo)
-        raise DeviceError(f"device {self.name}: unknown NMI source {name!r}")
+        make = SOURCES.get(name)
+        if make is None:
+            raise DeviceError(f"device {self.name}: unknown NMI source {name!r} (known: {', '.join(SOURCES)})")
+        return make(NmiMeans(self.ssh, bmc=self.bmc, qmp=self.qmp, sudo=self.device.ssh.sudo))
 
     def nmi_sources(self) -> dict[str, NmiSource | Unavailable]:
         """Every source the inventory lists: a ready source, or :class:`Unavailable` with its reason."""

@@ -34,9 +34,9 @@ from pydantic import (
 )
 
 from rig.errors import ConfigError, InventoryError
+from rig.vocab import NmiSourceName
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-NmiSourceName = Literal["ipmi", "sysrq", "perf", "qmp"]
 
 
 class _Strict(BaseModel):

@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 import shlex
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -363,5 +363,20 @@ class PerfNmi(NmiSource):
         return count
 
 
-def all_source_names() -> tuple[str, ...]:
-    return ("ipmi", "sysrq", "perf", "qmp")
+@dataclass(frozen=True)
+class NmiMeans:
+    """What a device offers to raise NMIs with: its SSH runner, BMC and QMP (None where it has none)."""
+
+    runner: CommandRunner
+    bmc: DiagBmc | None = None
+    qmp: NmiInjector | None = None
+    sudo: bool = False
+
+
+#: The NMI source registry: name (rig.vocab.NmiSourceName) -> how to build that source for a device.
+SOURCES: dict[str, Callable[[NmiMeans], NmiSource]] = {
+    "ipmi": lambda m: IpmiDiagNmi(m.runner, m.bmc),
+    "sysrq": lambda m: SysrqNmi(m.runner, sudo=m.sudo),
+    "perf": lambda m: PerfNmi(m.runner, sudo=m.sudo),
+    "qmp": lambda m: QmpNmi(m.runner, m.qmp),
+}

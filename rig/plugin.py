@@ -35,7 +35,7 @@ import pytest
 
 from rig.errors import LabFault, RigError, Unavailable
 from rig.inventory import Device, load_inventory
-from rig.vocab import VerdictKind
+from rig.vocab import NMI_SOURCE_NAMES, VerdictKind
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +255,7 @@ def _dut_pool(request: pytest.FixtureRequest, rig_run: Any) -> Iterator[dict[str
 def _capabilities(dut: Any) -> dict[str, str | None]:
     """capability -> None if offered, else the reason it is not."""
     caps: dict[str, str | None] = {}
-    for name in ("ipmi", "sysrq", "perf", "qmp"):
+    for name in NMI_SOURCE_NAMES:
         if name not in dut.device.nmi_sources:
             caps[name] = f"not in nmi_sources of {dut.device.source_file}"
             continue

@@ -6,6 +6,12 @@ Monitor, reports, CLI, plugin and triage all use these names; nothing else spell
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Literal, get_args
+
+#: The NMI sources the rig knows, by the name inventories, the CLI and reports use. rig.nmi.SOURCES
+#: maps each to the class that raises it (tests/test_nmi_counts.py checks the two agree).
+NmiSourceName = Literal["ipmi", "sysrq", "perf", "qmp"]
+NMI_SOURCE_NAMES: tuple[str, ...] = get_args(NmiSourceName)
 
 
 class EventKind(StrEnum):

@@ -10,8 +10,9 @@ from __future__ import annotations
 import pytest
 
 from rig.errors import Unavailable
+from rig.vocab import NMI_SOURCE_NAMES
 
-SOURCES = ["ipmi", "sysrq", "perf", "qmp"]
+SOURCES = list(NMI_SOURCE_NAMES)
 
 
 @pytest.mark.parametrize("source", SOURCES)

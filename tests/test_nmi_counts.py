@@ -58,3 +58,29 @@ def test_delivery_names_the_missing_cpu() -> None:
 
 def test_nothing_raised_is_not_ok() -> None:
     assert not Delivery("ipmi", 0, _counts((1,)), _counts((2,)), expected_cpus=(0,)).ok
+
+
+def test_every_named_nmi_source_has_one_class_and_the_names_agree() -> None:
+    """rig.vocab names the sources (inventory, CLI, suites read it); rig.nmi.SOURCES builds them."""
+    from rig.nmi import SOURCES, NmiMeans
+    from rig.vocab import NMI_SOURCE_NAMES
+
+    assert tuple(SOURCES) == NMI_SOURCE_NAMES
+    runner = object()
+    for name, make in SOURCES.items():
+        src = make(NmiMeans(runner))  # type: ignore[arg-type]  # built, not run: no command is sent
+        assert src.name == name, (name, type(src).__name__)
+
+
+def test_inventory_refuses_an_nmi_source_outside_the_registry(tmp_path: Path) -> None:
+    from rig.errors import InventoryError
+    from rig.inventory import load_device
+
+    f = tmp_path / "x.toml"
+    f.write_text('name = "x"\nnmi_sources = ["sysrq", "magic"]\n[ssh]\nhost = "h"\nuser = "u"\nhost_key = "ssh-ed25519 AAAA"\n')
+    with pytest.raises(InventoryError) as info:
+        load_device(f)
+    from rig.vocab import NMI_SOURCE_NAMES
+
+    msg = str(info.value)
+    assert "nmi_sources.1" in msg and all(f"'{n}'" in msg for n in NMI_SOURCE_NAMES), msg
