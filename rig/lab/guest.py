@@ -28,9 +28,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from qemu.qmp.legacy import QEMUMonitorProtocol
-
 from rig.errors import LabFault
+from rig.qmp import QmpClient
 
 KERNEL_CMDLINE: tuple[str, ...] = ("console=ttyS0,115200", "apic_extnmi=all", "panic=0")
 QEMU = "qemu-system-x86_64"
@@ -171,16 +170,8 @@ def start_qemu(cfg: QemuConfig, paths: GuestPaths) -> int:
 
 
 def qmp_command(socket_path: Path, command: str, timeout: float = 5.0, **args: object) -> object:
-    """Run one QMP command on ``socket_path`` and return its result (sync client, with a deadline)."""
-    qmp = QEMUMonitorProtocol(str(socket_path))
-    try:
-        qmp.settimeout(timeout)
-        qmp.connect()
-        return qmp.cmd(command, **args)
-    except (OSError, EOFError) as exc:
-        raise LabFault(f"QMP {socket_path}: {command} failed: {exc}", component="qemu") from None
-    finally:
-        qmp.close()
+    """Run one QMP command on ``socket_path`` and return its result, through the rig's one QMP client."""
+    return QmpClient(socket_path, timeout=timeout).command(command, **args)
 
 
 def serial_pty(paths: GuestPaths) -> str:
