@@ -125,7 +125,7 @@ def test_gpf_capture_is_crash_gpf_and_names_its_line() -> None:
     code, f = one(DATA / "sbsim_gpf.log")
     assert (code, f["verdict"], f["crash"]) == (1, "crash", "gpf")
     assert kinds(f) == ["shadowbox_start", "gpf"], summary(f)
-    assert f["reason"] == "general protection fault"
+    assert f["reason"] == "general protection fault in sbsim_gpf_fn"  # <report type> in <guilty function>
     gpf = f["events"][1]
     assert gpf["text"].endswith("] general protection fault, probably for non-canonical address 0xdead000000000100: "
                                 "0000 [#1] PREEMPT SMP NOPTI")
