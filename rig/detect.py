@@ -187,7 +187,7 @@ BLOCK_MIN_LINES = 24
 _ISO = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?) ")
 _HEAD = re.compile(
     r"(?:<\d{1,3}>)?"  # syslog level
-    r"(?:\[\s*\d+\.\d+\](?:\[\s*[TC]\d+\])? ?)?"  # kernel timestamp, optional caller id
+    r"(?:\[\s*\d+\.\d+\](?: ?\[\s*[TC]\d+\])? ?)?"  # kernel timestamp, optional caller id
 )
 _SB_PREFIX = re.compile(r"(?:shadow-box|alcatraz): ")
 _SUBSYS = re.compile(r"(?:NMI watchdog|watchdog|rcu|kernel): ")
