@@ -2,7 +2,8 @@
 
 Why a separate, pure module: the console reader calls it on every line of every device, the
 report and triage tools re-run it over saved logs, and tests feed it captured text. So it does
-no I/O, starts no threads, imports nothing of the rig but :mod:`rig.vocab`, and is cheap on the
+no I/O, starts no threads, imports nothing of the rig but :mod:`rig.vocab` and its rule table
+:mod:`rig.detect_rules` (the kernel's report classes as data), and is cheap on the
 99.9 % of lines that mean nothing: one combined pre-filter regex rejects them before any
 specific pattern is tried; :meth:`Detector.scan` pre-filters a whole block of lines at once.
 
@@ -30,6 +31,12 @@ NMI (both are printed for one unclaimed NMI) and ``------------[ cut here ]-----
 pairs with the ``WARNING:`` (or ``kernel BUG at``) line after it; a cut-here block that ends
 without either is reported as one WARNING. SHADOWBOX_FAIL (a notice: the deploy step names the
 failure) is emitted once per start attempt (attempts are separated by Shadow-box's banner).
+
+Titles (:mod:`rig.detect_rules`): ``<report type> in <guilty function>``. The event is emitted at
+the report's first line; the detector then reads up to :data:`REPORT_LINES` more lines (every
+line, not only pre-filtered ones) for the first non-generic frame and sets the event's ``title``
+when it finds it. A panic that only reports an earlier report (``Fatal exception``,
+``panic_on_warn set``...) shares that report's title.
 """
 
 from __future__ import annotations

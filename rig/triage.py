@@ -30,7 +30,7 @@ What a saved log may look like, and what is done about it (in this order):
 
 The JSON shape (``--json``; stable, versioned by ``schema``; docs/triage.md shows an example)::
 
-    {"schema": 1,
+    {"schema": 2,
      "files": [{"file": "<path as given, '-' for stdin>",
                 "verdict": "ok|crash|reboot|fail|alert|warning|error",
                 "crash": "<kind of the first crash event>" | null,
@@ -40,7 +40,8 @@ The JSON shape (``--json``; stable, versioned by ``schema``; docs/triage.md show
                 "error": "<why the file could not be read>" | null,
                 "events": [{"kind": "<rig.vocab.EventKind value>", "line": <1-based line>,
                             "timestamp": <printk seconds> | null, "text": "<the line>",
-                            "title": "<short stable title>", "cpu": <int> | null}]}]}
+                            "title": "<report type> in <guilty function>", "cpu": <int> | null}],
+                "events_dropped": <events past MAX_EVENTS, not listed>}]}
 
 Verdict (one word per file, the worst thing in it wins, in this order):
 ``crash`` (a crash-kind event, :data:`rig.vocab.CRASH_KINDS`; ``crash`` names the FIRST one, the
@@ -51,6 +52,11 @@ hang is a *silent* device (no heartbeat, no SSH), which a saved log cannot show;
 hang reports (soft/hard lockup, RCU stall, hung task) and Shadow-box's HANG banner are crash kinds
 in the monitor (``crash(hung_task)``, ``crash(shadowbox_hang)``), so they are here too. ``error``:
 the file could not be read.
+
+Everything is streamed: read and decompressed :data:`CHUNK` bytes at a time, fed to the detector in
+batches, so memory is bounded whatever the file's size. Refused (verdict ``error``): a path that is
+not a regular file (``/dev/zero``, a FIFO: read a stream as ``-``), a file that is mostly not text
+(:data:`BINARY_SHARE`), a file that runs the process out of memory.
 
 Exit status: 0 every file ``ok``; 1 some file is not ``ok``; 2 a usage error or a file that
 could not be read (the other files are still classified and printed).
@@ -581,6 +587,8 @@ def _print_text(r: FileResult, show_all: bool) -> None:
     head = f"{r.file}: {r.verdict}"
     if r.crash:
         head += f" ({r.crash})"
+    if r.reason:
+        head += f": {r.reason}"
     extra = [f"{r.lines} lines", f"{len(r.events)} events"]
     if r.format != "text":
         extra.append(r.format)
