@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 from rig.errors import ConfigError
 from rig.report_cli import report
-from rig.report_html import diff_runs, load_run, previous_run, render_run
+from rig.report_html import DeviceRun, RunView, diff_runs, diff_views, load_run, previous_run, render_run
 
 DATA = Path(__file__).parent / "data" / "reports"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -272,6 +272,33 @@ def test_diff_runs_names_the_regression(reports: Path) -> None:
     ]
     same = diff_runs(reports / "okrun", reports / "okrun")
     assert same.changes == [] and "no changes" in same.text()
+
+
+def _crash_run(run_id: str, crashes: dict[str, str]) -> RunView:
+    """A run whose devices each failed test_nmi_soak with crash(bug) of the given title ("" = passed)."""
+    devices = []
+    for dev, title in crashes.items():
+        verdict = (
+            {"verdict": "crash(bug)", "kind": "crash", "detail": "bug", "event": {"kind": "bug", "title": title}}
+            if title
+            else {"verdict": "ok", "kind": "ok"}
+        )
+        test = {"name": "test_nmi_soak", "outcome": "failed" if title else "passed", "verdict": verdict}
+        devices.append(DeviceRun(dev, Path(run_id) / dev, {"status": "complete", "tests": [test], "timeline": []}))
+    return RunView(Path(run_id), {"run_id": run_id}, {}, devices)
+
+
+def test_diff_tells_crashes_apart_by_title() -> None:
+    """Same kind, another title: a different crash; a title seen in the older run: the same crash."""
+    kasan, lockdep = "KASAN: use-after-free Read in sb_walk", "possible deadlock in sb_cfg_write"
+    a = _crash_run("run-a", {"lab-1": kasan, "lab-2": "", "lab-3": kasan})
+    b = _crash_run("run-b", {"lab-1": lockdep, "lab-2": kasan, "lab-3": kasan})
+    diff = diff_views(a, b)
+    assert [c.text() for c in diff.changes] == [
+        f"lab-1: test_nmi_soak: crash(bug) -> crash(bug): {lockdep} (new crash)",
+        f"lab-2: test_nmi_soak: passed -> crash(bug): {kasan} (same crash as in run-a on lab-1)",
+    ]  # lab-3: the same crash in both runs is no change
+    assert [c.kind for c in diff.changes] == ["changed", "regression"]
 
 
 def test_rig_report_diff_command(reports: Path) -> None:
