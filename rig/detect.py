@@ -193,8 +193,10 @@ BLOCK_MIN_LINES = 24
 # --- prefixes
 _ISO = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?) ")
 _HEAD = re.compile(
+    r"(?:(?:kern|user|daemon|syslog|local\d)\s*:\s*(?:emerg|alert|crit|err|warn|notice|info|debug)\s*: )?"  # dmesg -x
     r"(?:<\d{1,3}>)?"  # syslog level
-    r"(?:\[\s*\d+\.\d+\](?: ?\[\s*[TC]\d+\])? ?)?"  # kernel timestamp, optional caller id
+    r"(?:\[\s*\d+\.\d+\](?: ?\[\s*[TC]\d+\])? ?"  # kernel timestamp, optional caller id
+    r"|\[[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \d{4}\] )?"  # or dmesg -T's wall time
 )
 _SB_PREFIX = re.compile(r"(?:shadow-box|alcatraz): ")
 _SUBSYS = re.compile(r"(?:NMI watchdog|watchdog|rcu|kernel): ")
@@ -277,7 +279,7 @@ _ESCALATION: dict[EventKind, str] = {
 
 _ADDR = re.compile(
     r"\+0x[0-9a-f]+(?:/0x[0-9a-f]+)?|\b0x[0-9a-f]+\b|\b[0-9a-f]{8,}\b|\[<[0-9a-f]+>\]"
-    r"|\bCPU#?:? ?\d+|\bcpu ?\d+|\bPID: ?\d+|\bpid[:=] ?\d+|\[\S+:\d+\]|\[[0-9a-f]{8,}\]"
+    r"|\bCPU#?:? ?\d+\b|\bcpu ?\d+\b|\bPID: ?\d+|\bpid[:=] ?\d+|\[\S+:\d+\]|\[[0-9a-f]{8,}\]"
 )
 _SPACES = re.compile(r"\s{2,}")
 
@@ -597,8 +599,7 @@ class Detector:
             self._cut_here = self._cut_report = None
             self._close_incident()
             if pending is not None and cut is not None:
-                if self._report is cut:
-                    self._report = None
+                cut.left = 0  # the block is over: no frame after it is the warning's
                 return EventKind.WARNING, None, cut.title(), cut
             return None
 

@@ -312,6 +312,7 @@ RULES: tuple[Rule, ...] = (
 WHAT_ALIASES: dict[str, str] = {
     "use after free": "use-after-free",
     "out of bounds access": "out-of-bounds",
+    "out of bounds on stack": "stack-out-of-bounds",
     "out of bounds": "out-of-bounds",
     "null ptr deref": "null-ptr-deref",
     "wild memory access": "wild-memory-access",
@@ -342,6 +343,7 @@ PANIC_CONSEQUENCES = re.compile(
 #: reads a spinning CPU happens to be in. Each entry is a regex that must match the whole name.
 SKIP_FRAMES: tuple[str, ...] = (
     # report / printk / dump
+    r"__pfx_\w+",
     r"dump_stack\w*",
     r"__dump_stack",
     r"show_\w+",

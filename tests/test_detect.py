@@ -208,7 +208,11 @@ SINGLE = [
 
 
 @pytest.mark.parametrize("line,kind,cpu,title", SINGLE, ids=[s[0][:50] for s in SINGLE])
-@pytest.mark.parametrize("prefix", ["", TS, "<4>" + TS, "2025-01-02T03:04:05.678Z " + TS])
+# (dmesg -x and dmesg -T are how people save a kernel log from a running machine)
+@pytest.mark.parametrize(
+    "prefix",
+    ["", TS, "<4>" + TS, "2025-01-02T03:04:05.678Z " + TS, "kern  :err   : " + TS, "[Tue Dec  1 08:00:00 2026] "],
+)
 def test_single_line(line: str, kind: EventKind, cpu: int | None, title: str, prefix: str) -> None:
     ev = Detector(booted=True).feed(prefix + line + "\r\n", line_no=7)
     assert len(ev) == 1, ev
@@ -1258,7 +1262,17 @@ _REAL = sorted(
     | {s[0] for s in SINGLE}
     | set(HARMLESS + _ODD + NOT_A_WARNING)
 )
-_PREFIXES = ["", TS, "<4>" + TS, "2025-01-02T03:04:05.678Z " + TS, "[  1.0][    C1] ", "shadow-box: "]
+_PREFIXES = [
+    "",
+    TS,
+    "<4>" + TS,
+    "2025-01-02T03:04:05.678Z " + TS,
+    "[  1.0][    C1] ",
+    "[  1.0] [    T1] ",
+    "kern  :warn  : " + TS,
+    "[Tue Dec  1 08:00:00 2026] ",
+    "shadow-box: ",
+]
 
 
 @st.composite
@@ -1308,3 +1322,20 @@ def test_property_any_bytes(data: bytes, chunk: int) -> None:
 def test_property_real_lines_cut_anywhere(lines: list[str], chunk: int, booted: bool) -> None:
     for e in _check_feed_equals_scan(lines, chunk, booted):
         assert "+0x" not in e.title and "CPU#" not in e.title or e.kind is EventKind.NMI, e
+
+
+def test_frames_after_a_report_ends_do_not_change_its_title() -> None:
+    ev = scan(
+        [
+            "------------[ cut here ]------------",
+            "sb: custom WARN message without a WARNING line",
+            "---[ end trace 0000000000000000 ]---",
+            "RIP: 0010:unrelated_later+0x12/0x34",
+        ],
+        booted=True,
+    )
+    assert [(e.kind, e.title) for e in ev] == [(EventKind.WARNING, "WARNING (cut here block)")]
+    ev = scan(
+        ["Oops: 0000 [#1] SMP", "---[ end trace 0000000000000000 ]---", " unrelated_later+0x12/0x34"], booted=True
+    )
+    assert [(e.kind, e.title) for e in ev] == [(EventKind.OOPS, "Oops")]
