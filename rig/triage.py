@@ -223,8 +223,6 @@ CHUNK = 1 << 20
 #: A "line" with no line end in this many characters is cut (2 GiB without a newline must not be
 #: one string); the cut counts as a line end.
 MAX_LINE = 1 << 20
-#: Lines handed to the detector at once (its block pre-filter wants blocks).
-BATCH_LINES = 8192
 #: Events kept per file; the first of each kind is always kept (the verdict needs it), the rest
 #: only counted (an NMI soak prints millions).
 MAX_EVENTS = 10_000
@@ -317,10 +315,11 @@ class _Reading:
     bytes_nontext: int = 0
 
 
-def _console_lines(f: BinaryIO, info: _Reading) -> Iterator[tuple[str, int]]:
-    """A saved console's bytes -> ``(line for the detector, its file line number)``, streamed.
+def _console_lines(f: BinaryIO, info: _Reading) -> Iterator[tuple[list[str], list[int] | None, int]]:
+    """A saved console's bytes -> batches of ``(lines for the detector, their file lines, first file line)``.
 
-    The steps are the module docstring's, in its order, each on one chunk at a time.
+    The second item is None when the batch's lines are file lines ``first, first + 1, ...`` (no
+    bare ``\r`` split one). The steps are the module docstring's, in its order, on one chunk at a time.
     """
     chunks = _chunks(f)
     head = b""
@@ -351,28 +350,37 @@ def _console_lines(f: BinaryIO, info: _Reading) -> Iterator[tuple[str, int]]:
     if is_hex:
         info.fmt = "ser2net-hexdump"
         body = _hexdump_bytes(body, keep_all)
-    texts = _texts(body, info)
-    first: list[str] = []
-    for line in texts:  # the first lines tell whether a logger stamped every line
-        first.append(line)
-        if len(first) >= _SNIFF_LINES:
+    blocks = _texts(body, info)
+    first: list[tuple[list[str], bool]] = []
+    for block in blocks:  # the first lines tell whether a logger stamped every line
+        first.append(block)
+        if sum(len(b[0]) for b in first) >= _SNIFF_LINES:
             break
-    foreign = any(_FOREIGN.match(ln[:200]) for ln in first)
-    n = 0
-    for line in itertools.chain(first, texts):
-        n += 1
+    sniff = [ln for block, _cr in first for ln in block][:_SNIFF_LINES]
+    foreign = any(_FOREIGN.match(ln[:200]) for ln in sniff)
+    n = 0  # file lines so far
+    for lines, has_cr in itertools.chain(first, blocks):
         if foreign:
-            m = _FOREIGN.match(line)
-            if m:
-                line = line[m.end() :]
-        if "\r" in line:
-            line = line.rstrip("\r")
+            lines = [_FOREIGN_LINE.sub("", ln, count=1) for ln in lines]
+        start = n + 1
+        n += len(lines)
+        if not has_cr:
+            yield lines, None, start
+            continue
+        pieces: list[str] = []
+        numbers: list[int] = []
+        for i, line in enumerate(lines, start):
             if "\r" in line:
-                for piece in line.split("\r"):
-                    if piece:
-                        yield piece, n
-                continue
-        yield line, n
+                line = line.rstrip("\r")
+                if "\r" in line:
+                    for piece in line.split("\r"):
+                        if piece:
+                            pieces.append(piece)
+                            numbers.append(i)
+                    continue
+            pieces.append(line)
+            numbers.append(i)
+        yield pieces, numbers, start
     info.file_lines = n
 
 
@@ -403,8 +411,12 @@ def _hexdump_bytes(body: Iterator[bytes], keep_all: bool) -> Iterator[bytes]:
         yield bytes.fromhex(m.group(2).decode("ascii"))
 
 
-def _texts(body: Iterator[bytes], info: _Reading) -> Iterator[str]:
-    """Bytes -> text lines with ANSI escapes, control characters and bad UTF-8 removed (bounded pieces)."""
+def _texts(body: Iterator[bytes], info: _Reading) -> Iterator[tuple[list[str], bool]]:
+    """Bytes -> blocks of text lines with ANSI escapes, control characters and bad UTF-8 removed,
+    each with whether a line of it may hold a bare ``\r``.
+
+    Blocks, not lines: a Python step per line would be most of the reading's cost.
+    """
     dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
     carry = b""
     tail = ""
@@ -434,14 +446,16 @@ def _texts(body: Iterator[bytes], info: _Reading) -> Iterator[str]:
             text = _C1.sub("", text)
         if "\r\n" in text:
             text = text.replace("\r\n", "\n")
-        lines = (tail + text).split("\n")
+        text = tail + text
+        lines = text.split("\n")
         tail = lines.pop()
         if len(tail) > MAX_LINE:
             lines.append(tail)
             tail = ""
-        yield from lines
+        if lines:
+            yield lines, "\r" in text
     if tail:
-        yield tail
+        yield [tail], "\r" in tail
 
 
 def decode_console(data: bytes) -> tuple[list[str], list[int] | None, str, str | None]:
@@ -455,9 +469,9 @@ def decode_console(data: bytes) -> tuple[list[str], list[int] | None, str, str |
     info = _Reading()
     lines: list[str] = []
     numbers: list[int] = []
-    for line, n in _console_lines(io.BytesIO(data), info):
-        lines.append(line)
-        numbers.append(n)
+    for batch, nums, start in _console_lines(io.BytesIO(data), info):
+        lines += batch
+        numbers += nums if nums is not None else range(start, start + len(batch))
     same = all(n == i for i, n in enumerate(numbers, 1))
     return lines, None if same else numbers, info.fmt, info.compressed
 
@@ -495,30 +509,17 @@ def triage_stream(f: BinaryIO, name: str, *, mid_run: bool = False) -> FileResul
             else:
                 dropped += 1
 
-    batch: list[str] = []
-    numbers: list[int] = []
-
-    def flush() -> None:
-        base = det.line_no
-        new = det.scan(batch)
-        for e in new:
-            e.line_no = numbers[e.line_no - base - 1]  # the file's line (a \r piece keeps its line's)
-        keep(new)
-        batch.clear()
-        numbers.clear()
-
     try:
-        for line, n in _console_lines(f, info):
-            batch.append(line)
-            numbers.append(n)
-            if len(batch) >= BATCH_LINES:
-                flush()
-        flush()
+        for lines, numbers, start in _console_lines(f, info):
+            base = det.line_no
+            new = det.scan(lines)
+            for e in new:  # the file's line (a \r piece keeps its line's)
+                i = e.line_no - base - 1
+                e.line_no = numbers[i] if numbers is not None else start + i
+            keep(new)
     except BrokenCompressedFile as exc:
         error = f"{name}: {exc}; decompress it by hand to check"
     except MemoryError:
-        batch.clear()
-        numbers.clear()
         error = f"{name}: ran out of memory reading it; split it or give a smaller part (e.g. with tail -c)"
     if error is None and info.bytes_total >= BINARY_MIN_BYTES:
         share = info.bytes_nontext / info.bytes_total
