@@ -96,8 +96,7 @@ _TRIGGERS = (
     "divide error: ",
     "int3: ",
     "UBSAN: ",
-    "KCSAN: ",
-    "unregister_netdevice: waiting",
+    "Usage count",
     "Busy inodes",
     "Internal error: ",
     "Unhandled fault: ",
@@ -149,13 +148,12 @@ _TRIE_ANCHORS = (
     "Unable to handle kernel",  # RULES: arm fault
     "Unhandled fault",  # RULES: trap
     "UBSAN: ",  # RULES: ubsan
-    "KCSAN: ",  # RULES: kcsan
+    "Usage count",  # RULES: netdev refcount ("unregister_netdevice: waiting ... Usage count = N": u is common)
     "VFS: Busy inodes",  # RULES: busy inodes
     "WARNING: ",  # RULES: warn..., lockdep
 )
 _FIND_ANCHORS = (
     "errorcode=",  # _SB_ERRORCODE
-    "unregister_netdevice: waiting",  # RULES: netdev refcount
     "PANIC: double fault",  # RULES: double fault (P is the commonest capital in console text)
     "general protection fault",  # RULES: gpf
     "invalid opcode",  # RULES: trap ...
@@ -566,7 +564,7 @@ class Detector:
 
     def _classify(self, msg: str, sb: bool, line_no: int) -> tuple[EventKind, int | None, str, _Report | None] | None:
         # Boot banner first: it resets all state.
-        m = _BANNER.search(msg)
+        m = _BANNER.search(msg) if "Linux version" in msg else None
         if m:
             self._close_incident()
             self._cut_here = None
@@ -623,9 +621,10 @@ class Detector:
             return None
 
         for rule in _SEARCH_RULES:
-            m = rule.pattern.search(msg)
-            if m:
-                return self._report_hit(rule, m, line_no)
+            if rule.needle in msg:
+                m = rule.pattern.search(msg)
+                if m:
+                    return self._report_hit(rule, m, line_no)
         if not GATE.match(msg):
             return None
         for rule in _START_RULES:

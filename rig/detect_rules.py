@@ -34,8 +34,9 @@ class Rule:
     order printed), ``at`` (lockdep: the first non-generic ``..., at: func+0x`` lock line, else the
     stack), ``caller`` (``caller is func+0x``, else the stack). ``fallback``: the title when no
     function is found (default: ``title`` without `` in {func}``). ``search``: the pattern may occur
-    anywhere in the message (default: at its start). ``irq``: frames inside ``<IRQ>``/``<NMI>``
-    sections may be guilty (not for stalls and lockups: there they are the detector's own path).
+    anywhere in the message (default: at its start; ``needle``: a literal it contains). ``irq``:
+    frames inside ``<IRQ>``/``<NMI>`` sections may be guilty (not for stalls and lockups: there they
+    are the detector's own path).
     ``access``: a KASAN report, whose title says ``Read`` or ``Write`` from the line after it.
     """
 
@@ -48,6 +49,7 @@ class Rule:
     search: bool = False
     irq: bool = True
     access: bool = False
+    needle: str = ""  # a ``search`` rule: a literal its match contains (a cheap ``in`` test first)
 
     @property
     def fallback_title(self) -> str:
@@ -83,6 +85,7 @@ RULES: tuple[Rule, ...] = (
         "watchdog: hard LOCKUP in {func}",
         guilty="stack",
         search=True,
+        needle="hard LOCKUP",
         irq=False,
     ),
     _r(
@@ -166,7 +169,7 @@ RULES: tuple[Rule, ...] = (
     _r("kmsan", r"BUG: KMSAN: (?P<what>[\w -]+?) in " + _F, B, "KMSAN: {what} in {func}", guilty="line"),
     _r(
         "kcsan",
-        r"(?:BUG: )?KCSAN: (?P<what>[\w :-]+?) in (?P<funcs>[\w.]+(?:\+\S+)?(?: / [\w.]+(?:\+\S+)?)?)",
+        r"BUG: KCSAN: (?P<what>[\w :-]+?) in (?P<funcs>[\w.]+(?:\+\S+)?(?: / [\w.]+(?:\+\S+)?)?)",
         B,
         "KCSAN: {what} in {funcs}",
     ),
@@ -278,7 +281,7 @@ RULES: tuple[Rule, ...] = (
     _r("bug", r"BUG: (?P<what>.+?)(?: - |[:,\[(!]| at | for | on CPU| in process|$)", B, "BUG: {what}"),
     _r(
         "netdev refcount",
-        r"unregister_netdevice: waiting for \S+ to become free",
+        r"unregister_netdevice: waiting for \S+ to become free\. Usage count",
         B,
         "unregister_netdevice: waiting for DEV to become free",
     ),
@@ -324,7 +327,7 @@ WHAT_ALIASES: dict[str, str] = {
 #: checked apart): one ``match`` turns away a line that would otherwise try every row.
 GATE = re.compile(
     r"Kernel panic|PANIC: |BUG|INFO: |Oops|general protection fault|invalid opcode|stack segment|divide error"
-    r"|int3|Unable to handle kernel|Internal error|Unhandled fault|[Kk]ernel BUG|UBSAN: |KCSAN: |WARNING: "
+    r"|int3|Unable to handle kernel|Internal error|Unhandled fault|[Kk]ernel BUG|UBSAN: |WARNING: "
     r"|\[ (?:INFO|BUG): |unregister_netdevice: waiting|VFS: Busy inodes"
 )
 
