@@ -102,6 +102,14 @@ def cell_of(outcome: str, verdict: str, kind: str | None = None) -> Cell:
     return Cell(outcome, verdict, kind, "failed", "failed")
 
 
+def cell_of_test(t: dict[str, Any]) -> Cell:
+    """One ``tests[]`` entry of a report.json -> its cell, with the crash's title when it crashed."""
+    v = t.get("verdict") or {}
+    cell = cell_of(t.get("outcome", ""), str(v.get("verdict", "")), v.get("kind"))
+    title = str((v.get("event") or {}).get("title") or "") if cell.css == "bad" else ""
+    return replace(cell, title=title) if title else cell
+
+
 @dataclass
 class DeviceRun:
     """One device's ``report.json`` (or, when it is missing, its row of ``summary.json``)."""
@@ -134,10 +142,7 @@ class DeviceRun:
             return {n: cell_of(c["outcome"], c["verdict"]) for n, c in self.data.get("tests", {}).items()}
         out: dict[str, Cell] = {}
         for t in self.tests:
-            v = t.get("verdict") or {}
-            cell = cell_of(t.get("outcome", ""), str(v.get("verdict", "")), v.get("kind"))
-            title = str((v.get("event") or {}).get("title") or "") if cell.css == "bad" else ""
-            out[t["name"]] = replace(cell, title=title) if title else cell
+            out[t["name"]] = cell_of_test(t)
         return out
 
     def time_to_failure(self) -> float | None:
@@ -728,7 +733,7 @@ def _device_context(run: RunView, dev: DeviceRun) -> dict[str, Any]:
     tests = []
     for t in dev.tests:
         v = t.get("verdict") or {}
-        cell = cell_of(t.get("outcome", ""), str(v.get("verdict", "")), v.get("kind"))
+        cell = cell_of_test(t)
         excerpt: list[LogLine] = []
         if cell.css in ("bad", "lab") and v.get("at") is not None:
             ev = v.get("event") or {}

@@ -389,3 +389,18 @@ def test_pages_render_in_headless_chromium(reports: Path, tmp_path: Path) -> Non
         assert "<script" not in dom.stdout
         for out in (res.stderr, dom.stderr):
             assert not CONSOLE_MSG.search(out), out[-2000:]
+
+
+def test_device_page_names_the_crash_by_its_title(reports: Path) -> None:
+    """A crash verdict's event title (rig.detect) is on the device page, escaped like all console text."""
+    path = reports / "hangrun" / "lab-2" / "report.json"
+    rep = json.loads(path.read_text())
+    soak = next(t for t in rep["tests"] if t["name"] == "test_nmi_soak")
+    title = "KASAN: use-after-free Read in sb_walk<script>"
+    soak["verdict"].update(verdict="crash(bug)", kind="crash", detail="bug")
+    soak["verdict"]["event"] = {"kind": "bug", "line": 1, "text": "BUG: KASAN: ...", "title": title}
+    path.write_text(json.dumps(rep))
+    render_run(reports / "hangrun")
+    html = (reports / "hangrun" / "lab-2" / "index.html").read_text()
+    assert "FAIL: test_nmi_soak: crash(bug) KASAN: use-after-free Read in sb_walk&lt;script&gt;" in html
+    assert "<script>" not in html
