@@ -10,15 +10,17 @@ What a saved log may look like, and what is done about it (in this order):
 * gzip'd, xz'd or bzip2'd (by its magic bytes, whatever the name): decompressed.
 * a ser2net trace written with ``trace-*-hexdump: true`` (lines of ``[YYYY/MM/DD HH:MM:SS ]term
   5b 20 ... |[ ...|``): the device's bytes (``term`` lines; the client's ``tcp`` lines are
-  dropped) are decoded back from the hex columns. A plain trace (no hexdump) is the device's
+  dropped; a trace whose first 40 lines hold no ``term`` row keeps every direction) are decoded
+  back from the hex columns. A plain trace (no hexdump) is the device's
   bytes as they came, with ``YYYY/MM/DD HH:MM:SS OPEN/CLOSE`` lines when ``trace-*-timestamp``
   is on: those lines are left alone (they match no rule).
 * ANSI escapes, NULs and other control characters (but tab): removed, as the console reader does.
   Bytes that are not UTF-8 become U+FFFD. A byte-order mark is dropped; UTF-16 with one (a
   Windows terminal's log) is decoded.
-* ``\\r\\n``, ``\\n``: end a line. A bare ``\\r`` inside a line (a progress bar, a terminal that
-  overwrote the line) splits it into pieces that the detector sees as separate lines, as the live
-  console reader does; events still name the file's line number.
+* ``\\r\\n``, ``\\n``: end a line (one with no end in :data:`MAX_LINE` characters is cut there).
+  A bare ``\\r`` inside a line (a progress bar, a terminal that overwrote the line) splits it
+  into pieces that the detector sees as separate lines, as the live console reader does; events
+  still name the file's line number.
 * a timestamp a logger or console server put in front of every line: ``2025/01/02 03:04:05 ``,
   ``2025-01-02 03:04:05[.123] ``, ``[2025-01-02 03:04:05.123] ``, ``[03:04:05.123] ``
   (minicom/tio/picocom style), ``Jan  2 03:04:05 `` (moreutils ``ts``), syslog/journal lines
