@@ -295,7 +295,13 @@ RULES: tuple[Rule, ...] = (
         guilty="line",
         fallback="WARNING at {file}",
     ),
-    _r("warn new", r"WARNING: (?P<file>[^\s:]+):\d+ at " + _F, W, "WARNING in {func}", guilty="line"),
+    _r(
+        "warn new",  # 6.16+: "WARNING: kernel/workqueue.c:2338 at __queue_work+0x5e0/0x790, CPU#2: kworker/2:2/116"
+        r"WARNING: (?P<file>[^\s:]+):\d+ at " + _F + r"(?:\S*, CPU#(?P<cpu>\d{1,6}))?",
+        W,
+        "WARNING in {func}",
+        guilty="line",
+    ),
     _r("warn old", r"WARNING: at (?P<file>[^\s:]+)\S* " + _F, W, "WARNING in {func}", guilty="line"),
     _r(
         "unwinder regs",

@@ -1226,6 +1226,15 @@ def test_printk_warning_text_is_not_a_warning(line: str) -> None:
     assert Detector(booted=True).feed(TS + line) == []
 
 
+def test_warn_formats_name_the_cpu() -> None:
+    for line in (
+        "WARNING: CPU: 2 PID: 116 at kernel/workqueue.c:2338 __queue_work+0x5e0/0x790",
+        "WARNING: kernel/workqueue.c:2338 at __queue_work+0x5e0/0x790, CPU#2: kworker/2:2/116",  # 6.16+
+    ):
+        (e,) = Detector(booted=True).feed(TS + line)
+        assert (e.kind, e.cpu, e.title) == (EventKind.WARNING, 2, "WARNING in __queue_work")
+
+
 def test_titles_are_stable_across_runs() -> None:
     """Two runs of the same bug (other CPU, PID, addresses, offsets, timestamps) get one title."""
     a = [
