@@ -96,7 +96,9 @@ def md_detect(r: dict[str, Any], where: str) -> str:
         f"Detector: `rig.detect.Detector().scan()` over "
         f"{r['bytes'] / 1e6:.1f} MB of the real captures in `tests/data/console/` (repeated whole): the block "
         f"pre-filter joins the lines and finds the rules' anchor words in C (one regex pass for capitalised anchors, "
-        f"`str.find` for the others); only the lines holding one are classified ({r['detector_events']} events). "
+        f"`str.find` for the others); only the lines holding one are classified ({r['detector_events']} events), "
+        f"and after a crash report's first line its next lines (at most 120) are read for the title's guilty "
+        f"function (issue 16). "
         + (f"The monitor's line-by-line `feed()` path, same text, same events: {r['feed_mb_s']:.1f} MB/s. "
            if "feed_mb_s" in r else "")
         + f"Baselines: `while child.expect(PATTERNS)` over "

@@ -110,6 +110,7 @@ class Attempt:
     console_lines: tuple[int, int] = (0, 0)  # line numbers in console.log covering this attempt
     excerpt: list[str] = field(default_factory=list)
     raised: dict[str, int] = field(default_factory=dict)
+    title: str = ""  # the crash's title (rig.detect: "<report type> in <guilty function>"), "" if none
 
     @property
     def evidence(self) -> str:
@@ -143,6 +144,8 @@ class Step:
     def evidence(self) -> str:
         a = self.attempts[-1] if self.attempts else None
         text = a.evidence if a else self.note
+        if self.verdict == "skip" and a is not None and a.failed and self.note:
+            text += f"; skipped: {self.note}"
         if self.verdict == "good" and self.confidence is not None:
             text += f"; confidence {self.confidence:.3f}"
             if self.note:
@@ -162,10 +165,23 @@ class Step:
         }
 
 
-def judge_soak(attempt: Attempt, rate: float, target: float, confidence: float) -> Step:
-    """Turn one attempt into a step verdict (pure): failed -> bad, untestable -> skip, else good."""
+def is_the_crash(attempt: Attempt, crash_title: str | None) -> bool:
+    """Whether a failed attempt is the crash being bisected: any failure without ``--crash-title``,
+    else one whose crash title contains it (case-insensitive; titles are stable across builds)."""
+    return crash_title is None or crash_title.casefold() in attempt.title.casefold()
+
+
+def judge_soak(attempt: Attempt, rate: float, target: float, confidence: float, crash_title: str | None = None) -> Step:
+    """Turn one attempt into a step verdict (pure): failed -> bad, untestable -> skip, else good.
+
+    With ``crash_title``, only that crash is bad: another failure (an unrelated crash, a hang) is
+    recorded and the step is ``skip`` -- it neither clears nor blames the commit.
+    """
     if attempt.untestable:
         return Step(attempt.commit, "", "skip", [attempt], note=attempt.reason)
+    if attempt.failed and not is_the_crash(attempt, crash_title):
+        what = f"{attempt.verdict}: {attempt.title}" if attempt.title else attempt.verdict
+        return Step(attempt.commit, "", "skip", [attempt], note=f"another failure ({what}), not '{crash_title}'")
     if attempt.failed:
         return Step(attempt.commit, "", "bad", [attempt], target_seconds=target)
     reached = survival_confidence(rate, attempt.exposure)
@@ -232,6 +248,7 @@ class Oracle:
                 raise self._lab_fault(v, commit) from None
             if v is not None and v.kind in (VerdictKind.HANG, VerdictKind.CRASH, VerdictKind.REBOOT):
                 a.failed, a.verdict, a.reason = True, v.text, f"while loading: {v.reason}"
+                a.title = v.event.title if v.event is not None else ""
             else:
                 a.untestable, a.reason = True, f"deploy failed: {exc}"
             return self._close(a, first_line)
@@ -271,6 +288,7 @@ class Oracle:
         else:
             d.needs_recovery = True
             a.failed, a.verdict, a.reason = True, v.text, v.reason
+            a.title = v.event.title if v.event is not None else ""
             # From the start of the NMIs to the verdict (wall clock: the verdict carries wall time).
             a.exposure = min(max(0.0, v.at - start_wall), time.monotonic() - start)
         return self._close(a, first_line)
@@ -356,6 +374,8 @@ class BisectRun:
     interval: float = NMI_INTERVAL
     verify_good: bool = False
     console: Console = field(default_factory=Console)
+    #: Only this crash is bad (a substring of its title); other failures make a step 'skip'.
+    crash_title: str | None = None
 
     def __post_init__(self) -> None:
         required_soak(1.0, self.confidence)  # validates the confidence
@@ -375,6 +395,7 @@ class BisectRun:
             "device": self.device.name,
             "confidence": self.confidence,
             "max_soak_seconds": self.max_soak,
+            "crash_title": self.crash_title,
             "bad_ref_attempts": [],
             "rate": None,
             "steps": [],
@@ -413,6 +434,7 @@ class BisectRun:
             "device": (prior.get("device"), self.device.name),
             "confidence": (prior.get("confidence"), self.confidence),
             "max_soak_seconds": (prior.get("max_soak_seconds"), self.max_soak),
+            "crash_title": (prior.get("crash_title"), self.crash_title),
         }
         for what, (was, now) in same.items():
             if was != now:
@@ -460,7 +482,7 @@ class BisectRun:
                 commit = git.head()
                 self.say(f"testing {commit[:12]} {git.subject(commit)}")
                 a = oracle.attempt(git.clone, commit, min(target, self.max_soak))
-                step = judge_soak(a, rate, target, self.confidence)
+                step = judge_soak(a, rate, target, self.confidence, self.crash_title)
                 step.subject = git.subject(commit)
                 self.result["steps"].append(step.to_json())
                 self.save()
@@ -495,7 +517,7 @@ class BisectRun:
         if rec is None:
             self.say(f"verifying the good ref {self.good_ref} ({self.good[:12]})")
             a = oracle.attempt(git.checkout(self.good), self.good, min(target, self.max_soak))
-            step = judge_soak(a, rate, target, self.confidence)
+            step = judge_soak(a, rate, target, self.confidence, self.crash_title)
             rec = self.result["good_ref_attempt"] = {**a.to_json(), "verdict_for_bisect": step.verdict,
                                                      "confidence": step.confidence}  # fmt: skip
             self.save()
@@ -534,7 +556,7 @@ class BisectRun:
             self.say(f"  {a.evidence}")
             if a.untestable:
                 raise ConfigError(f"the bad ref {self.bad_ref} cannot be tested on {self.device.name}: {a.reason}")
-            pairs.append((a.exposure, a.failed))
+            pairs.append((a.exposure, a.failed and is_the_crash(a, self.crash_title)))
         rate = fit_rate(pairs)
         if rate is None:
             raise ConfigError(
@@ -586,6 +608,9 @@ def render_steps(result: dict[str, Any]) -> Table:
 @click.option("--verify-good", is_flag=True,
               help="First soak the good ref as long as a 'good' verdict needs; stop if it fails too.")  # fmt: skip
 @click.option("--nmi-interval", type=float, default=NMI_INTERVAL, show_default=True, help="Seconds between NMI rounds.")
+@click.option("--crash-title", default=None, metavar="TEXT",
+              help="Only a crash whose title contains TEXT is bad (e.g. 'KASAN: use-after-free Read in sb_'); "
+              "other failures are recorded and the step is skipped.")  # fmt: skip
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Evidence folder (default <report-dir>/bisect-<time>); reuse it to resume.")  # fmt: skip
 @click.pass_context
@@ -600,6 +625,7 @@ def bisect_cmd(
     bad_attempts: int,
     verify_good: bool,
     nmi_interval: float,
+    crash_title: str | None,
     out: Path | None,
 ) -> None:
     """Find the first bad commit between --good and --bad: build, deploy, soak on one device."""
@@ -611,7 +637,7 @@ def bisect_cmd(
         run = BisectRun(
             source_tree.resolve(), good, bad, device, out, confidence=confidence,
             max_soak=max_soak_minutes * 60, bad_attempts=bad_attempts, interval=nmi_interval,
-            verify_good=verify_good, console=console,
+            verify_good=verify_good, console=console, crash_title=crash_title,
         )  # fmt: skip
         result = run.run()
     except LabFault as exc:

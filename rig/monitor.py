@@ -84,7 +84,12 @@ class Verdict:
             "at": self.at,
             "event": None
             if self.event is None
-            else {"kind": self.event.kind.value, "line": self.event.line_no, "text": self.event.text},
+            else {
+                "kind": self.event.kind.value,
+                "line": self.event.line_no,
+                "text": self.event.text,
+                "title": self.event.title,  # rig.detect's "<report type> in <guilty function>": groups crashes
+            },
             "last_heartbeat": self.last_heartbeat,
             "since_heartbeat": None if self.since_heartbeat is None else round(self.since_heartbeat, 3),
         }

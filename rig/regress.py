@@ -41,6 +41,7 @@ from typing import Any, Literal
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from rig.errors import ConfigError, RigError
@@ -203,11 +204,17 @@ class Cell:
     detail: str = ""  # crash kind, or the failing test / reason
     time_to_failure: float | None = None  # seconds of NMI soak before the verdict
     test: str = ""  # the test where it happened
+    title: str = ""  # a crash's title (rig.detect: "<report type> in <guilty function>"), to tell crashes apart
+    #: For a crash with a title: the first build (this one included) with a crash of the same
+    #: title, on any device -- this build's own label means "new crash" (set by line_up).
+    first_seen: str = ""
 
     @property
     def text(self) -> str:
         if self.outcome == "crash":
             base = f"crash({self.detail or 'unknown'})"
+            if self.title:
+                base += f" {self.title}"
         elif self.outcome == "fail":
             base = f"fail: {self.detail}" if self.detail else "fail"
         else:
@@ -247,7 +254,8 @@ def classify_device(report: dict[str, Any] | None) -> Cell:
         if v.get("kind") == "hang":
             return Cell("hang", v.get("reason", ""), ttf, t.get("name", ""))
         if v.get("kind") == "crash":
-            return Cell("crash", v.get("detail") or "unknown", ttf, t.get("name", ""))
+            title = str((v.get("event") or {}).get("title") or "")
+            return Cell("crash", v.get("detail") or "unknown", ttf, t.get("name", ""), title)
     deploy_failed = [e for e in timeline if e.get("kind") == "deploy-failed"]
     if deploy_failed:  # before the tests' failures: the tests that needed the deploy fail in set-up with it
         return Cell("fail", f"deploy: {deploy_failed[0].get('text', '')[:120]}")
@@ -283,10 +291,17 @@ class BuildResult:
 
 
 def line_up(results: list[BuildResult]) -> list[str]:
-    """Mark each build's regressions against the first build (the baseline); return all device names."""
+    """Mark each build's regressions against the first build (the baseline) and where each crash was
+    first seen (by title: the same crash in several builds is one bug); return all device names."""
     devices = sorted({d for r in results for d in r.cells})
     if not results:
         return devices
+    first: dict[str, str] = {}
+    for r in results:
+        for d in devices:
+            c = r.cells.get(d)
+            if c is not None and c.outcome == "crash" and c.title:
+                c.first_seen = first.setdefault(c.title, r.label)
     base = results[0]
     for r in results:
         r.regressed_on = [
@@ -579,7 +594,10 @@ def render_table(results: list[BuildResult]) -> Table:
                 row.append("-")
             else:
                 style = _STYLE.get(c.outcome, "dim")
-                row.append(f"[{style}]{c.text}[/]")
+                seen = ""
+                if c.first_seen:
+                    seen = " (new crash)" if c.first_seen == r.label else f" (same crash as in {c.first_seen})"
+                row.append(f"[{style}]{escape(c.text)}[/]{seen}")
         if r is results[0]:
             row.append("baseline")
         elif r.regressed_on:

@@ -24,7 +24,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,9 @@ class Cell:
     kind: str
     css: str
     label: str
+    #: The crash's title (rig.detect: ``<report type> in <guilty function>``), "" if none: two runs'
+    #: crashes with the same title are the same crash.
+    title: str = ""
 
     @property
     def failed(self) -> bool:
@@ -97,6 +100,14 @@ def cell_of(outcome: str, verdict: str, kind: str | None = None) -> Cell:
     if outcome == "passed":
         return Cell(outcome, verdict, kind, "ok", "ok")
     return Cell(outcome, verdict, kind, "failed", "failed")
+
+
+def cell_of_test(t: dict[str, Any]) -> Cell:
+    """One ``tests[]`` entry of a report.json -> its cell, with the crash's title when it crashed."""
+    v = t.get("verdict") or {}
+    cell = cell_of(t.get("outcome", ""), str(v.get("verdict", "")), v.get("kind"))
+    title = str((v.get("event") or {}).get("title") or "") if cell.css == "bad" else ""
+    return replace(cell, title=title) if title else cell
 
 
 @dataclass
@@ -131,8 +142,7 @@ class DeviceRun:
             return {n: cell_of(c["outcome"], c["verdict"]) for n, c in self.data.get("tests", {}).items()}
         out: dict[str, Cell] = {}
         for t in self.tests:
-            v = t.get("verdict") or {}
-            out[t["name"]] = cell_of(t.get("outcome", ""), str(v.get("verdict", "")), v.get("kind"))
+            out[t["name"]] = cell_of_test(t)
         return out
 
     def time_to_failure(self) -> float | None:
@@ -285,6 +295,8 @@ class Change:
     #: ``lab`` (a lab fault on either side: not the device's result), ``other`` (skips, not run).
     kind: str
     time_to_failure: float | None = None
+    #: For a crash with a title: "same crash as in <run> on <device>" or "new crash".
+    crash_note: str = ""
 
     def text(self) -> str:
         return f"{self.device}: {self.short()}"
@@ -299,6 +311,8 @@ class Change:
         if self.time_to_failure is not None and self.after.failed:
             what = "hang" if self.after.kind == VerdictKind.HANG else "failure"
             note = f" (time to {what} {self.time_to_failure:.0f} s)"
+        if self.after.title:
+            note += f": {self.after.title} ({self.crash_note})" if self.crash_note else f": {self.after.title}"
         return f"{self.test}: {b} -> {a}{note}"
 
 
@@ -375,7 +389,7 @@ class RunDiff:
 
 
 def _change_kind(before: Cell, after: Cell) -> str | None:
-    if before.label == after.label and before.css == after.css:
+    if before.label == after.label and before.css == after.css and before.title == after.title:
         return None
     if before.css == "lab" or after.css == "lab":
         return "lab"
@@ -404,6 +418,11 @@ def diff_views(a: RunView, b: RunView) -> RunDiff:
     names_b = [d.name for d in b.devices]
     diff.only_in_a = [n for n in names_a if n not in names_b]
     diff.only_in_b = [n for n in names_b if n not in names_a]
+    crashes_a: dict[str, str] = {}  # title -> the device of run a it crashed
+    for d in a.devices:
+        for cell in d.cells().values():
+            if cell.title:
+                crashes_a.setdefault(cell.title, d.name)
     for name in names_b:
         da, db = a.device(name), b.device(name)
         if da is None or db is None:
@@ -413,7 +432,11 @@ def diff_views(a: RunView, b: RunView) -> RunDiff:
             before, after = ca.get(test, NOT_RUN), cb.get(test, NOT_RUN)
             kind = _change_kind(before, after)
             if kind is not None:
-                diff.changes.append(Change(name, test, before, after, kind, _test_ttf(db, test)))
+                note = ""
+                if after.title:
+                    where = crashes_a.get(after.title)
+                    note = "new crash" if where is None else f"same crash as in {a.run_id} on {where}"
+                diff.changes.append(Change(name, test, before, after, kind, _test_ttf(db, test), note))
         ta, tb = da.time_to_failure(), db.time_to_failure()
         if ta != tb and not (ta is not None and tb is not None and round(ta) == round(tb)):
             diff.times.append(TimeToFailure(name, ta, tb))
@@ -710,7 +733,7 @@ def _device_context(run: RunView, dev: DeviceRun) -> dict[str, Any]:
     tests = []
     for t in dev.tests:
         v = t.get("verdict") or {}
-        cell = cell_of(t.get("outcome", ""), str(v.get("verdict", "")), v.get("kind"))
+        cell = cell_of_test(t)
         excerpt: list[LogLine] = []
         if cell.css in ("bad", "lab") and v.get("at") is not None:
             ev = v.get("event") or {}

@@ -78,6 +78,30 @@ def test_step_verdicts_carry_their_evidence() -> None:
     assert json.dumps(hung.to_json())  # bisect.json material
 
 
+def test_crash_title_only_that_crash_decides_a_step() -> None:
+    """rig bisect --crash-title: an unrelated crash during the soak is recorded, the step skipped."""
+    rate, target = 0.1, 30.0
+    kasan = Attempt(
+        "c1", target, exposure=5, failed=True, verdict="crash(bug)", title="KASAN: use-after-free Read in sb_walk"
+    )
+    other = Attempt(
+        "c2",
+        target,
+        exposure=9,
+        failed=True,
+        verdict="crash(oops)",
+        title="BUG: kernel NULL pointer dereference in e1000_clean",
+    )
+    hang = Attempt("c3", target, exposure=9, failed=True, verdict="hang")
+    want = "use-after-free read in SB_WALK"  # case does not matter
+    assert judge_soak(kasan, rate, target, 0.95, want).verdict == "bad"
+    step = judge_soak(other, rate, target, 0.95, want)
+    assert step.verdict == "skip" and "e1000_clean" in step.evidence and "crash(oops) after 9 s" in step.evidence
+    assert judge_soak(hang, rate, target, 0.95, want).verdict == "skip"
+    assert judge_soak(other, rate, target, 0.95).verdict == "bad"  # without the option: any failure
+    assert json.loads(json.dumps(kasan.to_json()))["title"] == kasan.title
+
+
 # ---------------------------------------------------------------------------------------------
 # git bisect in a clone
 

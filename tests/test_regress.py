@@ -11,6 +11,7 @@ devices in parallel; the summary must line them up per device, and a rerun must 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -41,6 +42,7 @@ from rig.regress import (
     line_up,
     parse_builds,
     pytest_command,
+    render_table,
     resolve_ref,
     safe_label,
     summary_json,
@@ -183,6 +185,31 @@ def report(
 
 
 OK = verdict("ok")
+
+
+def _render(table: object) -> str:
+    console = Console(width=250, record=True, file=io.StringIO())
+    console.print(table)
+    return console.export_text()
+
+
+def test_crashes_told_apart_by_title_across_builds() -> None:
+    def crashed(title: str) -> Cell:
+        v = {**verdict("crash", "bug"), "event": {"kind": "bug", "title": title}}
+        return classify_device(report([("test_nmi_soak", "failed", v)]))
+
+    kasan, lockdep = "KASAN: use-after-free Read in sb_walk", "possible deadlock in sb_cfg_write"
+    results = [
+        BuildResult("v1", {"lab-1": crashed(kasan), "lab-2": classify_device(report([("t", "passed", OK)]))}),
+        BuildResult("v2", {"lab-1": crashed(lockdep), "lab-2": crashed(kasan)}),
+    ]
+    line_up(results)
+    assert results[0].cells["lab-1"].first_seen == "v1"  # new in v1
+    assert (results[1].cells["lab-1"].first_seen, results[1].cells["lab-2"].first_seen) == ("v2", "v1")
+    assert results[1].cells["lab-2"].text == f"crash(bug) {kasan}"
+    assert results[1].regressed_on == ["lab-2"]
+    text = _render(render_table(results))
+    assert "(same crash as in v1)" in text and "(new crash)" in text
 
 
 def test_cells_from_reports() -> None:

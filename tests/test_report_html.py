@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 from rig.errors import ConfigError
 from rig.report_cli import report
-from rig.report_html import diff_runs, load_run, previous_run, render_run
+from rig.report_html import DeviceRun, RunView, diff_runs, diff_views, load_run, previous_run, render_run
 
 DATA = Path(__file__).parent / "data" / "reports"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -274,6 +274,33 @@ def test_diff_runs_names_the_regression(reports: Path) -> None:
     assert same.changes == [] and "no changes" in same.text()
 
 
+def _crash_run(run_id: str, crashes: dict[str, str]) -> RunView:
+    """A run whose devices each failed test_nmi_soak with crash(bug) of the given title ("" = passed)."""
+    devices = []
+    for dev, title in crashes.items():
+        verdict = (
+            {"verdict": "crash(bug)", "kind": "crash", "detail": "bug", "event": {"kind": "bug", "title": title}}
+            if title
+            else {"verdict": "ok", "kind": "ok"}
+        )
+        test = {"name": "test_nmi_soak", "outcome": "failed" if title else "passed", "verdict": verdict}
+        devices.append(DeviceRun(dev, Path(run_id) / dev, {"status": "complete", "tests": [test], "timeline": []}))
+    return RunView(Path(run_id), {"run_id": run_id}, {}, devices)
+
+
+def test_diff_tells_crashes_apart_by_title() -> None:
+    """Same kind, another title: a different crash; a title seen in the older run: the same crash."""
+    kasan, lockdep = "KASAN: use-after-free Read in sb_walk", "possible deadlock in sb_cfg_write"
+    a = _crash_run("run-a", {"lab-1": kasan, "lab-2": "", "lab-3": kasan})
+    b = _crash_run("run-b", {"lab-1": lockdep, "lab-2": kasan, "lab-3": kasan})
+    diff = diff_views(a, b)
+    assert [c.text() for c in diff.changes] == [
+        f"lab-1: test_nmi_soak: crash(bug) -> crash(bug): {lockdep} (new crash)",
+        f"lab-2: test_nmi_soak: passed -> crash(bug): {kasan} (same crash as in run-a on lab-1)",
+    ]  # lab-3: the same crash in both runs is no change
+    assert [c.kind for c in diff.changes] == ["changed", "regression"]
+
+
 def test_rig_report_diff_command(reports: Path) -> None:
     runner = CliRunner()
     res = runner.invoke(report, ["diff", str(reports / "okrun"), str(reports / "hangrun")])
@@ -362,3 +389,18 @@ def test_pages_render_in_headless_chromium(reports: Path, tmp_path: Path) -> Non
         assert "<script" not in dom.stdout
         for out in (res.stderr, dom.stderr):
             assert not CONSOLE_MSG.search(out), out[-2000:]
+
+
+def test_device_page_names_the_crash_by_its_title(reports: Path) -> None:
+    """A crash verdict's event title (rig.detect) is on the device page, escaped like all console text."""
+    path = reports / "hangrun" / "lab-2" / "report.json"
+    rep = json.loads(path.read_text())
+    soak = next(t for t in rep["tests"] if t["name"] == "test_nmi_soak")
+    title = "KASAN: use-after-free Read in sb_walk<script>"
+    soak["verdict"].update(verdict="crash(bug)", kind="crash", detail="bug")
+    soak["verdict"]["event"] = {"kind": "bug", "line": 1, "text": "BUG: KASAN: ...", "title": title}
+    path.write_text(json.dumps(rep))
+    render_run(reports / "hangrun")
+    html = (reports / "hangrun" / "lab-2" / "index.html").read_text()
+    assert "FAIL: test_nmi_soak: crash(bug) KASAN: use-after-free Read in sb_walk&lt;script&gt;" in html
+    assert "<script>" not in html

@@ -13,6 +13,7 @@ import bz2
 import gzip
 import json
 import lzma
+import os
 import re
 import socket
 import subprocess
@@ -24,9 +25,12 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+import rig.triage
 from rig.cli import main
-from rig.triage import SCHEMA, VERDICTS, decode_console
+from rig.triage import ERROR, MAX_EVENTS, SCHEMA, VERDICTS, decode_console, triage_bytes
 from tests.consolepeers import SER2NET, PtyPair, _port_open, free_port, terminate, wait_for
 
 DATA = Path(__file__).parent / "data" / "console"
@@ -60,7 +64,7 @@ TRIAGE: dict[str, tuple[str, str | set[str] | None, set[str]]] = {
 }
 
 EVENT_KEYS = {"kind", "line", "timestamp", "text", "title", "cpu"}
-FILE_KEYS = {"file", "verdict", "crash", "reason", "lines", "format", "compressed", "error", "events"}
+FILE_KEYS = {"file", "verdict", "crash", "reason", "lines", "format", "compressed", "error", "events", "events_dropped"}
 
 
 def run(*args: str, stdin: bytes | None = None) -> tuple[int, str, str]:
@@ -71,7 +75,7 @@ def run(*args: str, stdin: bytes | None = None) -> tuple[int, str, str]:
 def run_json(*args: str, stdin: bytes | None = None) -> tuple[int, dict[str, Any]]:
     code, out, _err = run("--json", *args, stdin=stdin)
     doc = json.loads(out)
-    assert doc["schema"] == SCHEMA == 1
+    assert doc["schema"] == SCHEMA == 2
     return code, doc
 
 
@@ -102,8 +106,21 @@ def test_captures_cover_the_failure_classes() -> None:
     hard-lockup detector; tests/test_detect.py has its lines)."""
     code, doc = run_json(*(str(DATA / n) for n in CAPTURES))
     seen = {k for f in doc["files"] for k in kinds(f)}
-    wanted = {"panic", "oops", "gpf", "bug", "soft_lockup", "rcu_stall", "hung_task", "warning", "shadowbox_fail",
-              "shadowbox_alert", "shadowbox_hang", "nmi", "reboot"}
+    wanted = {
+        "panic",
+        "oops",
+        "gpf",
+        "bug",
+        "soft_lockup",
+        "rcu_stall",
+        "hung_task",
+        "warning",
+        "shadowbox_fail",
+        "shadowbox_alert",
+        "shadowbox_hang",
+        "nmi",
+        "reboot",
+    }
     assert wanted <= seen, wanted - seen
     assert {f["verdict"] for f in doc["files"]} == set(VERDICTS)
     assert code == 1
@@ -125,10 +142,11 @@ def test_gpf_capture_is_crash_gpf_and_names_its_line() -> None:
     code, f = one(DATA / "sbsim_gpf.log")
     assert (code, f["verdict"], f["crash"]) == (1, "crash", "gpf")
     assert kinds(f) == ["shadowbox_start", "gpf"], summary(f)
-    assert f["reason"] == "general protection fault"
+    assert f["reason"] == "general protection fault in sbsim_gpf_fn"  # <report type> in <guilty function>
     gpf = f["events"][1]
-    assert gpf["text"].endswith("] general protection fault, probably for non-canonical address 0xdead000000000100: "
-                                "0000 [#1] PREEMPT SMP NOPTI")
+    assert gpf["text"].endswith(
+        "] general protection fault, probably for non-canonical address 0xdead000000000100: 0000 [#1] PREEMPT SMP NOPTI"
+    )
     assert (gpf["line"], gpf["timestamp"]) == (398, 8.99334)
 
 
@@ -430,7 +448,6 @@ def ser2net_traces(tmp_path: Path) -> Iterator[tuple[Path, Path, bytes]]:
             wait_for(lambda: proc.poll() is not None or _port_open(port), 10, f"ser2net on 127.0.0.1:{port}")
             assert proc.poll() is None, (tmp_path / "ser2net.out").read_text()
 
-
             with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
                 time.sleep(0.3)  # the connection is up at ser2net before the device speaks
                 s.sendall(b"Kernel panic - not syncing: typed by the user\r\n")
@@ -462,3 +479,96 @@ def test_real_ser2net_traces(ser2net_traces: tuple[Path, Path, bytes]) -> None:
     lines, numbers, fmt, _ = decode_console(hexdump.read_bytes())
     assert fmt == "ser2net-hexdump" and numbers is None
     assert "\n".join(lines).encode() + b"\n" == device_text.replace(b"\r\n", b"\n")
+
+
+# ---- streaming, refusals, limits (issue 16) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 4096])
+def test_chunk_boundaries_change_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
+    """Reading in chunks of any size (cut inside lines, escapes, UTF-8 and UTF-16 sequences, gzip/xz
+    members, hexdump rows) gives what reading the file in one piece gives."""
+    raw = (DATA / "sbsim_panic_after_nmi.log").read_bytes()
+    noisy = raw.replace(b"Kernel panic", b"\x1b[1;31mKernel panic", 1).replace(b"] ", "] \u00e9".encode(), 3)
+    files = {
+        "plain.log": noisy,
+        "two-members.log.gz": gzip.compress(noisy[:5000]) + gzip.compress(noisy[5000:]),
+        "log.xz": lzma.compress(noisy),
+        "log.bz2": bz2.compress(noisy),
+        "win.log": noisy.decode("utf-8", errors="replace").encode("utf-16"),
+        "cr.log": noisy.replace(b"\r\n", b"\r\r\n", 40),
+    }
+    ref = {n: one(_variant(tmp_path, n, d))[1] for n, d in files.items()}
+    monkeypatch.setattr(rig.triage, "CHUNK", chunk)
+    for n in files:
+        code, got = one(tmp_path / n)
+        assert code == 1 and got["verdict"] == "crash", n
+        assert got == ref[n], n
+
+
+def test_a_line_with_no_end_is_cut_not_held(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A line with no end is cut once it is longer than MAX_LINE (beyond the first 64 KiB, read at
+    once to tell the format): no string grows with the file; the cut counts as a line end."""
+    monkeypatch.setattr(rig.triage, "MAX_LINE", 1000)
+    monkeypatch.setattr(rig.triage, "CHUNK", 1000)
+    data = b"A" * 200_000 + b"\n[    5.000000] Kernel panic - not syncing: after a long line\n"
+    lines, numbers, _, _ = decode_console(data)
+    assert numbers is None and len(lines) > 50
+    assert max(len(x) for x in lines[1:]) <= 2000 and len(lines[0]) <= 66_000
+    assert "".join(lines[:-1]) == "A" * 200_000
+    _, f = one(_variant(tmp_path, "long.log", data))
+    assert (f["verdict"], f["lines"], f["events"][0]["line"]) == ("crash", len(lines), len(lines))
+
+
+def test_non_regular_files_are_refused_by_name(tmp_path: Path) -> None:
+    """/dev/zero never ends; a FIFO opened by name waits for a writer. Both: exit 2 at once, named."""
+    fifo = tmp_path / "console.fifo"
+    os.mkfifo(fifo)
+    code, out, err = run("/dev/zero", str(fifo), str(DATA / "sbsim_oops.log"))
+    assert code == 2
+    assert "/dev/zero: not a regular file" in err and f"{fifo}: not a regular file" in err
+    assert "rig triage - <" in err
+    assert "sbsim_oops.log: crash (oops)" in out  # the other files are still classified
+
+
+def test_a_binary_file_is_flagged_not_classified_ok() -> None:
+    code, f = one(Path(sys.executable).resolve())
+    assert (code, f["verdict"]) == (2, ERROR)
+    assert "not console text" in f["error"] and "binary" in f["error"]
+
+
+def test_console_log_with_some_noise_is_still_text(tmp_path: Path) -> None:
+    raw = (DATA / "sbsim_oops.log").read_bytes()
+    code, f = one(_variant(tmp_path, "noise.log", b"\x00" * 2000 + raw))  # a NUL run at power-on
+    assert (code, f["verdict"], f["crash"]) == (1, "crash", "oops")
+
+
+def test_memory_error_is_an_error_verdict_not_a_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A MemoryError (injected: the reading is bounded, so a real one needs another program's load)
+    becomes verdict error and exit 2, not a traceback and exit 1 (which scripts read as 'found')."""
+
+    def no_memory(self: object, lines: object) -> list[object]:
+        raise MemoryError
+
+    monkeypatch.setattr(rig.triage.Detector, "scan", no_memory)
+    code, out, err = run(str(DATA / "sbsim_oops.log"))
+    assert code == 2 and "ran out of memory" in err and "Traceback" not in out + err
+
+
+def test_events_past_the_cap_are_counted_and_the_crash_is_kept(tmp_path: Path) -> None:
+    nmis = b"".join(b"[    1.%06d] NMI backtrace for cpu 0\n" % i for i in range(MAX_EVENTS + 50))
+    data = nmis + b"[    9.000000] Kernel panic - not syncing: late\n"
+    _, f = one(_variant(tmp_path, "soak.log", data))
+    assert (f["verdict"], f["crash"]) == ("crash", "panic")
+    assert len(f["events"]) == MAX_EVENTS + 1 and f["events_dropped"] == 50
+    assert f["events"][-1]["line"] == MAX_EVENTS + 51
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.binary(max_size=3000), st.sampled_from([b"", b"\x1f\x8b", b"\xfd7zXZ\x00", b"BZh", b"\xff\xfe", b"\xef\xbb\xbf"])
+)
+def test_property_any_bytes_never_raise(data: bytes, magic: bytes) -> None:
+    r = triage_bytes(magic + data, "x")
+    assert r.verdict in (*VERDICTS, ERROR)
+    assert (r.error is None) == (r.verdict != ERROR)
