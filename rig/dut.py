@@ -176,6 +176,8 @@ class Dut:
         self._kernel: str | None = None
         #: A verdict a test provoked on purpose (see accept_verdict).
         self.accepted_verdict: Verdict | None = None
+        #: What the test's verdict reason must also say (e.g. a soak below its asked NMI rate, rig.soak).
+        self.verdict_note = ""
         #: (monitor verdict, verdict after asking the power control): asked once per verdict.
         self._power_judged: tuple[Verdict, Verdict] | None = None
         self._opened = False

@@ -27,6 +27,7 @@ import os
 import secrets
 import time
 from collections.abc import Generator, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -295,6 +296,7 @@ def dut(request: pytest.FixtureRequest, device: Device, _dut_pool: dict[str, Any
         request.node._rig_setup = (device, str(exc))  # recorded as a lab-fault row (pytest_runtest_makereport)
         pytest.fail(f"LAB FAULT on {device.name} (not a device failure): {exc}", pytrace=False)
     d.accepted_verdict = None
+    d.verdict_note = ""
     request.node._rig_dut = d
     _check_requires(request, d)
     request.node._rig_started = time.time()
@@ -369,6 +371,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     # The monitor's, settled (a hang followed by a panic is the panic) and with a switched-off
     # device told apart (rig.dut.Dut.settled_verdict).
     verdict = d.settled_verdict()
+    if d.verdict_note and d.verdict_note not in verdict.reason:
+        verdict = replace(verdict, reason="; ".join(filter(None, [verdict.reason, d.verdict_note])))
     lab_error = call.excinfo if call.excinfo is not None and call.excinfo.errisinstance(LabFault) else None
     if lab_error is not None and verdict.kind not in (VerdictKind.CRASH, VerdictKind.POWERED_OFF):
         from rig.monitor import Verdict
