@@ -183,6 +183,8 @@ class BmcClient:
             )  # fmt: skip
         except PyghmiException as exc:
             raise self._login_error(exc) from None
+        except LabFault:
+            raise  # our own deadline (_bounded): "did not answer within ..."
         except OSError as exc:  # name resolution, unusable address
             raise LabFault(f"{self.label}: cannot send to the BMC: {exc.strerror or exc}", component="bmc") from None
         except Exception as exc:
