@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import secrets
 import time
 from collections.abc import Generator, Iterator
@@ -127,12 +128,23 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     return DeviceScheduling(config, log)
 
 
+#: A run id names a folder under the report dir (RIG_RUN_ID; rig regress uses its build labels).
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,99}$")
+
+
 def _run_id(config: pytest.Config) -> str:
     winput = getattr(config, "workerinput", None)
     if winput and "rig_run_id" in winput:
         return str(winput["rig_run_id"])
     if not hasattr(config, "_rig_run_id"):
-        config._rig_run_id = os.environ.get("RIG_RUN_ID") or (  # type: ignore[attr-defined]
+        given = os.environ.get("RIG_RUN_ID")
+        if given and not RUN_ID_RE.match(given):
+            # It names a folder under the report dir: '../x' or '/abs' would write outside it.
+            raise pytest.UsageError(
+                f"RIG_RUN_ID={given[:80]!r} is not a run id: use letters, digits, '.', '_', '+' or '-' "
+                "(at most 100, not starting with '.'), e.g. nightly-2026-12-01"
+            )
+        config._rig_run_id = given or (  # type: ignore[attr-defined]
             time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
         )
     return str(config._rig_run_id)  # type: ignore[attr-defined]
@@ -165,6 +177,7 @@ def selected_devices(config: pytest.Config) -> list[Device]:
         if not tree.is_dir():
             raise pytest.UsageError(f"--rig-shadowbox-source {source}: {tree} is not a folder")
         devices = [d.model_copy(update={"shadowbox": d.shadowbox.model_copy(update={"source": tree})}) for d in devices]
+    _run_id(config)  # a bad RIG_RUN_ID is a usage error here, before any device is touched
     config._rig_devices = devices  # type: ignore[attr-defined]
     return devices
 

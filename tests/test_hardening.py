@@ -59,11 +59,8 @@ def device_file(folder: Path, name: str, ssh: str, extra: str = "") -> Path:
 
 
 def test_module_param_key_that_is_not_a_name_is_refused_in_the_inventory(tmp_path: Path) -> None:
-    p = device_file(
-        tmp_path, "a", 'host = "h"\nkey_file = "k"\nknown_hosts = "kh"',
-        f'[shadowbox]\nrecipe = "sbsim"\nmodule_params = {{ "{EVIL_KEY}" = 1, ok_name = 2 }}',
-    )  # fmt: skip
-    p.write_text(  # [shadowbox] after [ssh]'s keys
+    p = tmp_path / "a.toml"
+    p.write_text(
         'name = "a"\n[ssh]\nhost = "h"\nkey_file = "k"\nknown_hosts = "kh"\n'
         f'[shadowbox]\nrecipe = "sbsim"\nmodule_params = {{ "{EVIL_KEY}" = 1, ok_name = 2 }}\n'
     )
@@ -87,7 +84,8 @@ def test_encrypted_key_file_is_named_before_connecting_not_a_type_error(tmp_path
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "a passphrase", "-f", str(key)], check=True)
     (tmp_path / "kh").write_text("")
     port = free_port()  # nothing listens: the key is judged before any network
-    device_file(tmp_path / "inv", "enc", f'host = "127.0.0.1"\nport = {port}\nkey_file = "{key}"\nknown_hosts = "{tmp_path / "kh"}"')
+    ssh = f'host = "127.0.0.1"\nport = {port}\nkey_file = "{key}"\nknown_hosts = "{tmp_path / "kh"}"'
+    device_file(tmp_path / "inv", "enc", ssh)
     code, out = rig("--devices", str(tmp_path / "inv"), "--report-dir", str(tmp_path / "r"), "check")
     text = " ".join(out.split())
     assert code == 1
@@ -276,3 +274,36 @@ def test_a_uname_that_is_not_a_kernel_release_is_not_used_as_a_path(tmp_path: Pa
     with pytest.raises(Exception, match="not a kernel release name") as ei:
         d.build_on_controller("../../../../tmp/evil")
     assert not isinstance(ei.value, DeployFailed)
+
+
+# -- item 12: names from the environment, the device and the command line used as paths -------
+
+
+@pytest.mark.parametrize("run_id", ["../escaped", "/tmp/rig-t17-absolute"])
+def test_rig_run_id_that_is_a_path_is_a_usage_error_and_writes_nothing_outside(tmp_path: Path, run_id: str) -> None:
+    import os
+    import sys
+
+    inv = tmp_path / "devices"
+    device_file(inv, "a", f'host = "192.0.2.1"\nknown_hosts = "{inv / "kh"}"\nkey_file = "{inv / "key"}"')
+    (tmp_path / "test_suite.py").write_text("def test_x(device, rig_run):\n    rig_run.device(device)\n")
+    reports = tmp_path / "box" / "reports"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", str(tmp_path / "test_suite.py"), "--rig-devices", str(inv),
+         "--rig-report-dir", str(reports), "-p", "no:cacheprovider", "-p", "no:xdist", "-q"],
+        cwd=tmp_path, env={**os.environ, "RIG_RUN_ID": run_id}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 4, out  # pytest's usage error
+    assert f"RIG_RUN_ID={run_id!r} is not a run id" in out
+    assert not (tmp_path / "box" / "escaped").exists() and not Path("/tmp/rig-t17-absolute").exists()
+
+
+def test_lab_name_prefix_that_is_not_a_name_is_refused(tmp_path: Path) -> None:
+    from rig.lab.manager import Lab
+
+    lab = Lab(root=tmp_path / "state", inventory_dir=tmp_path / "devices")
+    for bad in ("../x", "a,b=c", "x\ny: z"):
+        with pytest.raises(ConfigError, match="--name-prefix"):
+            lab.up(count=1, name_prefix=bad)
+    assert not (tmp_path / "devices").exists() or not any((tmp_path / "devices").iterdir())
