@@ -24,7 +24,7 @@ from rig.cli import main
 from rig.errors import ConfigError, InventoryError, LabFault
 from rig.inventory import MonitorConfig, load_device
 from rig.monitor import HangMonitor
-from rig.shadowbox import RECIPES, Deployer, DeployFailed, insmod_argv, stage_tree, tree_files
+from rig.shadowbox import RECIPES, Deployer, DeployFailed
 from rig.ssh import SshClient
 from rig.vocab import VerdictKind
 from tests.sshpeers import SshPeer, free_port, ssh_keygen
@@ -72,6 +72,8 @@ def test_module_param_key_that_is_not_a_name_is_refused_in_the_inventory(tmp_pat
 def test_module_param_key_override_is_refused_and_insmod_gets_an_argument_list(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="module_params"):
         Deployer(None, None, RECIPES["sbsim"], tmp_path, device="d", module_params={EVIL_KEY: 1})  # type: ignore[arg-type]
+    from rig.shadowbox import insmod_argv  # (new in issue 17: imported here so the other tests run on a66d3c1)
+
     argv = insmod_argv("/tmp/rig-shadowbox.abc/sbsim.ko", {"version": "a b;$(x)", "hang_after_nmi": 5})
     assert argv == ["insmod", "/tmp/rig-shadowbox.abc/sbsim.ko", "version=a b;$(x)", "hang_after_nmi=5"]
 
@@ -233,7 +235,7 @@ def test_rig_check_shows_every_problem_at_once_and_bmc_errors_under_power(
     text = " ".join(out.split())
     assert code == 1
     assert "two ssh: FAIL ConfigError: device two: ssh.key_file" in text and "does not exist" in text
-    assert "two power: FAIL ConfigError:" in text and "RIG_T17_NO_SUCH_VAR is not set" in text
+    assert "two power: FAIL ConfigError: device two [power]: environment variable RIG_T17_NO_SUCH_VAR" in text
     assert "RIG_T17_NO_SUCH_VAR" not in text.split("two power:")[0]  # the BMC's problem is not under ssh
 
 
@@ -253,6 +255,8 @@ def test_deploy_takes_tracked_files_only_and_leaves_no_build_copy(
     subprocess.run([*git, "add", "."], check=True)
     subprocess.run([*git, "commit", "-qm", "c"], check=True)
     (tree / "notes-with-secrets.txt").write_text("untracked\n")
+    from rig.shadowbox import stage_tree, tree_files  # (new in issue 17)
+
     assert tree_files(tree) == [Path("Makefile"), Path("src/a.c")]
     staged = stage_tree(tree, tmp_path / "staged")
     assert sorted(str(p.relative_to(staged)) for p in staged.rglob("*")) == ["Makefile", "src", "src/a.c"]

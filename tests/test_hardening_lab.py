@@ -53,6 +53,14 @@ def test_rig_check_does_not_power_cycle_a_device_whose_ssh_does_not_answer(lab: 
         assert "not power-cycled: rig check does not change a device's state; rig check --recover" in out
         assert "lab-1-nossh power: " not in out.replace("lab-1-nossh power: ok", "")  # the BMC itself answered
         assert _boot_id(dev) == before, "rig check power-cycled the device"
+        # rig nmi likewise: it says SSH does not answer, and leaves the device as it is
+        res = CliRunner().invoke(
+            main, ["--devices", str(tmp_path / "inv"), "--report-dir", str(tmp_path / "r"), "nmi", "lab-1-nossh",
+                   "--via", "qmp"],
+            catch_exceptions=False,
+        )  # fmt: skip
+        assert res.exit_code == 1 and "SshUnreachable" in res.output, res.output
+        assert _boot_id(dev) == before, "rig nmi power-cycled the device"
     finally:
         if _boot_id_or_none(dev) != before:
             wait_lab_guest_ready(g)  # a66d3c1 rebooted it: let it come back for the next test
@@ -87,15 +95,16 @@ def test_device_paths_are_fresh_mktemp_folders_and_planted_fixed_paths_are_left_
                 assert dut.verdict().ok
                 loops = root.run("ps -o pid,args | grep -c '[r]ig-heartbeat'", timeout=15).out.strip()
                 assert loops == "1", f"{loops} heartbeat loops run (the first was not stopped)"
-            assert re.fullmatch(r"/tmp/rig-shadowbox\.\w{8}", result.remote_dir), result.remote_dir
             state = root.run(
                 f"kill -0 {victim} && echo victim-alive; cat /tmp/rig-shadowbox/planted; "
-                f"test -e {result.remote_dir} || echo upload-removed; ls -d /tmp/rig-heartbeat.* 2>/dev/null; true",
+                "ls -d /tmp/rig-heartbeat.* /tmp/rig-shadowbox.* 2>/dev/null; true",
                 timeout=15,
             ).out.split()
             assert "victim-alive" in state, "the rig killed the pid of a planted /tmp/rig-heartbeat.pid"
             assert "mine" in state, "the rig removed a planted /tmp/rig-shadowbox"
-            assert "upload-removed" in state  # the module is loaded: its upload folder is gone
-            assert not [s for s in state if s.startswith("/tmp/rig-heartbeat.")], state  # stopped and removed
+            remote = getattr(result, "remote_dir", "")
+            assert re.fullmatch(r"/tmp/rig-shadowbox\.\w{8}", remote), remote
+            # the module is loaded: its upload folder is gone; the heartbeat stopped: its folder too
+            assert not [s for s in state if re.fullmatch(r"/tmp/rig-(heartbeat|shadowbox)\.\w{8}", s)], state
         finally:
             root.run(f"kill {victim} 2>/dev/null; rm -rf /tmp/rig-heartbeat.pid /tmp/rig-shadowbox", timeout=15)
