@@ -459,12 +459,14 @@ class Deployer:
         ever reported as a Shadow-box failure (:class:`DeployFailed`).
         """
         remote = remote or self.make_remote_dir()
-        step = f"deploy step 'upload' ({tree} -> {remote})"
+        shown = self.tree if tree == self._staged else tree  # the user's tree, not the staging copy
+        step = f"deploy step 'upload' ({shown} -> {remote})"
         lost: SshUnreachable | None = None
         for attempt in (1, 2):
             try:
                 if attempt == 2:  # empty the folder, keep it (its owner and mode are what make it safe)
-                    self.shell.run(["find", remote, "-mindepth", "1", "-delete"], timeout=30, sudo=self.sudo)
+                    empty = 'cd -- "$1" && rm -rf -- ./* ./.[!.]* ./..?*'  # busybox find has no -delete
+                    self.shell.run(["sh", "-c", empty, "sh", remote], timeout=30, sudo=self.sudo)
                 self.shell.upload_tree(tree, remote, sudo=self.sudo)
                 return remote
             except SshUnreachable as exc:
