@@ -82,3 +82,77 @@ def test_soak_stopped_source_names_source_when_and_why() -> None:
     text = str(exc)
     assert "NMI source ipmi stopped 20 s into the soak (at 09:00:20)" in text
     assert "did not answer within 10s" in text and "lab fault" in text
+
+
+# -- the loop's plumbing, on a real (unstarted) HangMonitor: no device, sources that keep time -----
+
+
+class _Dut:
+    """What run_soak asks of a Dut, around a real HangMonitor that is never started (no SSH)."""
+
+    def __init__(self) -> None:
+        from rig.inventory import MonitorConfig
+        from rig.monitor import HangMonitor
+
+        settings = MonitorConfig(heartbeat_interval=0.2)
+        self.monitor = HangMonitor("lap-1", None, None, settings)  # type: ignore[arg-type]
+        self.device = type("D", (), {"monitor": settings})()
+        self.verdict_note = ""
+
+    def verdict(self) -> object:
+        return self.monitor.verdict()
+
+    def settled_verdict(self) -> object:
+        return self.monitor.verdict()
+
+
+class _SlowSource:
+    """Raises one 'NMI' per call, taking ``seconds``: a source that cannot keep the asked rate."""
+
+    def __init__(self, seconds: float, fail_after: int | None = None) -> None:
+        self.seconds, self.fail_after, self.calls = seconds, fail_after, 0
+
+    def raise_(self, count: int = 1, interval: float = 0.0) -> int:
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise LabFault("BMC lap-1 at 127.0.0.1:623 did not answer within 10s", component="bmc")
+        time.sleep(self.seconds)
+        return count
+
+
+class _Events:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, dict[str, object]]] = []
+
+    def event(self, kind: str, text: str, **extra: object) -> None:
+        self.events.append((kind, text, extra))
+
+
+def test_soak_below_its_rate_says_so_in_the_verdict_reason_the_note_and_the_report() -> None:
+    from rig.soak import run_soak
+
+    dut, rep = _Dut(), _Events()
+    result = run_soak(dut, {"ipmi": _SlowSource(0.4)}, 3.0, report=rep)
+    assert result.verdict.ok and result.stopped is None
+    assert result.shortfalls and "ipmi raised" in result.verdict.reason and "of the asked 10/s" in result.verdict.reason
+    assert dut.verdict_note.startswith("soak below its asked NMI rate: ipmi raised")  # the plugin's test verdict
+    kinds = [k for k, _, _ in rep.events]
+    assert kinds == ["soak-start", "soak-end"]
+    end = rep.events[1]
+    assert "BELOW THE ASKED NMI RATE" in end[1]
+    assert end[2]["per_minute"] == {"ipmi": [result.raised["ipmi"]]} and end[2]["shortfalls"] == result.shortfalls
+
+
+def test_soak_source_that_stops_with_a_lab_fault_ends_the_soak_as_lab_fault() -> None:
+    from rig.soak import run_soak
+    from rig.vocab import VerdictKind
+
+    dut, rep, src = _Dut(), _Events(), _SlowSource(0.0, fail_after=5)
+    result = run_soak(dut, {"qmp": src}, 300.0, report=rep)
+    assert src.calls == 6  # ended at the fault: never asked again (a66d3c1 went on for the whole soak)
+    assert result.stopped is not None and result.stopped.source == "qmp"
+    assert result.verdict.kind is VerdictKind.LAB_FAULT and "NMI source qmp stopped" in result.verdict.reason
+    assert result.raised == {"qmp": 5}
+    end = rep.events[-1][2]
+    assert end["stopped"]["source"] == "qmp" and "did not answer" in end["stopped"]["why"]  # type: ignore[index]
+    assert end["time_to_failure"] is None  # a lab fault is no time-to-failure of the device
