@@ -50,14 +50,12 @@ from rig.errors import ConfigError, LabFault, RigError, Unavailable
 from rig.inventory import Device, load_inventory
 from rig.regress import clone_shared, fresh_boot, resolve_ref
 from rig.report import write_json_atomic
+from rig.soak import NMI_INTERVAL, run_soak
 from rig.vocab import NOT_DEVICE_KINDS, VerdictKind
 
 RESULT_FILE = "bisect.json"
 EXIT_FOUND = 0
 EXIT_INCONCLUSIVE = 3
-
-#: Seconds between NMI rounds of the soak (about 10 NMIs per second per cheap source, as the soak suite).
-NMI_INTERVAL = 0.1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,6 +109,8 @@ class Attempt:
     excerpt: list[str] = field(default_factory=list)
     raised: dict[str, int] = field(default_factory=dict)
     title: str = ""  # the crash's title (rig.detect: "<report type> in <guilty function>"), "" if none
+    #: rig.soak.SoakResult.to_json(): per source asked/achieved rate and NMIs per minute.
+    soak: dict[str, Any] = field(default_factory=dict)
 
     @property
     def evidence(self) -> str:
@@ -204,13 +204,11 @@ class Oracle:
         #: Watch the monitor's hang bound (and a second more) after a soak, so a hang at its end is seen.
         self.detect_bound = dut.device.monitor.hang_bound + 1
 
-    def _sources(self) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _sources(self) -> dict[str, Any]:
         ready = {n: s for n, s in self.dut.nmi_sources().items() if not isinstance(s, Unavailable)}
         if not ready:
             raise ConfigError(f"device {self.dut.name}: no NMI source available (nmi_sources in its inventory)")
-        cheap = {n: s for n, s in ready.items() if n in ("ipmi", "qmp")}
-        slow = {n: s for n, s in ready.items() if n not in cheap}
-        return cheap, slow
+        return ready
 
     def _fresh_start(self) -> None:
         d = self.dut
@@ -252,27 +250,14 @@ class Oracle:
             else:
                 a.untestable, a.reason = True, f"deploy failed: {exc}"
             return self._close(a, first_line)
-        cheap, slow = self._sources()
-        a.raised = dict.fromkeys([*cheap, *slow], 0)
-        start, start_wall = time.monotonic(), time.time()
-        end = start + seconds
-        rounds = 0
-        while time.monotonic() < end:
-            try:
-                for name, src in cheap.items():
-                    a.raised[name] += src.raise_(1)
-                if rounds % 50 == 0:
-                    for name, src in slow.items():
-                        a.raised[name] += src.raise_(1)
-            except LabFault:
-                raise
-            except RigError:
-                # The device may just have died under us: the monitor decides within its bound.
-                d.monitor.wait(timeout=self.detect_bound)
-            rounds += 1
-            if d.monitor.wait(timeout=self.interval) is not None:
-                break
-        soaked = time.monotonic() - start
+        soak = run_soak(d, self._sources(), seconds, interval=self.interval)
+        a.raised = soak.raised
+        a.soak = soak.to_json()
+        if soak.stopped is not None:
+            raise soak.stopped  # a lab fault naming the NMI source: never the commit's fault
+        soaked = soak.effective_seconds  # a thin soak counts at the rate it achieved
+        if soak.shortfalls:
+            a.reason = "soak below its asked NMI rate: " + "; ".join(soak.shortfalls)
         v = d.settled_verdict()
         if v.ok:
             # A hang in the last seconds of the soak is declared only later: watch that long, quietly.
@@ -290,7 +275,7 @@ class Oracle:
             a.failed, a.verdict, a.reason = True, v.text, v.reason
             a.title = v.event.title if v.event is not None else ""
             # From the start of the NMIs to the verdict (wall clock: the verdict carries wall time).
-            a.exposure = min(max(0.0, v.at - start_wall), time.monotonic() - start)
+            a.exposure = min(max(0.0, v.at - soak.started), time.time() - soak.started)
         return self._close(a, first_line)
 
     def _close(self, a: Attempt, first_line: int) -> Attempt:

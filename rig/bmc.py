@@ -98,6 +98,8 @@ class BmcClient:
         self.name = name
         self._cmd: ipmi_command.Command | None = None
         self._lock = threading.RLock()
+        #: Seconds the last bounded call took (what "did not answer" messages state).
+        self._waited = 0.0
 
     # -- naming and scrubbing ---------------------------------------------------------------
 
@@ -109,16 +111,18 @@ class BmcClient:
 
     def _scrub(self, text: object) -> str:
         out = "" if text is None else str(text)
-        secret = self._password.get_secret_value()
-        if secret:
-            out = out.replace(secret, "***")
+        if self._password.get_secret_value():  # no local holds the secret (see _session)
+            out = out.replace(self._password.get_secret_value(), "***")
         return out
 
     def _unreachable(self) -> LabFault:
-        return LabFault(
-            f"{self.label} did not answer within {self.timeout:g}s: is it powered and on the network?",
-            component="bmc",
-        )
+        """'did not answer', with the time really waited (pyghmi may give up before our deadline)."""
+        waited = self._waited
+        if waited >= self.timeout - 0.05:
+            when = f"within {self.timeout:g}s"
+        else:
+            when = f"(pyghmi gave up after {waited:.1f} s; deadline {self.timeout:g}s)"
+        return LabFault(f"{self.label} did not answer {when}: is it powered and on the network?", component="bmc")
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -133,8 +137,10 @@ class BmcClient:
                 box["error"] = exc
 
         worker = threading.Thread(target=run, name=f"bmc-{self.host}:{self.port}", daemon=True)
+        t0 = time.monotonic()
         worker.start()
         worker.join(self.timeout)
+        self._waited = time.monotonic() - t0
         if worker.is_alive():
             # The worker keeps pyghmi busy until pyghmi gives up; its session is not reused.
             self._cmd = None
@@ -164,15 +170,21 @@ class BmcClient:
             if not getattr(sess, "broken", False) and bool(getattr(sess, "logged", False)):
                 return cmd
             self._cmd = None
-        # bytes, not str: see the module docstring (pyghmi's session-cache keys).
+        # bytes, not str: see the module docstring (pyghmi's session-cache keys). The password is
+        # revealed only inside the worker's call, never held in a local of this frame: a traceback
+        # shown with its locals (pytest -l, JUnit set-up errors) must not print it.
         userid = self.user.encode("utf-8")
-        password = self._password.get_secret_value().encode("utf-8")
         try:
             cmd = self._bounded(
-                lambda: ipmi_command.Command(bmc=self.host, userid=userid, password=password, port=self.port)
-            )
+                lambda: ipmi_command.Command(
+                    bmc=self.host, userid=userid, password=self._password.get_secret_value().encode("utf-8"),
+                    port=self.port,
+                )
+            )  # fmt: skip
         except PyghmiException as exc:
             raise self._login_error(exc) from None
+        except LabFault:
+            raise  # our own deadline (_bounded): "did not answer within ..."
         except OSError as exc:  # name resolution, unusable address
             raise LabFault(f"{self.label}: cannot send to the BMC: {exc.strerror or exc}", component="bmc") from None
         except Exception as exc:

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from rig import __version__
-from rig.errors import RigError, Unavailable
+from rig.errors import DeviceError, RigError, Unavailable
 from rig.inventory import Device, load_inventory
 from rig.vocab import NMI_SOURCE_NAMES
 
@@ -75,14 +76,20 @@ def devices_cmd(ctx: click.Context, tags: Sequence[str]) -> None:
     for col in ("name", "tags", "ssh", "console", "power", "nmi sources", "file"):
         table.add_column(col)
     for d in _load(ctx, tags=tags):
+        # Inventory values are text, never rich markup: a tag "[/x]" must print as it is.
         table.add_row(
-            d.name,
-            ",".join(d.tags),
-            f"{d.ssh.user}@{d.ssh.host}:{d.ssh.port}",
-            d.console.url if d.console else "-",
-            d.power.kind,
-            ",".join(d.nmi_sources),
-            str(d.source_file or ""),
+            *(
+                escape(v)
+                for v in (
+                    d.name,
+                    ",".join(d.tags),
+                    f"{d.ssh.user}@{d.ssh.host}:{d.ssh.port}",
+                    d.console.url if d.console else "-",
+                    d.power.kind,
+                    ",".join(d.nmi_sources),
+                    str(d.source_file or ""),
+                )
+            )
         )
     out.print(table)
 
@@ -107,41 +114,106 @@ def _wait_console(dut: object, timeout: float = 5.0) -> None:
         console.wait_connected(timeout)
 
 
-def check_device(device: Device, log_dir: Path) -> CheckRow:
-    """Reach SSH, console, BMC and each NMI source of one device; one reason per item."""
-    from rig.dut import Dut
+def _why(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def check_device(device: Device, log_dir: Path, *, recover: bool = False) -> CheckRow:
+    """Reach SSH, console, BMC and each NMI source of one device; one reason per item.
+
+    Every item is checked on its own, so one run shows every problem: the key file and the BMC's
+    password source are checked before any network (a missing key is said even when the laptop is
+    off), a BMC problem goes under ``power``, never ``ssh``, and the console and the BMC are tried
+    even when SSH does not answer. A check never changes a device's state: a device whose SSH does
+    not answer is reported, not power-cycled, unless ``recover`` (``rig check --recover``).
+    """
+    from rig.dut import DeviceBusy, Dut
+    from rig.inventory import IpmiPower, ManualPower
+    from rig.ssh import SshClient
 
     row = CheckRow(device.name)
+    key_ok = True
     try:
-        dut = Dut(device, log_dir / device.name)
-        dut.open(monitor=False)
+        SshClient(device.ssh, device=device.name).check_key()
     except RigError as exc:
-        row.put("ssh", "FAIL", f"{type(exc).__name__}: {exc}")
+        row.put("ssh", "FAIL", _why(exc))
+        key_ok = False
+    dev = device
+    if isinstance(device.power, IpmiPower):
+        try:
+            device.power.resolve_password(f"device {device.name} [power]")
+        except RigError as exc:
+            row.put("power", "FAIL", _why(exc))
+            # Check the rest without the BMC (its NMI source cannot work either: said below).
+            dev = device.model_copy(update={"power": ManualPower(kind="manual")})
+    try:
+        dut = Dut(dev, log_dir / device.name)
+    except RigError as exc:
+        row.put("setup", "FAIL", _why(exc))
         return row
     try:
-        res = dut.ssh.run("uname -r; cat /proc/cmdline", timeout=15)
-        kernel, _, cmdline = res.out.partition("\n")
-        missing = [f for f in device.kernel.cmdline_requires if f not in cmdline.split()]
-        row.put("ssh", "ok", kernel.strip())
-        if missing:
-            row.put("cmdline", "FAIL", f"kernel command line lacks {' '.join(missing)}")
+        try:
+            dut.lock.acquire(dut.lock_wait)
+        except DeviceBusy as exc:
+            row.put("lock", "FAIL", str(exc))
+            return row
+        dut.log_dir.mkdir(parents=True, exist_ok=True)
+        if dut.console is not None:
+            dut.console.start()
+        ssh_ok = False
+        if key_ok:
+            try:
+                dut.ssh.connect()
+                ssh_ok = True
+            except DeviceError as exc:
+                if recover and not isinstance(dut.device.power, ManualPower):
+                    try:
+                        took = dut.recover(start_monitor=False)
+                        ssh_ok = True
+                        row.put("recovered", "ok", f"power-cycled (--recover): SSH back after {took:.0f} s")
+                    except RigError as exc2:
+                        row.put("ssh", "FAIL", f"{_why(exc)}; --recover failed: {_why(exc2)}")
+                else:
+                    row.put("ssh", "FAIL", f"{_why(exc)} (not power-cycled: rig check does not change a device's "
+                            "state; rig check --recover power-cycles it)")  # fmt: skip
+            except RigError as exc:
+                row.put("ssh", "FAIL", _why(exc))
+        if ssh_ok:
+            try:
+                res = dut.ssh.run("uname -r; cat /proc/cmdline", timeout=15)
+                kernel, _, cmdline = res.out.partition("\n")
+                missing = [f for f in device.kernel.cmdline_requires if f not in cmdline.split()]
+                row.put("ssh", "ok", kernel.strip())
+                if missing:
+                    row.put("cmdline", "FAIL", f"kernel command line lacks {' '.join(missing)}")
+            except RigError as exc:
+                row.put("ssh", "FAIL", _why(exc))
+                ssh_ok = False
         if dut.console is not None:
             _wait_console(dut)
             fault = dut.console.lab_fault()
             row.put("console", "FAIL" if fault else "ok", fault or "")
-        try:
-            row.put("power", "ok", str(dut.power.status()))
-        except Unavailable as exc:
-            row.put("power", "n/a", exc.reason)
-        except RigError as exc:
-            row.put("power", "FAIL", str(exc))
-        for name, src in dut.nmi_sources().items():
-            if isinstance(src, Unavailable):
-                row.put(f"nmi:{name}", "n/a", src.reason)
+        if "power" not in row.cells:
+            try:
+                row.put("power", "ok", str(dut.power.status()))
+            except Unavailable as exc:
+                row.put("power", "n/a", exc.reason)
+            except RigError as exc:
+                row.put("power", "FAIL", str(exc))
+        for name in device.nmi_sources:
+            item = f"nmi:{name}"
+            if name == "ipmi" and row.cells["power"][0] == "FAIL":
+                row.put(item, "FAIL", "needs the BMC (see power)")
+            elif not ssh_ok:
+                row.put(item, "FAIL", "not checked: SSH does not work (see ssh)")
             else:
-                row.put(f"nmi:{name}", "ok")
-    except RigError as exc:
-        row.put("error", "FAIL", f"{type(exc).__name__}: {exc}")
+                try:
+                    dut.nmi_source(name).check()
+                    row.put(item, "ok")
+                except Unavailable as exc:
+                    row.put(item, "n/a", exc.reason)
+                except RigError as exc:
+                    row.put(item, "FAIL", _why(exc))
     finally:
         dut.close()
     return row
@@ -153,27 +225,32 @@ _STYLE = {"ok": "[green]ok", "n/a": "[yellow]n/a", "FAIL": "[red]FAIL"}
 @main.command()
 @click.argument("names", nargs=-1)
 @click.option("--tag", "tags", multiple=True)
+@click.option(
+    "--recover", is_flag=True, help="Power-cycle a device whose SSH does not answer (a plain check changes nothing)."
+)
 @click.pass_context
-def check(ctx: click.Context, names: Sequence[str], tags: Sequence[str]) -> None:
+def check(ctx: click.Context, names: Sequence[str], tags: Sequence[str], recover: bool) -> None:
     """Reach SSH, console, BMC and each NMI source; one row per device, reasons below."""
     devices = _load(ctx, names, tags)
     log_dir = _adhoc_dir(ctx.obj["report_dir"], "check")
     with ThreadPoolExecutor(max_workers=min(8, len(devices))) as pool:
-        rows = list(pool.map(lambda d: check_device(d, log_dir), devices))
+        rows = list(pool.map(lambda d: check_device(d, log_dir, recover=recover), devices))
     cols: list[str] = []
     for r in rows:
         cols.extend(c for c in r.cells if c not in cols)
     table = Table(title="rig check")
     table.add_column("device")
     for c in cols:
-        table.add_column(c)
+        table.add_column(escape(c))
     for r in rows:
-        table.add_row(r.device, *(_STYLE.get(r.cells[c][0], r.cells[c][0]) if c in r.cells else "-" for c in cols))
+        table.add_row(
+            escape(r.device), *(_STYLE.get(r.cells[c][0], escape(r.cells[c][0])) if c in r.cells else "-" for c in cols)
+        )
     out.print(table)
     for r in rows:
         for item, (status, reason) in r.cells.items():
             if status != "ok" and reason:
-                out.print(f"{r.device} {item}: {_STYLE[status]}[/] {reason}", highlight=False)
+                out.print(f"{escape(r.device)} {escape(item)}: {_STYLE[status]}[/] {escape(reason)}", highlight=False)
     if not all(r.ok for r in rows):
         sys.exit(1)
 
@@ -183,20 +260,22 @@ def check(ctx: click.Context, names: Sequence[str], tags: Sequence[str]) -> None
 @click.option("--via", "source", required=True, type=click.Choice(NMI_SOURCE_NAMES))
 @click.option("--count", default=1, show_default=True)
 @click.option("--interval", default=0.0, show_default=True, help="Seconds between NMIs.")
+@click.option("--recover", is_flag=True, help="Power-cycle the device first if its SSH does not answer.")
 @click.pass_context
-def nmi(ctx: click.Context, name: str, source: str, count: int, interval: float) -> None:
+def nmi(ctx: click.Context, name: str, source: str, count: int, interval: float, recover: bool) -> None:
     """Raise NMIs on one device and show the per-CPU deltas of /proc/interrupts."""
     from rig.dut import Dut
 
     (device,) = _load(ctx, [name])
+    log_dir = _adhoc_dir(ctx.obj["report_dir"], "nmi") / device.name
     try:
-        with Dut(device, _adhoc_dir(ctx.obj["report_dir"], "nmi") / device.name).open(monitor=False) as dut:
+        with Dut(device, log_dir).open(monitor=False, recover_unreachable=recover) as dut:
             delivery = dut.nmi_source(source).deliver(count, interval)
     except Unavailable as exc:
         raise click.ClickException(str(exc)) from None
     except RigError as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
-    table = Table(title=f"{name}: {source} x{delivery.raised}")
+    table = Table(title=escape(f"{name}: {source} x{delivery.raised}"))
     table.add_column("cpu")
     table.add_column(f"{delivery.row} before", justify="right")
     table.add_column("after", justify="right")
@@ -210,7 +289,7 @@ def nmi(ctx: click.Context, name: str, source: str, count: int, interval: float)
     ):
         table.add_row(str(cpu), str(b), str(a), ("[green]+" if d > 0 else "[red]+") + str(d))
     out.print(table)
-    out.print(delivery.summary())
+    out.print(delivery.summary(), markup=False)
     if not delivery.ok:
         sys.exit(1)
 
@@ -229,7 +308,7 @@ def console_cmd(ctx: click.Context, name: str, seconds: float) -> None:
     log_dir = _adhoc_dir(ctx.obj["report_dir"], "console") / name
     cap = ConsoleCapture(device.console.url, log_dir, name=name, baudrate=device.console.baud)
     cap.subscribe(lambda line: out.print(line.text, markup=False, highlight=False))
-    err.print(f"[dim]{name}: {device.console.url} -> {log_dir} (Ctrl-C to stop)")
+    err.print(f"[dim]{escape(f'{name}: {device.console.url} -> {log_dir} (Ctrl-C to stop)')}")
     cap.start()
     try:
         deadline = time.monotonic() + seconds if seconds else None

@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import re
+import stat
 import tempfile
 import time
 from dataclasses import replace
@@ -42,26 +43,80 @@ class DeviceBusy(RigError):
     """Another rig run holds this device. Two runs never share a laptop."""
 
 
+def default_lock_dir() -> Path:
+    """Where this user's device locks live: ``$RIG_LOCK_DIR``, else ``$XDG_RUNTIME_DIR/shadowbox-rig/locks``
+    (``/run/user/<uid>``), else ``<tmp>/shadowbox-rig-<uid>/locks``.
+
+    Why per user and not one shared ``/tmp`` folder: in a shared folder any local user could plant a
+    symlink where a lock file goes (the rig then emptied the file it pointed at) or flock a lock
+    file and block every run. Two users of one controller therefore do not exclude each other's
+    runs: give them one ``RIG_LOCK_DIR`` they both own, or one account for the lab.
+    """
+    explicit = os.environ.get("RIG_LOCK_DIR")
+    if explicit:
+        return Path(explicit)
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and Path(runtime).is_dir():
+        return Path(runtime) / "shadowbox-rig" / "locks"
+    return Path(tempfile.gettempdir()) / f"shadowbox-rig-{os.getuid()}" / "locks"
+
+
+def _private_dir(path: Path) -> Path:
+    """Create ``path`` (and its rig-made parent) 0700; refuse a symlink or a folder another user owns."""
+    for d in (path.parent, path) if path.parent.name.startswith("shadowbox-rig") else (path,):
+        try:
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"device lock folder {d}: cannot create it ({exc.strerror}); set RIG_LOCK_DIR") from None
+        st = os.lstat(d)
+        if not stat.S_ISDIR(st.st_mode):
+            raise ConfigError(f"device lock folder {d} is not a folder (a symlink?); remove it or set RIG_LOCK_DIR")
+        if st.st_uid != os.getuid():
+            raise ConfigError(
+                f"device lock folder {d} belongs to uid {st.st_uid}, not to this user (uid {os.getuid()}); "
+                "someone else made it: remove it or set RIG_LOCK_DIR to a folder of yours"
+            )
+        if st.st_mode & 0o077:
+            os.chmod(d, 0o700)
+    return path
+
+
 class DeviceLock:
     """An exclusive, machine-wide lock on one device, keyed by its SSH endpoint.
 
     Keyed by ``user@host:port`` rather than by name so that two checkouts (or two inventory files)
     pointing at the same laptop still exclude each other. The lock dies with the process, so a
-    killed run never leaves a device locked.
+    killed run never leaves a device locked. Lock files live in this user's 0700 folder
+    (:func:`default_lock_dir`), are opened without following symlinks and are 0600.
     """
 
     def __init__(self, device: Device, lock_dir: Path | None = None) -> None:
         key = f"{device.ssh.user}@{device.ssh.host}:{device.ssh.port}"
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-        base = lock_dir or Path(os.environ.get("RIG_LOCK_DIR", Path(tempfile.gettempdir()) / "shadowbox-rig-locks"))
-        base.mkdir(parents=True, exist_ok=True)
+        base = _private_dir(lock_dir or default_lock_dir())
         self.path = base / f"{digest}.lock"
         self.device = device.name
         self.key = key
         self._fh: TextIO | None = None
 
+    def _open(self) -> TextIO:
+        """The lock file, never through a symlink, owned by this user, 0600."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise ConfigError(
+                f"device lock {self.path}: cannot open it ({exc.strerror}; a symlink is refused): remove it"
+            ) from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+            os.close(fd)
+            raise ConfigError(f"device lock {self.path} is not a file of this user's: remove it")
+        if st.st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+        return os.fdopen(fd, "r+")
+
     def acquire(self, wait: float = 0.0) -> None:
-        fh = open(self.path, "a+")  # noqa: SIM115 - held for the lock's lifetime
+        fh = self._open()  # held for the lock's lifetime
         deadline = time.monotonic() + wait
         while True:
             try:
@@ -168,6 +223,8 @@ class Dut:
         self._kernel: str | None = None
         #: A verdict a test provoked on purpose (see accept_verdict).
         self.accepted_verdict: Verdict | None = None
+        #: What the test's verdict reason must also say (e.g. a soak below its asked NMI rate, rig.soak).
+        self.verdict_note = ""
         #: (monitor verdict, verdict after asking the power control): asked once per verdict.
         self._power_judged: tuple[Verdict, Verdict] | None = None
         self._opened = False

@@ -37,6 +37,10 @@ from rig.errors import ConfigError, InventoryError
 from rig.vocab import NmiSourceName
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+#: A kernel module parameter name (what insmod and the kernel's parser accept): it reaches a command line.
+MODULE_PARAM_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: At most this many problems of one file are listed (a file of a million typos must not print 92 MB).
+MAX_LISTED_PROBLEMS = 20
 
 
 class _Strict(BaseModel):
@@ -65,6 +69,14 @@ class SecretRef(_Strict):
             )
         return data
 
+    @model_validator(mode="after")
+    def _one_source_of_secret(self) -> SecretRef:
+        if self.password_env is not None and self.password_file is not None:
+            raise ValueError(
+                "both password_env and password_file are given; keep one (which one is meant is not guessed)"
+            )
+        return self
+
     def has_secret(self) -> bool:
         return self.password_env is not None or self.password_file is not None
 
@@ -78,10 +90,17 @@ class SecretRef(_Strict):
                 )
             return SecretStr(value)
         if self.password_file is not None:
+            pf = self.password_file
             try:
-                return SecretStr(self.password_file.read_text().strip())
+                mode = pf.stat().st_mode
+                if mode & 0o077:
+                    raise ConfigError(
+                        f"{what}: password_file {pf} is readable by others than its owner (mode {mode & 0o777:04o}); "
+                        f"run: chmod 600 {pf}"
+                    )
+                return SecretStr(pf.read_text().strip())
             except OSError as exc:
-                raise ConfigError(f"{what}: cannot read password_file {self.password_file}: {exc.strerror}") from None
+                raise ConfigError(f"{what}: cannot read password_file {pf}: {exc.strerror}") from None
         raise ConfigError(f"{what}: no password_env or password_file given")
 
 
@@ -205,6 +224,26 @@ class ShadowboxConfig(_Strict):
     module_params: dict[str, str | int] = Field(default_factory=dict)
     start_timeout: float = Field(default=120.0, gt=0)
 
+    @field_validator("module_params")
+    @classmethod
+    def _param_names(cls, v: dict[str, str | int]) -> dict[str, str | int]:
+        check_module_params(v)
+        return v
+
+
+def check_module_params(params: dict[str, str | int]) -> None:
+    """Raise ValueError unless every key is a module parameter name (letters, digits, '_').
+
+    Why: the names reach insmod's command line on the device, under sudo; a key such as
+    ``x=1; touch /tmp/PWNED; #`` must be refused here, never quoted into a shell.
+    """
+    bad = [k for k in params if not MODULE_PARAM_RE.match(k)]
+    if bad:
+        raise ValueError(
+            f"module parameter name(s) {', '.join(repr(k[:40]) for k in bad[:5])} are not names: use letters, "
+            "digits and '_', starting with a letter or '_'"
+        )
+
 
 class MonitorConfig(_Strict):
     """Hang-monitor settings (every deadline is a named setting with a default)."""
@@ -291,7 +330,8 @@ def _resolve_paths(data: dict[str, object], base: Path) -> None:
 
 def _format_validation_error(path: Path, exc: ValidationError) -> str:
     lines = [f"{path}: invalid device inventory ({exc.error_count()} problem(s)):"]
-    for err in exc.errors():
+    errors = exc.errors()
+    for err in errors[:MAX_LISTED_PROBLEMS]:
         loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
         # Discriminated unions add the tag to the location ("power.ipmi.user"): keep it, it helps.
         msg = err["msg"].removeprefix("Value error, ")
@@ -300,7 +340,9 @@ def _format_validation_error(path: Path, exc: ValidationError) -> str:
         elif err["type"] == "missing":
             msg = "required field is missing"
         # Never echo the offending input: it may be a secret.
-        lines.append(f"  - {loc or '<file>'}: {msg}")
+        lines.append(f"  - {loc[:200] or '<file>'}: {msg}")
+    if len(errors) > MAX_LISTED_PROBLEMS:
+        lines.append(f"  ... and {len(errors) - MAX_LISTED_PROBLEMS} more")
     return "\n".join(lines)
 
 
@@ -312,7 +354,7 @@ def load_device(path: str | os.PathLike[str]) -> Device:
     except OSError as exc:
         raise InventoryError(f"{p}: cannot read inventory file: {exc.strerror}") from None
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        data = tomllib.loads(raw.decode("utf-8-sig"))  # a BOM (Windows editors) is not part of the TOML
     except UnicodeDecodeError:
         raise InventoryError(f"{p}: not UTF-8 text; save the file as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:

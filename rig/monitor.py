@@ -42,6 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from rig.detect import Detector, Event
+from rig.errors import LabFault
 from rig.inventory import MonitorConfig
 from rig.protocols import ConsoleLine, LineSource, LivenessProbe
 from rig.vocab import CRASH_KINDS, EventKind, VerdictKind, verdict_text
@@ -99,6 +100,8 @@ class Verdict:
 SILENCE_KINDS = frozenset({VerdictKind.HANG, VerdictKind.LOST_CONNECTION})
 
 HEARTBEAT_RE = re.compile(r"rig-heartbeat ([0-9a-f]{8}) (\d+)")
+#: ``mktemp -d`` template of the device folder that holds the heartbeat loop's pid (one per start).
+HEARTBEAT_TEMPLATE = "/tmp/rig-heartbeat.XXXXXXXX"
 
 
 def silence_probe_deadline(h: float) -> float:
@@ -311,6 +314,8 @@ class HangMonitor:
         #: Where the time went before the last non-ok verdict (seconds after the last heartbeat).
         self.last_timeline: list[tuple[str, float]] = []
         self._token = secrets.token_hex(4)
+        #: The device folder holding the heartbeat loop's pid (mktemp -d), once started.
+        self._heartbeat_dir: str | None = None
         self._lock = threading.Lock()
         self._verdict: Verdict | None = None
         self._silence_declared = 0.0  # clock() of the last verdict (used while it is a silence verdict)
@@ -362,13 +367,32 @@ class HangMonitor:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def heartbeat_script(self) -> str:
-        """The device-side loop: one ``rig-heartbeat <token> <n>`` line into the kernel log every H s."""
+        """The device-side loop: one ``rig-heartbeat <token> <n>`` line into the kernel log every H s.
+
+        Its pid goes into a fresh ``mktemp -d`` folder (root's and 0700 when run with sudo) whose path
+        the script prints, never into a fixed ``/tmp`` name: another user of the device could plant
+        a fixed pid file and have root kill a process of their choosing. A previous loop of this
+        monitor is stopped first, only if its pid still runs this monitor's token (a pid reused
+        after a reboot is left alone).
+        """
         h = self.settings.heartbeat_interval
         loop = f'n=0; while :; do n=$((n+1)); echo "rig-heartbeat {self._token} $n" > /dev/kmsg; sleep {h:g}; done'
-        pidfile = "/tmp/rig-heartbeat.pid"
         return (
-            f"if [ -f {pidfile} ]; then kill $(cat {pidfile}) 2>/dev/null; fi; "
-            f"setsid sh -c {shlex.quote(loop)} </dev/null >/dev/null 2>&1 & echo $! > {pidfile}"
+            f"{self._stop_script()}"
+            f"d=$(mktemp -d {HEARTBEAT_TEMPLATE}) || exit 1; "
+            f'setsid sh -c {shlex.quote(loop)} </dev/null >/dev/null 2>&1 & echo $! > "$d/pid"; echo "$d"'
+        )
+
+    def _stop_script(self) -> str:
+        """Shell that stops this monitor's previous loop (checked by token) and removes its folder."""
+        d = self._heartbeat_dir
+        if d is None:
+            return ""
+        q = shlex.quote(d)
+        return (
+            f"if [ -d {q} ] && [ ! -L {q} ]; then p=$(cat {q}/pid 2>/dev/null); "
+            f'case "$p" in *[!0-9]*|"") ;; *) grep -q {self._token} /proc/$p/cmdline 2>/dev/null && kill "$p";; esac; '
+            f"rm -rf {q}; fi; "
         )
 
     def start(self) -> None:
@@ -384,13 +408,18 @@ class HangMonitor:
 
     def _start_heartbeat(self) -> None:
         cmd = "sh -c " + shlex.quote(self.heartbeat_script())
-        self.ssh.run(cmd, timeout=15, sudo=self.sudo)
+        out = self.ssh.run(cmd, timeout=15, sudo=self.sudo).out.strip().splitlines()
+        last = out[-1] if out else ""
+        self._heartbeat_dir = last if last.startswith(HEARTBEAT_TEMPLATE.rstrip("X")) else None
 
     def stop_heartbeat(self) -> None:
         """Stop the device-side loop (best effort: a hung device cannot be asked anything)."""
         try:
-            cmd = "sh -c " + shlex.quote("kill $(cat /tmp/rig-heartbeat.pid) 2>/dev/null; rm -f /tmp/rig-heartbeat.pid")
-            self.ssh.run(cmd, timeout=5, sudo=self.sudo)
+            script = self._stop_script()
+            if not script:
+                return
+            self.ssh.run("sh -c " + shlex.quote(script), timeout=5, sudo=self.sudo)
+            self._heartbeat_dir = None
         except Exception as exc:  # noqa: BLE001 - the device may be dead; that is what we report elsewhere
             log.debug("%s: could not stop heartbeat: %s", self.device, exc)
 
@@ -511,7 +540,14 @@ class HangMonitor:
         """Run one probe (in its own thread) and hand the answer to the rule."""
         try:
             ok = self.ssh.alive(timeout=p.deadline)
-        except Exception as exc:  # noqa: BLE001 - any failure to answer is "not alive"
+        except LabFault as exc:
+            # A changed host key or a refused login says nothing about the device: it is the lab's
+            # (or an attacker's) doing, never a hang or a lost connection.
+            with self._lock:
+                self.rule.probe_ended(p, False, self.clock())
+                self._declare(VerdictKind.LAB_FAULT, "ssh", str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - any other failure to answer is "not alive"
             log.debug("%s: probe raised %s", self.device, exc)
             ok = False
         with self._lock:

@@ -24,10 +24,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import secrets
 import time
 from collections.abc import Generator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -148,12 +149,23 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     return DeviceScheduling(config, log)
 
 
+#: A run id names a folder under the report dir (RIG_RUN_ID; rig regress uses its build labels).
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,99}$")
+
+
 def _run_id(config: pytest.Config) -> str:
     winput = getattr(config, "workerinput", None)
     if winput and "rig_run_id" in winput:
         return str(winput["rig_run_id"])
+    given = os.environ.get("RIG_RUN_ID")
+    if given and not RUN_ID_RE.match(given):
+        # It names a folder under the report dir: '../x' or '/abs' would write outside it.
+        raise pytest.UsageError(
+            f"RIG_RUN_ID={given[:80]!r} is not a run id: use letters, digits, '.', '_', '+' or '-' "
+            "(at most 100, not starting with '.'), e.g. nightly-2026-12-01"
+        )
     return config.stash.setdefault(
-        RUN_ID_KEY, os.environ.get("RIG_RUN_ID") or (time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2))
+        RUN_ID_KEY, given or (time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2))
     )
 
 
@@ -184,6 +196,7 @@ def selected_devices(config: pytest.Config) -> list[Device]:
         if not tree.is_dir():
             raise pytest.UsageError(f"--rig-shadowbox-source {source}: {tree} is not a folder")
         devices = [d.model_copy(update={"shadowbox": d.shadowbox.model_copy(update={"source": tree})}) for d in devices]
+    _run_id(config)  # a bad RIG_RUN_ID is a usage error here, before any device is touched
     config.stash[DEVICES_KEY] = list(devices)
     return list(devices)
 
@@ -315,6 +328,7 @@ def dut(request: pytest.FixtureRequest, device: Device, _dut_pool: dict[str, Any
         _state(request.node).setup_fault = (device, str(exc))  # a lab-fault row (pytest_runtest_makereport)
         pytest.fail(f"LAB FAULT on {device.name} (not a device failure): {exc}", pytrace=False)
     d.accepted_verdict = None
+    d.verdict_note = ""
     state = _state(request.node)
     state.dut = d
     _check_requires(request, d)
@@ -395,6 +409,8 @@ def _judge(item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestRe
     # The monitor's, settled (a hang followed by a panic is the panic) and with a switched-off
     # device told apart (rig.dut.Dut.settled_verdict).
     verdict = d.settled_verdict()
+    if d.verdict_note and d.verdict_note not in verdict.reason:
+        verdict = replace(verdict, reason="; ".join(filter(None, [verdict.reason, d.verdict_note])))
     lab_error = call.excinfo if call.excinfo is not None and call.excinfo.errisinstance(LabFault) else None
     if lab_error is not None and verdict.kind not in (VerdictKind.CRASH, VerdictKind.POWERED_OFF):
         from rig.monitor import Verdict

@@ -33,7 +33,7 @@ class CommandRunner(Protocol):
 class Shell(CommandRunner, Protocol):
     """A command runner that can also copy a folder to the device."""
 
-    def upload_tree(self, local_dir: Path, remote_dir: str) -> None: ...
+    def upload_tree(self, local_dir: Path, remote_dir: str, *, sudo: bool = False) -> None: ...
 
 
 class LivenessProbe(CommandRunner, Protocol):

@@ -20,6 +20,7 @@ Why it is built this way:
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from collections import deque
@@ -33,7 +34,10 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from rig import __version__
 from rig.errors import ConfigError
+from rig.report import write_atomic
 from rig.vocab import VerdictKind
+
+log = logging.getLogger(__name__)
 
 DEVICE_SCHEMA = "shadowbox-rig/device-report"
 SUMMARY_SCHEMA = "shadowbox-rig/run-summary"
@@ -182,6 +186,7 @@ class RunView:
     meta: dict[str, Any]
     summary: dict[str, Any] | None
     devices: list[DeviceRun]
+    problem: str = ""  # an unusable run.json / summary.json, named for the reader (a banner)
 
     @property
     def run_id(self) -> str:
@@ -215,23 +220,79 @@ class RunView:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); was it written by the rig?") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from None
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise ConfigError(f"{path}: not valid JSON ({exc}); was it written by the rig?") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object, found {type(data).__name__}")
     return data
 
 
+def _shape_problem(path: Path, data: dict[str, Any]) -> str:
+    """What in a report.json the pages could not show (a hand-edited or foreign file), or ''."""
+    tests = data.get("tests", [])
+    if not isinstance(tests, list):
+        return f"{path}: 'tests' is not a list"
+    for i, t in enumerate(tests):
+        if not isinstance(t, dict) or not isinstance(t.get("name"), str):
+            return f"{path}: test #{i + 1} has no name"
+        if not isinstance(t.get("verdict") or {}, dict):
+            return f"{path}: test {t['name']!r} has a verdict that is not an object"
+    for key in ("timeline", "nmi_deliveries"):
+        items = data.get(key, [])
+        if not isinstance(items, list) or not all(isinstance(e, dict) for e in items):
+            return f"{path}: {key!r} is not a list of objects"
+    for e in data.get("timeline", []):
+        if not isinstance(e.get("t", 0), int | float):
+            return f"{path}: timeline event {str(e.get('kind'))[:40]!r} has a time that is not a number"
+    callbacks = data.get("shadowbox_callbacks") or {}
+    if not isinstance(callbacks, dict):
+        return f"{path}: 'shadowbox_callbacks' is not an object"
+    for cpu, n in callbacks.items():
+        if not str(cpu).isdigit() or not isinstance(n, int):
+            return f"{path}: shadowbox_callbacks key {str(cpu)[:20]!r} is not a CPU number with a count"
+    if not isinstance(data.get("device", {}), dict):
+        return f"{path}: 'device' is not an object"
+    return ""
+
+
 def load_run(run_dir: Path) -> RunView:
-    """Read a run folder. A device whose report.json cannot be used is kept, with the reason."""
+    """Read a run folder. A device whose report.json cannot be used is kept, with the reason; an
+    unusable run.json or summary.json becomes the run's problem (shown as a banner), not an error."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir}: no such run folder (expected reports/<run-id>/ with <device>/report.json)")
-    meta = _read_json(run_dir / "run.json") if (run_dir / "run.json").is_file() else {}
-    summary = _read_json(run_dir / "summary.json") if (run_dir / "summary.json").is_file() else None
-    if summary is not None and summary.get("schema") != SUMMARY_SCHEMA:
-        raise ConfigError(f"{run_dir / 'summary.json'}: schema is {summary.get('schema')!r}, not {SUMMARY_SCHEMA!r}")
+    problems: list[str] = []
+    meta: dict[str, Any] = {}
+    if (run_dir / "run.json").is_file():
+        try:
+            meta = _read_json(run_dir / "run.json")
+            if not isinstance(meta.get("started", 0), int | float):
+                problems.append(f"{run_dir / 'run.json'}: 'started' is not a time")
+                meta = {}
+        except ConfigError as exc:
+            problems.append(str(exc))
+    summary: dict[str, Any] | None = None
+    if (run_dir / "summary.json").is_file():
+        try:
+            summary = _read_json(run_dir / "summary.json")
+            if summary.get("schema") != SUMMARY_SCHEMA:
+                problems.append(
+                    f"{run_dir / 'summary.json'}: schema is {summary.get('schema')!r}, not {SUMMARY_SCHEMA!r}"
+                )
+                summary = None
+            elif not isinstance(summary.get("devices", []), list) or not all(
+                isinstance(r, dict) and isinstance(r.get("device"), str) and isinstance(r.get("tests", {}), dict)
+                for r in summary.get("devices", [])
+            ):
+                problems.append(f"{run_dir / 'summary.json'}: 'devices' is not a list of device rows")
+                summary = None
+        except ConfigError as exc:
+            problems.append(str(exc))
     devices: list[DeviceRun] = []
     for rep in sorted(run_dir.glob("*/report.json")):
         name = rep.parent.name
@@ -240,11 +301,15 @@ def load_run(run_dir: Path) -> RunView:
             problem = ""
             if data.get("schema") != DEVICE_SCHEMA:
                 problem = f"{rep}: schema is {data.get('schema')!r}, not {DEVICE_SCHEMA!r}"
+            elif not isinstance(data.get("version", 0), int):
+                problem = f"{rep}: report version {str(data.get('version'))[:20]!r} is not a number"
             elif int(data.get("version", 0)) > MAX_VERSION:
                 problem = (
                     f"{rep}: report version {data.get('version')} is newer than this rig understands "
                     f"({MAX_VERSION}); re-render with a newer rig"
                 )
+            else:
+                problem = _shape_problem(rep, data)
         except ConfigError as exc:
             data, problem = {}, str(exc)
         if problem:
@@ -256,10 +321,12 @@ def load_run(run_dir: Path) -> RunView:
         if row.get("device") not in known:
             devices.append(DeviceRun(str(row["device"]), run_dir / str(row["device"]), row, from_summary=True))
     if not devices:
+        why = f" ({'; '.join(problems)})" if problems else ""
         raise ConfigError(
             f"{run_dir}: no <device>/report.json and no summary.json: not a run folder (or the run wrote nothing yet)"
+            + why
         )
-    return RunView(run_dir, meta, summary, devices)
+    return RunView(run_dir, meta, summary, devices, problem="; ".join(problems))
 
 
 def previous_run(run_dir: Path) -> Path | None:
@@ -272,7 +339,9 @@ def previous_run(run_dir: Path) -> Path | None:
             continue
         try:
             started = load_run(sib).started
-        except ConfigError:
+        except (ConfigError, OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            # One broken sibling must not stop every later run in the folder from rendering.
+            log.info("previous run: skipping %s (%s)", sib, exc)
             continue
         if started < this and (best is None or started > best[0]):
             best = (started, sib)
@@ -826,9 +895,19 @@ def render_run(run_dir: Path) -> Path:
     run = load_run(Path(run_dir))
     for dev in run.devices:
         if not dev.from_summary and not dev.problem:
-            render_device(run, dev)
+            try:
+                render_device(run, dev)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                # A shape _shape_problem did not foresee: that device's banner, never a traceback.
+                dev.problem = f"{dev.dir / 'report.json'}: cannot be shown ({type(exc).__name__}: {exc})"
     prev = previous_run(run.dir)
-    diff = diff_views(load_run(prev), run) if prev is not None else None
+    diff = None
+    if prev is not None:
+        try:
+            diff = diff_views(load_run(prev), run)
+        except (ConfigError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            run.problem = "; ".join(filter(None, [run.problem, f"no comparison with {prev}: {exc}"]))
+            prev = None
     html = _env().get_template("matrix.html.j2").render(**_matrix_context(run, diff, prev))
     out = run.dir / "index.html"
     _write(out, html)
@@ -836,9 +915,7 @@ def render_run(run_dir: Path) -> Path:
 
 
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(path, text)  # unique temp name: two renders of one run never race on it
 
 
 def render_all(paths: Iterable[Path]) -> list[Path]:

@@ -23,12 +23,58 @@ from pathlib import Path
 from typing import Literal
 
 from rig.errors import CommandTimeout, ConfigError, DeviceError, LabFault, RigError
+from rig.inventory import check_module_params
 from rig.protocols import LineSource, Shell
 from rig.ssh import SshUnreachable
 
 log = logging.getLogger(__name__)
 
-REMOTE_DIR = "/tmp/rig-shadowbox"
+#: ``mktemp -d`` template of the folder a deploy uploads to on the device (a fresh one per deploy).
+REMOTE_TEMPLATE = "/tmp/rig-shadowbox.XXXXXXXX"
+#: Never copied from a tree without git (with git, only its tracked files are): version-control metadata.
+IGNORED_NAMES = (".git", ".hg", ".svn")
+#: What ``uname -r`` may print and still be used in a controller path (no '/', no '..').
+KERNEL_RELEASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]{0,127}$")
+
+
+def check_kernel_release(release: str) -> str:
+    """``release`` if it is a kernel release name; a DeviceError otherwise (it becomes a controller path)."""
+    if not KERNEL_RELEASE_RE.match(release) or ".." in release:
+        raise DeviceError(f"the device's uname -r {release[:80]!r} is not a kernel release name; not used as a path")
+    return release
+
+
+def tree_files(tree: Path) -> list[Path]:
+    """The files a deploy takes from ``tree`` (relative): git's tracked files, else all but IGNORED_NAMES.
+
+    Why: the device needs the sources, not the repository (``.git`` can be hundreds of MB) nor the
+    untracked files lying in a working tree (editor backups, old builds, secrets someone left there).
+    """
+    try:
+        proc = subprocess.run(["git", "-C", str(tree), "ls-files", "-z", "--cached"], capture_output=True, timeout=30)
+        if proc.returncode == 0:
+            listed = [Path(p) for p in proc.stdout.decode("utf-8", "surrogateescape").split("\0") if p]
+            files = [f for f in listed if (tree / f).is_file() or (tree / f).is_symlink()]
+            if files:
+                return sorted(files)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    out: list[Path] = []
+    for root, dirs, names in os.walk(tree):
+        dirs[:] = sorted(d for d in dirs if d not in IGNORED_NAMES)
+        out.extend((Path(root) / n).relative_to(tree) for n in names)
+        out.extend((Path(root) / d).relative_to(tree) for d in dirs if (Path(root) / d).is_symlink())
+    return sorted(out)
+
+
+def stage_tree(tree: Path, dest: Path) -> Path:
+    """Copy :func:`tree_files` of ``tree`` to ``dest`` (symlinks as symlinks); return ``dest``."""
+    dest.mkdir(parents=True)
+    for rel in tree_files(tree):
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(tree / rel, target, follow_symlinks=False)
+    return dest
 
 
 @dataclass(frozen=True)
@@ -131,6 +177,7 @@ class DeployResult:
     markers: list[str] = field(default_factory=list)
     tree: str = ""
     commit: str | None = None
+    remote_dir: str = ""  # the fresh folder on the device it was uploaded to (removed after loading)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -142,6 +189,7 @@ class DeployResult:
             "markers": self.markers,
             "tree": self.tree,
             "commit": self.commit,
+            "remote_dir": self.remote_dir,
         }
 
 
@@ -244,6 +292,12 @@ def git_commit(tree: Path) -> str | None:
         return None
 
 
+def insmod_argv(module_path: str, params: dict[str, str | int]) -> list[str]:
+    """``insmod <module> name=value ...`` as an argument list: nothing in it is ever parsed by a shell."""
+    check_module_params(params)
+    return ["insmod", module_path, *(f"{k}={v}" for k, v in params.items())]
+
+
 class Deployer:
     """Runs a recipe on one device."""
 
@@ -269,27 +323,50 @@ class Deployer:
         self.build_on = build_on or recipe.default_build_on
         self.kernel_headers = kernel_headers
         self.module_params = module_params or {}
+        try:
+            check_module_params(self.module_params)  # overrides (Dut.deploy_shadowbox) skip the schema
+        except ValueError as exc:
+            raise ConfigError(f"device {device}: [shadowbox] module_params: {exc}") from None
         self.start_timeout = start_timeout
         self.sudo = sudo
+        self._staging: Path | None = None
+        self._staged: Path | None = None
 
     def preflight(self) -> list[Check]:
         res = self.shell.run("sh -c " + shlex.quote(PREFLIGHT_SCRIPT), timeout=30, sudo=self.sudo)
         return judge_preflight(self.recipe, parse_facts(res.out))
 
+    def _stage(self) -> Path:
+        """A controller-side copy of the deployable files of the tree (:func:`tree_files`), made once.
+
+        It is what is built (controller builds) and what is uploaded, so the device never receives the
+        tree's ``.git`` or untracked files; :meth:`cleanup` removes it (no ``rig-build-*`` pile-up).
+        """
+        if self._staged is None:
+            self._staging = Path(tempfile.mkdtemp(prefix=f"rig-build-{self.device}-"))
+            self._staged = stage_tree(self.tree, self._staging / self.tree.name)
+        return self._staged
+
+    def cleanup(self) -> None:
+        """Remove the controller-side copy (the module is on the device by then, or the deploy failed)."""
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
+        self._staging = self._staged = None
+
     def build_on_controller(self, kernel_release: str) -> Path:
         """Build a copy of the tree against the controller's headers; return the built copy.
 
-        A copy, so the user's tree (or the rig's installed sbsim source) is never written to.
+        A copy, so the user's tree (or the rig's installed sbsim source) is never written to. A
+        failed build removes its copy (the log is in the DeployFailed).
         """
-        headers = self.kernel_headers or Path(f"/usr/src/linux-headers-{kernel_release}")
+        headers = self.kernel_headers or Path(f"/usr/src/linux-headers-{check_kernel_release(kernel_release)}")
         if not headers.is_dir():
             raise DeployFailed(
                 "build-failed",
                 f"kernel headers {headers} not found on the controller; install "
                 f"linux-headers-{kernel_release} or set [shadowbox] kernel_headers",
             )
-        build_dir = Path(tempfile.mkdtemp(prefix=f"rig-build-{self.device}-")) / self.tree.name
-        shutil.copytree(self.tree, build_dir, symlinks=True, ignore=shutil.ignore_patterns(".git"))
+        build_dir = self._stage()
         proc = subprocess.run(
             ["sh", "-c", self.recipe.build],
             cwd=build_dir,
@@ -299,6 +376,7 @@ class Deployer:
             timeout=600,
         )
         if proc.returncode != 0:
+            self.cleanup()
             tail = (proc.stdout + proc.stderr)[-2000:]
             raise DeployFailed(
                 "build-failed",
@@ -311,7 +389,8 @@ class Deployer:
         t0 = time.monotonic()
         cmd = f"cd {shlex.quote(remote)} && {self.recipe.build}"
         try:
-            res = self.shell.run("sh -c " + shlex.quote(cmd), timeout=900, sudo=False)
+            # as the owner of the folder (root with sudo: see make_remote_dir)
+            res = self.shell.run("sh -c " + shlex.quote(cmd), timeout=900, sudo=self.sudo)
         except CommandTimeout as exc:
             raise DeployFailed("build-failed", f"build did not finish: {exc}") from None
         if res.exit_status != 0:
@@ -331,27 +410,45 @@ class Deployer:
             raise PreflightFailed(checks)
         result = DeployResult(self.recipe.name, checks, tree=str(self.tree), commit=git_commit(self.tree))
         kernel = self.shell.run("uname -r", timeout=10).out.strip()
-        upload = self.tree
-        if self.build_on == "controller":
-            t0 = time.monotonic()
-            upload = self.build_on_controller(kernel)
-            result.build_seconds = time.monotonic() - t0
-        self.upload(upload)
+        try:
+            upload = self._stage()
+            if self.build_on == "controller":
+                t0 = time.monotonic()
+                upload = self.build_on_controller(kernel)
+                result.build_seconds = time.monotonic() - t0
+            remote = self.upload(upload)
+        finally:
+            self.cleanup()
+        result.remote_dir = remote
         if self.build_on == "device":
-            result.build_seconds = self.build_on_device(REMOTE_DIR)
+            result.build_seconds = self.build_on_device(remote)
         mark = self.console.mark() if self.console is not None else 0
         t0 = time.monotonic()
-        params = " ".join(f"{k}={shlex.quote(str(v))}" for k, v in self.module_params.items())
         for i, module in enumerate(self.recipe.modules):
             last = i == len(self.recipe.modules) - 1
-            cmd = f"insmod {shlex.quote(REMOTE_DIR + '/' + module)}" + (f" {params}" if last and params else "")
-            self._insmod(cmd, module)
+            self._insmod(insmod_argv(f"{remote}/{module}", self.module_params if last else {}), module)
+        # Loaded: the files are not needed again. (After a refused or hung insmod they stay, root's
+        # and 0700, for a look by hand: asking a hung device to remove them would only wait.)
+        self._remove_remote(remote)
         result.load_seconds = time.monotonic() - t0
         self._await_start(mark, result)
         return result
 
-    def upload(self, tree: Path, remote: str = REMOTE_DIR) -> None:
-        """Copy ``tree`` to ``remote`` on the device, replacing what was there; once more if SSH drops.
+    def make_remote_dir(self) -> str:
+        """A fresh folder on the device for this deploy: ``mktemp -d`` (0700), by root when sudo is used.
+
+        Why not a fixed ``/tmp`` path: another user of the device could plant that path (a symlink,
+        a module of their own) and have root insmod what they put there.
+        """
+        res = self.shell.run(["mktemp", "-d", REMOTE_TEMPLATE], timeout=15, sudo=self.sudo)
+        path = res.out.strip()
+        if res.exit_status != 0 or not path.startswith(REMOTE_TEMPLATE.rstrip("X")) or "\n" in path:
+            raise DeviceError(f"device {self.device}: mktemp -d {REMOTE_TEMPLATE} failed: {res.err.strip()[-200:]}")
+        return path
+
+    def upload(self, tree: Path, remote: str | None = None) -> str:
+        """Copy ``tree`` to ``remote`` (default: a fresh :meth:`make_remote_dir`) on the device; once more
+        if SSH drops. Returns the remote folder.
 
         Why one retry: the step is idempotent (the folder is removed and written whole again), and a
         long transfer is what a flaky link, a NAT timeout or a console-server-grade switch kills
@@ -361,13 +458,17 @@ class Deployer:
         stopped answering (:class:`rig.ssh.SshUnreachable`, which the monitor judges). Neither is
         ever reported as a Shadow-box failure (:class:`DeployFailed`).
         """
-        step = f"deploy step 'upload' ({tree} -> {remote})"
+        remote = remote or self.make_remote_dir()
+        shown = self.tree if tree == self._staged else tree  # the user's tree, not the staging copy
+        step = f"deploy step 'upload' ({shown} -> {remote})"
         lost: SshUnreachable | None = None
         for attempt in (1, 2):
             try:
-                self.shell.run(["rm", "-rf", remote], timeout=30, sudo=self.sudo)
-                self.shell.upload_tree(tree, remote)
-                return
+                if attempt == 2:  # empty the folder, keep it (its owner and mode are what make it safe)
+                    empty = 'cd -- "$1" && rm -rf -- ./* ./.[!.]* ./..?*'  # busybox find has no -delete
+                    self.shell.run(["sh", "-c", empty, "sh", remote], timeout=30, sudo=self.sudo)
+                self.shell.upload_tree(tree, remote, sudo=self.sudo)
+                return remote
             except SshUnreachable as exc:
                 lost = exc
                 if attempt == 1:
@@ -386,7 +487,13 @@ class Deployer:
             component="ssh",
         )
 
-    def _insmod(self, cmd: str, module: str) -> None:
+    def _remove_remote(self, remote: str) -> None:
+        try:
+            self.shell.run(["rm", "-rf", "--", remote], timeout=15, sudo=self.sudo)
+        except RigError as exc:  # an insmod that hung the device: the folder does not matter then
+            log.debug("device %s: could not remove %s: %s", self.device, remote, exc)
+
+    def _insmod(self, cmd: list[str], module: str) -> None:
         try:
             res = self.shell.run(cmd, timeout=self.start_timeout, sudo=self.sudo)
         except CommandTimeout:

@@ -398,6 +398,7 @@ class SshClient:
         """
         timeout = self.cfg.connect_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
+        self.check_key()  # before the network: a bad key file is said even when the device is off
         if not self._lock.acquire(timeout=max(0.0, timeout)):
             raise SshUnreachable(f"device {self.device}: SSH {self.target}: another thread is still connecting")
         try:
@@ -604,14 +605,30 @@ class SshClient:
             component="ssh",
         )
 
+    def check_key(self) -> None:
+        """Raise ConfigError unless ``key_file`` (if any) exists, is readable and loads without a passphrase.
+
+        Needs no network, so ``rig check`` and the first connect name a bad key file at once.
+        """
+        if self.cfg.key_file is not None:
+            self._load_key(self.cfg.key_file)
+
     def _load_key(self, path: Path) -> paramiko.PKey:
         try:
             return paramiko.PKey.from_path(path)
         except FileNotFoundError:
             raise ConfigError(f"device {self.device}: ssh.key_file {path} does not exist") from None
-        except paramiko.PasswordRequiredException:
+        except (paramiko.PasswordRequiredException, TypeError):
+            # paramiko raises TypeError ("Key is password-protected, but password was not provided")
+            # for encrypted keys in the OpenSSH format, PasswordRequiredException for PEM ones.
             raise ConfigError(
-                f"device {self.device}: ssh.key_file {path} is encrypted; the rig needs a key without passphrase"
+                f"device {self.device}: ssh.key_file {path} is encrypted (has a passphrase); the rig logs in "
+                f"unattended and needs a key without one: make one with ssh-keygen -t ed25519 -N '' -f <new file>, "
+                f"install its .pub on the device and point key_file at it"
+            ) from None
+        except PermissionError:
+            raise ConfigError(
+                f"device {self.device}: ssh.key_file {path} is not readable by this user; fix its owner or mode (0600)"
             ) from None
         except (paramiko.SSHException, OSError, ValueError) as exc:
             raise ConfigError(f"device {self.device}: ssh.key_file {path} cannot be loaded: {exc}") from None

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from rig.cli import main
 from rig.lab.manager import Lab
-from tests.sshpeers import mute_ssh_server
+from tests.sshpeers import mute_ssh_server, ssh_keygen
 
 
 def rig(*args: str) -> tuple[int, str]:
@@ -42,7 +42,7 @@ def test_a_device_that_never_sends_its_ssh_banner_is_one_line_not_a_traceback(tm
     its own thread. The real ``rig`` process (its own logging set-up) must say it once, in the rig's
     words. The peer is a real socket that accepts and stays silent."""
     (tmp_path / "kh").write_text("")
-    (tmp_path / "id").write_text("")
+    ssh_keygen(tmp_path / "id")  # a real key: a broken key file is reported before any network now
     with mute_ssh_server() as port:
         (tmp_path / "mute.toml").write_text(
             f'name = "mute"\n[ssh]\nhost = "127.0.0.1"\nport = {port}\nkey_file = "id"\n'

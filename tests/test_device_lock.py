@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from rig.dut import DeviceBusy, DeviceLock
+from rig.errors import ConfigError
 from rig.inventory import load_device
 
 DEVICE = """
@@ -118,3 +119,49 @@ def test_a_dead_holders_line_is_shown_as_gone_when_nothing_better_arrives(tmp_pa
             lock.acquire()
     finally:
         fh.close()
+
+
+# -- issue 17 item 5: per-user folder 0700, owner checked, no symlink followed, 0600 ------------
+
+
+def test_lock_default_folder_is_this_users_and_0700_and_lock_files_0600(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RIG_LOCK_DIR", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    (tmp_path / "run").mkdir(mode=0o700)
+    lock = DeviceLock(device(tmp_path))
+    assert lock.path.parent == tmp_path / "run" / "shadowbox-rig" / "locks"
+    for d in (lock.path.parent, lock.path.parent.parent):
+        st = d.stat()
+        assert st.st_uid == os.getuid() and (st.st_mode & 0o777) == 0o700, (d, oct(st.st_mode))
+    lock.acquire()
+    try:
+        assert (lock.path.stat().st_mode & 0o777) == 0o600
+    finally:
+        lock.release()
+    # without XDG_RUNTIME_DIR: a folder of this user's under the temp dir, never the old shared one
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    assert DeviceLock(device(tmp_path)).path.parent == tmp_path / "tmp" / f"shadowbox-rig-{os.getuid()}" / "locks"
+
+
+def test_lock_planted_symlink_is_refused_and_its_target_untouched(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    lock = DeviceLock(device(tmp_path), tmp_path / "locks")
+    lock.path.symlink_to(victim)
+    with pytest.raises(ConfigError, match="a symlink is refused"):
+        lock.acquire()
+    assert victim.read_text() == "precious\n"  # a66d3c1 opened through the link and emptied it
+
+
+def test_lock_folder_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    if os.getuid() != 0:
+        pytest.skip("needs root to make a folder owned by another user")
+    other = tmp_path / "others-locks"
+    other.mkdir(mode=0o777)
+    os.chown(other, 65534, 65534)  # nobody
+    with pytest.raises(ConfigError, match="belongs to uid 65534, not to this user"):
+        DeviceLock(device(tmp_path), other)

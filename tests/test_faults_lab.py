@@ -43,7 +43,7 @@ from rig.dut import DeviceLock, Dut
 from rig.errors import LabFault
 from rig.inventory import Device
 from rig.lab.manager import Lab
-from rig.shadowbox import REMOTE_DIR, Deployer, DeployFailed, recipe_for
+from rig.shadowbox import REMOTE_TEMPLATE, Deployer, DeployFailed, recipe_for
 from rig.ssh import SshClient
 from rig.vocab import VerdictKind
 from tests.conftest import wait_lab_guest_ready
@@ -294,8 +294,8 @@ def held_with_relay(dev: Device, lab: Lab, relay: Any) -> Iterator[tuple[SshClie
     try:
         yield direct, cut_ssh
     finally:
-        with contextlib.suppress(Exception):
-            direct.run(["rm", "-rf", REMOTE_DIR], timeout=30)
+        with contextlib.suppress(Exception):  # the deploy folders this test left (mktemp -d names)
+            direct.run("rm -rf " + REMOTE_TEMPLATE.rstrip("X") + "*", timeout=30)
         cut_ssh.close()
         direct.close()
         lock.release()
@@ -311,9 +311,9 @@ def test_ssh_dropped_once_mid_upload_is_retried_and_the_tree_arrives_whole(
         direct.connect()
         cut_ssh.connect()
         deployer = Deployer(cut_ssh, None, recipe_for("sbsim"), tmp_path / "tree", device=dev.name)
-        deployer.upload(tmp_path / "tree")
+        remote = deployer.upload(tmp_path / "tree")
         assert relay.cut == 1, f"the relay never cut the upload ({relay.connections} connections)"
-        assert remote_hashes(direct, REMOTE_DIR) == want
+        assert remote_hashes(direct, remote) == want
 
 
 def test_ssh_that_keeps_dropping_fails_the_deploy_as_a_lab_fault_naming_device_and_step(

@@ -106,6 +106,7 @@ def test_bad_toml_and_bad_name(tmp_path: Path) -> None:
 
 def test_password_from_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "pw").write_text("s3cret\n")
+    (tmp_path / "pw").chmod(0o600)
     body = MINIMAL.format(name="a", tags="[]") + '[power]\nkind = "ipmi"\nhost = "b"\nuser = "u"\n'
     dev = load_device(write(tmp_path, body + 'password_file = "pw"\n'))
     assert isinstance(dev.power, IpmiPower)

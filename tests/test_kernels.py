@@ -458,3 +458,28 @@ def test_resolve_names_what_it_knows(tmp_path: Path) -> None:
         kernels.resolve("latest", host_release="6.1.0-56-amd64", cache=cache)
     with pytest.raises(LabFault, match=r"kernel 5\.10 is not in the cache .*rig lab kernels --fetch 5\.10"):
         kernels.resolve("5.10", host_release="6.1.0-56-amd64", cache=cache, fetch=False)
+
+
+# --- issue 17 item 14: an expired signed index, an oversized InRelease ---------------------------------
+
+
+def test_verify_inrelease_refuses_an_index_past_its_valid_until(tmp_path: Path, bullseye_signer: Signer) -> None:
+    """A validly signed but old index (replayed by a mirror or an attacker) is refused, as apt does."""
+    codename = "Codename: bullseye\n"
+    old = RELEASE_TEXT.replace(codename, codename + "Valid-Until: Sat, 01 Nov 2025 10:00:00 UTC\n")
+    signed = bullseye_signer.sign(old, tmp_path / "InRelease")
+    with pytest.raises(LabFault, match=r"the signed index expired \(Valid-Until Sat, 01 Nov 2025 10:00:00 UTC\)"):
+        kernels.verify_inrelease(signed, MAIN, bullseye_signer.keyring)
+    fresh = RELEASE_TEXT.replace(codename, codename + "Valid-Until: Fri, 01 Jan 2100 00:00:00 UTC\n")
+    assert kernels.verify_inrelease(bullseye_signer.sign(fresh, tmp_path / "fresh"), MAIN, bullseye_signer.keyring)
+
+
+def test_an_oversized_inrelease_is_refused_without_reading_it_all(
+    tmp_path: Path, local_archive: LocalArchive, bullseye_signer: Signer, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    inrelease = local_archive.dir / "debian/dists/bullseye/InRelease"
+    with open(inrelease, "ab") as f:
+        f.write(b"x" * (kernels.INRELEASE_MAX_BYTES + (1 << 20)))
+    with pytest.raises(LabFault, match=rf"InRelease: larger than the {kernels.INRELEASE_MAX_BYTES} bytes expected"):
+        kernels.fetch_index(local_archive.suites[0], tmp_path, bullseye_signer.keyring)
+    assert (tmp_path / "bullseye.InRelease").stat().st_size <= kernels.INRELEASE_MAX_BYTES

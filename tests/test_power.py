@@ -125,6 +125,7 @@ def test_power_for_reads_the_inventory(tmp_path: Path, monkeypatch: pytest.Monke
 
     pw_file = tmp_path / "bmc.pw"
     pw_file.write_text("file-Secret-88\n")
+    pw_file.chmod(0o600)
     from_file = power_for(_device(
         {"kind": "ipmi", "host": "bmc1", "user": "admin", "password_file": str(pw_file)}, tmp_path
     ))

@@ -9,6 +9,7 @@ real browser (Debian's chromium); it is skipped only when /usr/bin/chromium is m
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -404,3 +405,63 @@ def test_device_page_names_the_crash_by_its_title(reports: Path) -> None:
     html = (reports / "hangrun" / "lab-2" / "index.html").read_text()
     assert "FAIL: test_nmi_soak: crash(bug) KASAN: use-after-free Read in sb_walk&lt;script&gt;" in html
     assert "<script>" not in html
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 17 item 7: a bad file is a banner, never a traceback; item 11: file modes and temp files
+
+
+def _html(reports: Path, run: str) -> tuple[int, str]:
+    res = CliRunner().invoke(report, ["html", str(reports / run)], catch_exceptions=False)
+    page = reports / run / "index.html"
+    return res.exit_code, (page.read_text() if page.is_file() else res.output)
+
+
+@pytest.mark.parametrize("breakage", ["not-utf8", "test-without-name", "callback-key-not-a-cpu"])
+def test_report_html_bad_device_report_is_a_problem_banner(reports: Path, breakage: str) -> None:
+    rep_path = reports / "hangrun" / "lab-1" / "report.json"
+    rep = json.loads(rep_path.read_text())
+    if breakage == "not-utf8":
+        rep_path.write_bytes(rep_path.read_bytes().replace(b'"lab-1"', b'"lab-\xff1"', 1))
+        want = "not UTF-8 text"
+    elif breakage == "test-without-name":
+        del rep["tests"][0]["name"]
+        rep_path.write_text(json.dumps(rep))
+        want = "test #1 has no name"
+    else:
+        rep["shadowbox_callbacks"] = {"cpu0": 3}
+        rep_path.write_text(json.dumps(rep))
+        want = "shadowbox_callbacks key &#39;cpu0&#39; is not a CPU number"
+    code, html = _html(reports, "hangrun")
+    assert code == 0, html
+    assert f"{rep_path}: {want}" in html, html[:3000]
+    assert matrix_cells(html)[("lab-2", "test_nmi_soak")]["text"] == "hang"  # the other device still shows
+
+
+def test_report_html_a_corrupt_sibling_run_does_not_stop_later_runs(reports: Path) -> None:
+    (reports / "hangrun" / "summary.json").write_bytes(b"\xff\xfe not json")
+    (reports / "hangrun" / "run.json").write_bytes(b"\xff")
+    code, html = _html(reports, "okrun")  # okrun's previous_run() reads hangrun
+    assert code == 0, html
+    assert "Run " in html
+    code, html = _html(reports, "hangrun")  # and the corrupt run itself renders with a run banner
+    assert code == 0, html
+    assert 'id="run-problem"' in html and "summary.json: not UTF-8 text" in html
+
+
+def test_report_files_follow_the_umask_and_leave_no_temp_file(reports: Path) -> None:
+    from rig.report import write_json_atomic
+
+    old = os.umask(0o022)
+    try:
+        render_run(reports / "hangrun")
+        target = reports / "hangrun" / "x.json"
+        write_json_atomic(target, {"a": 1})
+        for page in (reports / "hangrun" / "index.html", reports / "hangrun" / "lab-1" / "index.html", target):
+            assert (page.stat().st_mode & 0o777) == 0o644, (page, oct(page.stat().st_mode))
+        with pytest.raises(IsADirectoryError):  # fails after the temp file was made: at the rename
+            write_json_atomic(reports / "hangrun" / "lab-1", {"a": 2})
+    finally:
+        os.umask(old)
+    leftovers = [p.name for p in (reports / "hangrun").rglob(".*") if p.is_file()]
+    assert leftovers == [], leftovers

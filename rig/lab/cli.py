@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -37,7 +38,7 @@ def _fails_as(command: str) -> Iterator[None]:
     try:
         yield
     except RigError as exc:
-        _console.print(f"[red]rig lab {command} failed:[/red] {exc}", highlight=False)
+        _console.print(f"[red]rig lab {command} failed:[/red] {escape(str(exc))}", highlight=False)
         raise SystemExit(1) from None
 
 
@@ -99,7 +100,7 @@ def up(ctx: click.Context, count: int | None, name_prefix: str, accel: str | Non
                 count=count, name_prefix=name_prefix, kernels=list(kernel_specs) or None)
         except RigError as exc:
             progress.stop()
-            _console.print(f"[red]rig lab up failed:[/red] {exc}", markup=True, highlight=False)
+            _console.print(f"[red]rig lab up failed:[/red] {escape(str(exc))}", markup=True, highlight=False)
             raise SystemExit(1) from None
     _console.print(_table(guests, "rig lab up"))
     for g in guests:

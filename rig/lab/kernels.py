@@ -36,6 +36,7 @@ network I/O at all (offline after the first time).
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import fcntl
 import functools
 import hashlib
@@ -59,6 +60,8 @@ from rig.errors import LabFault
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 #: Seconds for one HTTP request to make progress (connect, or between reads).
 HTTP_TIMEOUT = 60.0
+#: Largest InRelease accepted (Debian's are about 100-200 KB): a hostile or broken server cannot fill the disk.
+INRELEASE_MAX_BYTES = 4 << 20
 ARCH = "amd64"
 FLAVOUR = "amd64"
 
@@ -432,10 +435,16 @@ def fixup_tree(root: Path, release: str, compiler: str = "gcc") -> list[str]:
 # --- network and verification ------------------------------------------------------------------------
 
 
-def _download(url: str, dest: Path, *, sha256: str | None = None, size: int | None = None) -> None:
-    """GET ``url`` into ``dest``; check SHA256/size when given. LabFault naming the URL on any failure."""
+def _download(
+    url: str, dest: Path, *, sha256: str | None = None, size: int | None = None, max_size: int | None = None
+) -> None:
+    """GET ``url`` into ``dest``; check SHA256/size when given. LabFault naming the URL on any failure.
+
+    No more than ``max_size`` bytes (or ``size``, when the signed index gives it) are ever read.
+    """
     h = hashlib.sha256()
     got = 0
+    cap = size if size is not None else max_size
     try:
         with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT) as resp, open(dest, "wb") as f:  # noqa: S310
             while True:
@@ -444,6 +453,12 @@ def _download(url: str, dest: Path, *, sha256: str | None = None, size: int | No
                     break
                 h.update(block)
                 got += len(block)
+                if cap is not None and got > cap:
+                    raise LabFault(
+                        f"{url}: larger than the {cap} bytes expected; refusing to read more (a broken mirror "
+                        "or proxy?)",
+                        component="kernel",
+                    )
                 f.write(block)
     except urllib.error.HTTPError as exc:
         raise LabFault(f"{url}: HTTP {exc.code} {exc.reason}; Debian's archive may have moved the file "
@@ -495,13 +510,34 @@ def verify_inrelease(signed: Path, suite: Suite, keyring: Path = KEYRING) -> str
     if codename != suite.dist:
         raise LabFault(f"{suite.inrelease_url}: signed index is for {codename!r}, expected {suite.dist!r}",
                        component="kernel")
+    check_valid_until(fields[0], suite.inrelease_url)
     return text
+
+
+def check_valid_until(release: dict[str, str], url: str, now: float | None = None) -> None:
+    """Refuse a signed index past its ``Valid-Until`` (what apt does): an old, validly signed index
+    replayed by a mirror or an attacker would pin kernels with known holes. Suites without the field
+    (Debian's point-release suites) have no expiry."""
+    field_ = release.get("Valid-Until")
+    if not field_:
+        return
+    try:
+        until = email.utils.parsedate_to_datetime(field_).timestamp()
+    except (TypeError, ValueError):
+        raise LabFault(f"{url}: Valid-Until {field_[:60]!r} is not a date", component="kernel") from None
+    now = time.time() if now is None else now
+    if until < now:
+        raise LabFault(
+            f"{url}: the signed index expired (Valid-Until {field_}); a stale or replayed copy: retry later or "
+            "use another mirror",
+            component="kernel",
+        )
 
 
 def fetch_index(suite: Suite, work: Path, keyring: Path = KEYRING) -> list[dict[str, str]]:
     """Download and verify one suite's index; return its Packages stanzas."""
     signed = work / f"{suite.dist}.InRelease"
-    _download(suite.inrelease_url, signed)
+    _download(suite.inrelease_url, signed, max_size=INRELEASE_MAX_BYTES)
     release = verify_inrelease(signed, suite, keyring)
     sums = release_sha256(release)
     if suite.packages_path not in sums:

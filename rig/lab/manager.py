@@ -31,6 +31,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import secrets
 import sys
 import threading
@@ -41,7 +42,7 @@ from pathlib import Path
 
 import paramiko
 
-from rig.errors import LabFault
+from rig.errors import ConfigError, LabFault
 from rig.lab import consoleserver, guest, image, kernels
 from rig.lab.ports import (
     GuestPorts,
@@ -58,6 +59,8 @@ from rig.lab.sbsim import sbsim_source_dir
 
 DEFAULT_COUNT = 2
 DEFAULT_PREFIX = "lab"
+#: ``--name-prefix``: it becomes folder names, QEMU ``-name`` sub-options and ser2net YAML keys.
+PREFIX_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,39}$")
 #: QEMU start to "SSH login works" (TCG on 2 shared cores: a guest alone takes about 6 s).
 BOOT_TIMEOUT = 180.0
 #: vbmc start to its UDP port being bound (python + pyghmi import).
@@ -334,6 +337,11 @@ class Lab:
         """
         if count < 1:
             raise LabFault(f"--count {count}: need at least one guest", component="lab")
+        if not PREFIX_RE.match(name_prefix):
+            # It becomes folder names, QEMU's -name and ser2net's YAML: only plain name characters.
+            raise ConfigError(
+                f"--name-prefix {name_prefix[:40]!r}: use letters, digits and '-' (at most 40, starting with a letter)"
+            )
         names = [f"{name_prefix}-{i}" for i in range(1, count + 1)]
         with self._locked():
             wanted = self.resolve_kernels(list(kernels), count) if kernels else None
