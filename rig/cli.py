@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -107,8 +108,11 @@ def _wait_console(dut: object, timeout: float = 5.0) -> None:
         console.wait_connected(timeout)
 
 
-def check_device(device: Device, log_dir: Path) -> CheckRow:
-    """Reach SSH, console, BMC and each NMI source of one device; one reason per item."""
+def check_device(device: Device, log_dir: Path, *, deploy: bool = False) -> CheckRow:
+    """Reach SSH, console, BMC and each NMI source of one device; one reason per item.
+
+    With ``deploy``, also the tree check and the recipe's preflight (``deploy:<check>``), loading nothing.
+    """
     from rig.dut import Dut
 
     row = CheckRow(device.name)
@@ -140,11 +144,28 @@ def check_device(device: Device, log_dir: Path) -> CheckRow:
                 row.put(f"nmi:{name}", "n/a", src.reason)
             else:
                 row.put(f"nmi:{name}", "ok")
+        if deploy:
+            _check_deploy(dut, row)
     except RigError as exc:
         row.put("error", "FAIL", f"{type(exc).__name__}: {exc}")
     finally:
         dut.close()
     return row
+
+
+def _check_deploy(dut: Any, row: CheckRow) -> None:
+    """The deploy preflight as check items: the tree against its recipe, then each named check."""
+    from rig.shadowbox import DeployFailed
+
+    deployer = dut.deployer()
+    try:
+        deployer.check_tree()
+    except DeployFailed as exc:
+        row.put("deploy:tree", "FAIL", exc.detail)
+        return
+    row.put("deploy:tree", "ok", f"{deployer.recipe.name} tree {deployer.tree}")
+    for c in deployer.preflight():
+        row.put(f"deploy:{c.name}", "ok" if c.ok else ("FAIL" if c.ok is False else "n/a"), c.detail)
 
 
 _STYLE = {"ok": "[green]ok", "n/a": "[yellow]n/a", "FAIL": "[red]FAIL"}
@@ -153,13 +174,16 @@ _STYLE = {"ok": "[green]ok", "n/a": "[yellow]n/a", "FAIL": "[red]FAIL"}
 @main.command()
 @click.argument("names", nargs=-1)
 @click.option("--tag", "tags", multiple=True)
+@click.option(
+    "--deploy", is_flag=True, help="Also check the Shadow-box tree and run the recipe's preflight (loads nothing)."
+)
 @click.pass_context
-def check(ctx: click.Context, names: Sequence[str], tags: Sequence[str]) -> None:
+def check(ctx: click.Context, names: Sequence[str], tags: Sequence[str], deploy: bool) -> None:
     """Reach SSH, console, BMC and each NMI source; one row per device, reasons below."""
     devices = _load(ctx, names, tags)
     log_dir = _adhoc_dir(ctx.obj["report_dir"], "check")
     with ThreadPoolExecutor(max_workers=min(8, len(devices))) as pool:
-        rows = list(pool.map(lambda d: check_device(d, log_dir), devices))
+        rows = list(pool.map(lambda d: check_device(d, log_dir, deploy=deploy), devices))
     cols: list[str] = []
     for r in rows:
         cols.extend(c for c in r.cells if c not in cols)

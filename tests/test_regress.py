@@ -26,6 +26,7 @@ from rich.console import Console
 from rig.errors import ConfigError
 from rig.lab.sbsim import sbsim_source_dir
 from rig.regress import (
+    EXIT_NOTHING_JUDGED,
     EXIT_OK,
     EXIT_REGRESSED,
     EXIT_UNJUDGED,
@@ -207,7 +208,8 @@ def test_cells_from_reports() -> None:
     assertion = classify_device(report([("test_deploy", "failed", OK)]))
     assert assertion.outcome == "fail" and "test_deploy (assertion)" in assertion.text
     deploy = classify_device(report([], [{"kind": "deploy-failed", "text": "build-failed: make exited 2"}]))
-    assert deploy.outcome == "fail" and "build-failed" in deploy.detail
+    assert deploy.outcome == "deploy-failed" and deploy.text == "deploy-failed(build-failed)"
+    assert "make exited 2" in deploy.detail
     lab = classify_device(report([("test_soak", "failed", verdict("lab-fault", reason="console server down"))]))
     assert lab.outcome == "lab-fault" and lab.severity is None and "console server" in lab.detail
     # a hang later in the run wins over an earlier lab fault: the build did hang the laptop
@@ -344,7 +346,7 @@ def test_a_run_that_leaves_no_summary_is_rerun(tmp_path: Path) -> None:
     results = reg.run()
     assert RegressState(tmp_path / "out").entry("fixed")["status"] == "failed"  # type: ignore[index]
     assert all(c.outcome == "missing" for r in results for c in r.cells.values())
-    assert exit_code(results) == EXIT_UNJUDGED
+    assert exit_code(results) == EXIT_NOTHING_JUDGED  # no build could be judged at all
     again = FakeSuites()
     make_regress(tmp_path, again).run()
     assert again.calls == ["fixed", "hang", "panic"]
