@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from rig import __version__
@@ -197,7 +198,7 @@ def check(ctx: click.Context, names: Sequence[str], tags: Sequence[str], deploy:
     for r in rows:
         for item, (status, reason) in r.cells.items():
             if status != "ok" and reason:
-                out.print(f"{r.device} {item}: {_STYLE[status]}[/] {reason}", highlight=False)
+                out.print(f"{r.device} {item}: {_STYLE[status]}[/] {escape(reason)}", highlight=False)
     if not all(r.ok for r in rows):
         sys.exit(1)
 

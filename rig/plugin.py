@@ -373,6 +373,7 @@ def shadowbox(request: pytest.FixtureRequest, dut: Any, rig_run: Any) -> Any:
     if earlier is not None:
         pytest.skip(f"Shadow-box deploy failed earlier on {dut.name}: {earlier.summary()}")
     force = bool(request.config.getoption("--rig-force-deploy"))
+    failed: DeployFailed | None = None
     try:
         result = dut.deploy_shadowbox(force=force)
     except LabFault as exc:
@@ -380,15 +381,19 @@ def shadowbox(request: pytest.FixtureRequest, dut: Any, rig_run: Any) -> Any:
         _state(request.node).setup_fault = (dut.device, str(exc))
         pytest.fail(f"LAB FAULT on {dut.name} (not a device failure): {exc}", pytrace=False)
     except DeployFailed as exc:
-        dev_report.set_deploy_failure(exc)
-        _state(request.node).deploy_failed = exc
-        pytest.fail(deploy_failure_text(dut.name, exc), pytrace=False)
+        failed = exc
     except RigError as exc:
         dev_report.event("deploy-failed", str(exc))
         raise
-    if result.forced:
-        bad = ", ".join(c.name for c in result.checks if c.ok is False)
+    forced = failed.forced if failed is not None else result.forced
+    if forced:
+        checks = failed.checks if failed is not None else result.checks
+        bad = ", ".join(c.name for c in checks if c.ok is False)
         dev_report.event("deploy-forced", f"went past failed preflight checks ({bad}): --rig-force-deploy")
+    if failed is not None:  # outside the except block: the terminal shows this text, not a chained exception
+        dev_report.set_deploy_failure(failed)
+        _state(request.node).deploy_failed = failed
+        pytest.fail(deploy_failure_text(dut.name, failed), pytrace=False)
     dev_report.set_deploy(result)
     return result
 

@@ -42,6 +42,7 @@ from typing import Any, Literal
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from rig.errors import ConfigError, RigError
@@ -720,7 +721,7 @@ def regress_cmd(
     for spec in specs:  # a folder is known now: a recipe/tree mismatch is named before anything runs
         if spec.kind == "tree":
             for warning in sorted({w for d in devices if (w := _mismatch(d, spec.source))}):
-                console.print(f"[yellow]{spec.label}: {warning}[/]", highlight=False, soft_wrap=True)
+                console.print(f"[yellow]{escape(spec.label)}: {escape(warning)}[/]", highlight=False, soft_wrap=True)
     reg = Regress(specs, out, selection, (cache or out / "trees").resolve(), console)
 
     def reset(spec: BuildSpec) -> None:
@@ -738,7 +739,7 @@ def regress_cmd(
         console.print(line, highlight=False, soft_wrap=True, markup=False)
     why = nothing_judged(results)
     if why is not None and not any(r.regressed_on for r in results):
-        console.print(f"[red]{why}[/]", highlight=False, soft_wrap=True)
+        console.print(f"[red]{escape(why)}[/]", highlight=False, soft_wrap=True)
     console.print(f"per build: {out}/<build>/ (summary.json, <device>/report.json); lined up: {out / SUMMARY_FILE}",
                   highlight=False, soft_wrap=True)  # fmt: skip
     sys.exit(exit_code(results))

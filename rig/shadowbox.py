@@ -391,7 +391,9 @@ done
 echo "free_kb=$(df -k /tmp | awk 'NR==2 {print $4}')"
 echo "uname_v=$(uname -v)"
 if [ -d "/lib/modules/$(uname -r)/build" ]; then echo headers=yes; else echo headers=no; fi
-if [ -r /proc/kallsyms ] && head -n 1 /proc/kallsyms | grep -qv '^0*[[:space:]]'; then echo kallsyms=yes
+stext=$(awk '$3 == "_stext" {print $1; exit}' /proc/kallsyms 2>/dev/null)
+if [ -n "$stext" ] && [ -n "${stext##*[!0]*}" ]; then echo kallsyms=no
+elif [ -n "$stext" ]; then echo kallsyms=yes
 else echo kallsyms=no; fi
 """
 

@@ -38,8 +38,10 @@ from rig.regress import (
     Selection,
     checkout_commit,
     classify_device,
+    detail_lines,
     exit_code,
     line_up,
+    nothing_judged,
     parse_builds,
     pytest_command,
     resolve_ref,
@@ -546,3 +548,22 @@ def test_ref_builds_run_on_their_commit_and_a_moved_ref_is_a_new_build(
     second = Recording()
     regress(second)
     assert second.calls == ["main"] and trees["main"] == tmp_path / "out" / "trees" / new
+
+
+def test_builds_that_all_fail_to_deploy_judge_nothing_and_say_why_in_full() -> None:
+    long_detail = "'make' exited 127 on lab-1: sh: make: not found -- 'make' is not installed on lab-1: " + "x" * 200
+    deploy = {"ok": False, "reason": "build-failed", "detail": long_detail, "hint": "install make"}
+    failed = {"status": "complete", "tests": [], "timeline": [], "deploy": deploy}
+    cell = classify_device(failed)
+    assert cell.text == "deploy-failed(build-failed)" and long_detail in cell.detail  # not cut at 120
+    results = [BuildResult(label, {"lab-1": cell, "lab-2": cell}) for label in ("a", "b")]
+    assert exit_code(results) == EXIT_NOTHING_JUDGED
+    why = nothing_judged(results)
+    assert why is not None and "deploy-failed(build-failed)" in why
+    lines = detail_lines(results)
+    assert len(lines) == 4 and all(long_detail in ln for ln in lines)
+    # a build that deploys where another did not is judged: the one that failed to deploy regressed
+    passed = classify_device(report([("test_deploy", "passed", OK)]))
+    mixed = [BuildResult("a", {"lab-1": passed}), BuildResult("b", {"lab-1": cell})]
+    line_up(mixed)
+    assert nothing_judged(mixed) is None and exit_code(mixed) == EXIT_REGRESSED
