@@ -158,6 +158,9 @@ def _check_deploy(dut: Any, row: CheckRow) -> None:
     """The deploy preflight as check items: the tree against its recipe, then each named check."""
     from rig.shadowbox import DeployFailed
 
+    if dut.device.shadowbox.source is None:
+        row.put("deploy:tree", "FAIL", f"[shadowbox] source is not set in {dut.device.source_file}")
+        return
     deployer = dut.deployer()
     try:
         deployer.check_tree()

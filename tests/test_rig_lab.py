@@ -196,7 +196,6 @@ def test_bmc_down_is_a_lab_fault(dut2: Dut, lab: Lab, tmp_path: Path) -> None:
 def test_deploy_to_a_cpu_without_vtx_names_the_reason(dut1: Dut, tmp_path: Path) -> None:
     """The upstream recipe needs VT-x; a TCG guest has none: preflight says so by name, nothing is loaded."""
     from rig.shadowbox import PreflightFailed
-
     from tests.sbtrees import upstream_tree
 
     tree = upstream_tree(tmp_path / "shadow-box-for-x86")
