@@ -115,6 +115,11 @@ class DeviceLock:
             self._fh = None
 
 
+def module_names(modules: tuple[str, ...]) -> set[str]:
+    """The names /proc/modules lists for a recipe's modules, which are paths (Source/shadow_box/shadow_box.ko)."""
+    return {Path(m).name.removesuffix(".ko").replace("-", "_") for m in modules}
+
+
 def _names_live_process(line: str) -> bool:
     """Whether a lock line's "pid N" is a process that still exists (a killed holder leaves its line)."""
     m = re.match(r"pid (\d+)\b", line)
@@ -447,7 +452,6 @@ class Dut:
         return self._modules_loaded(recipe_for(self.device.shadowbox.recipe).modules)
 
     def _modules_loaded(self, modules: tuple[str, ...]) -> bool:
-        # /proc/modules lists module *names*; a recipe lists paths (gooroom: Source/shadow_box/shadow_box.ko).
-        names = {Path(m).name.removesuffix(".ko").replace("-", "_") for m in modules}
+        names = module_names(modules)
         loaded = {line.split(" ", 1)[0] for line in self.ssh.run("cat /proc/modules", timeout=10).out.splitlines()}
         return bool(names & loaded)

@@ -275,3 +275,10 @@ def test_a_deploy_failure_as_data_keeps_the_last_40_lines() -> None:
     assert data["ok"] is False and data["reason"] == "build-failed" and data["hint"]
     assert data["build_output_tail"] == [f"line {i}" for i in range(60, 100)]
     assert data["kernel_lines"] == ["shadow-box: x"]
+
+
+def test_loaded_modules_are_found_by_name_not_by_the_recipes_path() -> None:
+    from rig.dut import module_names
+
+    assert module_names(RECIPES["gooroom-3.0"].modules) == {"shadow_box_helper", "shadow_box"}
+    assert module_names(("sub/dir/my-module.ko",)) == {"my_module"}
