@@ -16,7 +16,9 @@ report.json, schema version 1::
      "run_id": str, "rig_version": str, "build": str|null (``--rig-build``, e.g. a git ref),
      "device": {"name", "tags", "description", "ssh": "user@host:port", "console": url|null, "power": kind},
      "identity": {"kernel", "cmdline", "cpu_model", "microcode", "cpus"},
-     "deploy": {...} | null,
+     "deploy": {"ok": true, "forced", "recipe", "checks", "result_code", "markers", "kernel_lines", "notes", ...}
+             | {"ok": false, "reason", "detail", "hint", "forced", "checks", "failed_checks",
+                "build_output_tail" (last 40 lines), "kernel_lines" (since the first insmod)} | null,
      "tests": [{"nodeid", "name", "outcome", "duration", "verdict": {...}, "nmi": {...}|null, "failure": str}],
      "nmi_deliveries": [{"test", "source", "raised", "row", "cpus", "per_cpu", "missing_cpus", "ok", ...}],
      "shadowbox_callbacks": {"<cpu>": count},
