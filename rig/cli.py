@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -118,14 +119,15 @@ def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def check_device(device: Device, log_dir: Path, *, recover: bool = False) -> CheckRow:
+def check_device(device: Device, log_dir: Path, *, recover: bool = False, deploy: bool = False) -> CheckRow:
     """Reach SSH, console, BMC and each NMI source of one device; one reason per item.
 
     Every item is checked on its own, so one run shows every problem: the key file and the BMC's
     password source are checked before any network (a missing key is said even when the laptop is
     off), a BMC problem goes under ``power``, never ``ssh``, and the console and the BMC are tried
     even when SSH does not answer. A check never changes a device's state: a device whose SSH does
-    not answer is reported, not power-cycled, unless ``recover`` (``rig check --recover``).
+    not answer is reported, not power-cycled, unless ``recover`` (``rig check --recover``). With
+    ``deploy``, also the tree check and the recipe's preflight (``deploy:<check>``), loading nothing.
     """
     from rig.dut import DeviceBusy, Dut
     from rig.inventory import IpmiPower, ManualPower
@@ -214,9 +216,31 @@ def check_device(device: Device, log_dir: Path, *, recover: bool = False) -> Che
                     row.put(item, "n/a", exc.reason)
                 except RigError as exc:
                     row.put(item, "FAIL", _why(exc))
+        if deploy and ssh_ok:
+            _check_deploy(dut, row)
+    except RigError as exc:
+        row.put("error", "FAIL", f"{type(exc).__name__}: {exc}")
     finally:
         dut.close()
     return row
+
+
+def _check_deploy(dut: Any, row: CheckRow) -> None:
+    """The deploy preflight as check items: the tree against its recipe, then each named check."""
+    from rig.shadowbox import DeployFailed
+
+    if dut.device.shadowbox.source is None:
+        row.put("deploy:tree", "FAIL", f"[shadowbox] source is not set in {dut.device.source_file}")
+        return
+    deployer = dut.deployer()
+    try:
+        deployer.check_tree()
+    except DeployFailed as exc:
+        row.put("deploy:tree", "FAIL", exc.detail)
+        return
+    row.put("deploy:tree", "ok", f"{deployer.recipe.name} tree {deployer.tree}")
+    for c in deployer.preflight():
+        row.put(f"deploy:{c.name}", "ok" if c.ok else ("FAIL" if c.ok is False else "n/a"), c.detail)
 
 
 _STYLE = {"ok": "[green]ok", "n/a": "[yellow]n/a", "FAIL": "[red]FAIL"}
@@ -228,13 +252,16 @@ _STYLE = {"ok": "[green]ok", "n/a": "[yellow]n/a", "FAIL": "[red]FAIL"}
 @click.option(
     "--recover", is_flag=True, help="Power-cycle a device whose SSH does not answer (a plain check changes nothing)."
 )
+@click.option(
+    "--deploy", is_flag=True, help="Also check the Shadow-box tree and run the recipe's preflight (loads nothing)."
+)
 @click.pass_context
-def check(ctx: click.Context, names: Sequence[str], tags: Sequence[str], recover: bool) -> None:
+def check(ctx: click.Context, names: Sequence[str], tags: Sequence[str], recover: bool, deploy: bool) -> None:
     """Reach SSH, console, BMC and each NMI source; one row per device, reasons below."""
     devices = _load(ctx, names, tags)
     log_dir = _adhoc_dir(ctx.obj["report_dir"], "check")
     with ThreadPoolExecutor(max_workers=min(8, len(devices))) as pool:
-        rows = list(pool.map(lambda d: check_device(d, log_dir, recover=recover), devices))
+        rows = list(pool.map(lambda d: check_device(d, log_dir, recover=recover, deploy=deploy), devices))
     cols: list[str] = []
     for r in rows:
         cols.extend(c for c in r.cells if c not in cols)

@@ -15,6 +15,7 @@ import re
 import stat
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
@@ -27,7 +28,7 @@ from rig.monitor import HangMonitor, Verdict
 from rig.nmi import SOURCES, InterruptCounts, NmiMeans, NmiSource, read_interrupts
 from rig.power import IpmiPowerControl, ManualPowerControl, PowerControl, PowerState, power_for
 from rig.qmp import QmpClient
-from rig.shadowbox import Deployer, DeployResult, recipe_for
+from rig.shadowbox import Deployer, DeployFailed, DeployResult, recipe_for
 from rig.ssh import SshClient
 from rig.vocab import VerdictKind
 
@@ -169,6 +170,11 @@ class DeviceLock:
             self._fh = None
 
 
+def module_names(modules: tuple[str, ...]) -> set[str]:
+    """The names /proc/modules lists for a recipe's modules, which are paths (Source/shadow_box/shadow_box.ko)."""
+    return {Path(m).name.removesuffix(".ko").replace("-", "_") for m in modules}
+
+
 def _names_live_process(line: str) -> bool:
     """Whether a lock line's "pid N" is a process that still exists (a killed holder leaves its line)."""
     m = re.match(r"pid (\d+)\b", line)
@@ -220,6 +226,10 @@ class Dut:
         self.shadowbox_loaded = False
         #: (settings, result) of the Shadow-box running since the last boot, if any.
         self.deployment: tuple[str, DeployResult] | None = None
+        #: deploy key -> how that deploy failed (kept across reboots: the same build fails the same way).
+        self.deploy_failures: dict[str, DeployFailed] = {}
+        #: Timeline sink (kind, text), set by the plugin: the Dut says when it reboots before a deploy.
+        self.on_event: Callable[[str, str], None] | None = None
         self._kernel: str | None = None
         #: A verdict a test provoked on purpose (see accept_verdict).
         self.accepted_verdict: Verdict | None = None
@@ -437,30 +447,23 @@ class Dut:
 
     # -- Shadow-box ----------------------------------------------------------------------------
 
-    def deploy_shadowbox(self, **overrides: object) -> DeployResult:
-        """Deploy the inventory's Shadow-box recipe; reboot first if one is already loaded.
+    def deploy_key(self, **overrides: object) -> str:
+        """The identity of one deploy (the [shadowbox] settings with ``overrides``): same key, same build."""
+        return self.device.shadowbox.model_copy(update=overrides).model_dump_json()
 
-        ``overrides`` replace fields of the inventory's [shadowbox] section for this deploy
-        (e.g. ``module_params={"hang_after_nmi": 50}``), so a suite can try a variant build.
-        """
+    def deployer(self, **overrides: object) -> Deployer:
+        """The Deployer for the inventory's [shadowbox] section (``rig check --deploy`` runs its preflight)."""
         cfg = self.device.shadowbox.model_copy(update=overrides)
-        recipe = recipe_for(cfg.recipe)
-        source = cfg.source
-        if source is None:
+        if cfg.source is None:
             raise ConfigError(
                 f"device {self.name}: [shadowbox] source is not set in {self.device.source_file}; "
                 "point it at the Shadow-box tree to deploy"
             )
-        key = cfg.model_dump_json()
-        if self.deployment is not None and self.deployment[0] == key:
-            return self.deployment[1]  # already running this very build since the last boot
-        if self.shadowbox_loaded or self._modules_loaded(recipe.modules):
-            self.recover()  # Shadow-box cannot be unloaded: a clean state needs a reboot
-        deployer = Deployer(
+        return Deployer(
             self.ssh,
             self.console,
-            recipe,
-            Path(source),
+            recipe_for(cfg.recipe),
+            Path(cfg.source),
             device=self.name,
             build_on=cfg.build_on,
             kernel_headers=cfg.kernel_headers,
@@ -468,16 +471,44 @@ class Dut:
             start_timeout=cfg.start_timeout,
             sudo=self.device.ssh.sudo,
         )
-        self.shadowbox_loaded = True  # even a failed insmod may have left something behind
-        result = deployer.deploy()
+
+    def deploy_shadowbox(self, *, force: bool = False, **overrides: object) -> DeployResult:
+        """Deploy the inventory's Shadow-box recipe; reboot first only if something of it is loaded.
+
+        ``overrides`` replace fields of the inventory's [shadowbox] section for this deploy
+        (e.g. ``module_params={"hang_after_nmi": 50}``), so a suite can try a variant build.
+        ``force`` goes past a failed preflight (the result says ``forced``).
+        A failure is remembered per key (:attr:`deploy_failures`): the plugin skips later tests that
+        need the same build instead of rebooting the device to fail the same way again.
+        """
+        deployer = self.deployer(**overrides)
+        key = self.deploy_key(**overrides)
+        if self.deployment is not None and self.deployment[0] == key:
+            return self.deployment[1]  # already running this very build since the last boot
+        if self.shadowbox_loaded or self._modules_loaded(deployer.recipe.modules):
+            self._event("reboot-before-deploy", "Shadow-box was loaded since the last boot: power-cycling first")
+            self.recover()  # Shadow-box cannot be unloaded: a clean state needs a reboot
+        try:
+            result = deployer.deploy(skip_preflight_failures=force)
+        except DeployFailed as exc:
+            self.deploy_failures[key] = exc
+            raise
+        finally:
+            # Only once insmod ran may something be loaded: a refusal before it (tree, preflight,
+            # build) leaves the device as it was, and the next test need not power-cycle it.
+            self.shadowbox_loaded = self.shadowbox_loaded or deployer.reached_insmod
         self.deployment = (key, result)
         return result
+
+    def _event(self, kind: str, text: str) -> None:
+        if self.on_event is not None:
+            self.on_event(kind, text)
 
     def runs_shadowbox(self) -> bool:
         """Whether a module of the inventory's recipe is loaded now (then only a reboot gives a clean state)."""
         return self._modules_loaded(recipe_for(self.device.shadowbox.recipe).modules)
 
     def _modules_loaded(self, modules: tuple[str, ...]) -> bool:
-        names = {m.removesuffix(".ko").replace("-", "_") for m in modules}
+        names = module_names(modules)
         loaded = {line.split(" ", 1)[0] for line in self.ssh.run("cat /proc/modules", timeout=10).out.splitlines()}
         return bool(names & loaded)

@@ -213,7 +213,7 @@ class KernelExpectations(_Strict):
 class ShadowboxConfig(_Strict):
     """Which Shadow-box to deploy and how (recipes are data in rig.shadowbox)."""
 
-    recipe: Literal["upstream", "gooroom", "sbsim"] = "upstream"
+    recipe: Literal["upstream", "gooroom", "gooroom-3.0", "sbsim"] = "upstream"
     source: Path | None = Field(default=None, description="Source tree on the controller.")
     build_on: Literal["device", "controller"] | None = Field(
         default=None, description="Where to build; default: the recipe's (device for Shadow-box, controller for sbsim)."

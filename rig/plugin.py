@@ -58,6 +58,8 @@ class TestState:
     setup_fault: tuple[Device, str] | None = None
     #: /proc/interrupts before the test (per-CPU NMI deltas in the report).
     irq_before: Any = None
+    #: The deploy failure (rig.shadowbox.DeployFailed) that failed this test's set-up.
+    deploy_failed: Any = None
 
 
 TEST_KEY = pytest.StashKey[TestState]()
@@ -87,6 +89,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="deploy this Shadow-box tree on every selected device (overrides [shadowbox] source)",
     )
     g.addoption("--rig-build", default=None, metavar="LABEL", help="name of the build under test, kept in reports")
+    g.addoption(
+        "--rig-force-deploy",
+        action="store_true",
+        default=False,
+        help="go past a failed deploy preflight (recorded in the report as forced)",
+    )
     parser.addini("rig_devices", "inventory folders/files", type="paths", default=[])
     parser.addini("rig_report_dir", "report folder", default="reports")
     parser.addini("rig_soak_minutes", "soak length in minutes", default="20")
@@ -313,6 +321,7 @@ def dut(request: pytest.FixtureRequest, device: Device, _dut_pool: dict[str, Any
                 pytest.fail(busy[device.name], pytrace=False)
             _dut_pool[device.name] = d
             dev_report = rig_run.device(device)
+            d.on_event = dev_report.event  # the Dut's own steps (a reboot before a deploy) reach the timeline
             dev_report.set_identity(d)
             d.caps = _capabilities(d)
         elif d.needs_recovery:
@@ -365,19 +374,55 @@ def nmi_sources(dut: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def shadowbox(request: pytest.FixtureRequest, dut: Any, rig_run: Any) -> Any:
-    """Shadow-box deployed on the device and verified started (a fresh boot is used if it was loaded)."""
+    """Shadow-box deployed on the device and verified started (a fresh boot is used if it was loaded).
+
+    A deploy that fails by name (rig.shadowbox.DeployFailed) fails the set-up without a traceback,
+    with what happened and what to do; the device's report gets the failure as data. Later tests
+    that need the same build are skipped with that reason: the device is not rebooted to fail again.
+    """
+    from rig.shadowbox import DeployFailed
+
     dev_report = rig_run.device(dut.device)
+    earlier = dut.deploy_failures.get(dut.deploy_key())
+    if earlier is not None:
+        pytest.skip(f"Shadow-box deploy failed earlier on {dut.name}: {earlier.summary()}")
+    force = bool(request.config.getoption("--rig-force-deploy"))
+    failed: DeployFailed | None = None
     try:
-        result = dut.deploy_shadowbox()
+        result = dut.deploy_shadowbox(force=force)
     except LabFault as exc:
         dev_report.event("lab-fault", str(exc))
         _state(request.node).setup_fault = (dut.device, str(exc))
         pytest.fail(f"LAB FAULT on {dut.name} (not a device failure): {exc}", pytrace=False)
+    except DeployFailed as exc:
+        failed = exc
     except RigError as exc:
         dev_report.event("deploy-failed", str(exc))
         raise
+    forced = failed.forced if failed is not None else result.forced
+    if forced:
+        checks = failed.checks if failed is not None else result.checks
+        bad = ", ".join(c.name for c in checks if c.ok is False)
+        dev_report.event("deploy-forced", f"went past failed preflight checks ({bad}): --rig-force-deploy")
+    if failed is not None:  # outside the except block: the terminal shows this text, not a chained exception
+        dev_report.set_deploy_failure(failed)
+        _state(request.node).deploy_failed = failed
+        pytest.fail(deploy_failure_text(dut.name, failed), pytrace=False)
     dev_report.set_deploy(result)
     return result
+
+
+def deploy_failure_text(device: str, exc: Any, lines: int = 12) -> str:
+    """What a failed deploy says in the terminal: what happened, what to do, the tool's/kernel's own last lines."""
+    text = f"DEPLOY FAILED on {device}: {exc.summary()}"
+    if exc.forced:
+        text += "\n(forced past a failed preflight: --rig-force-deploy)"
+    tail = exc.output_tail(lines)
+    if tail:
+        text += "\n--- build output (last lines) ---\n" + "\n".join(tail)
+    if exc.kernel_lines:
+        text += "\n--- kernel lines since insmod (last lines) ---\n" + "\n".join(exc.kernel_lines[-lines:])
+    return text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -466,9 +511,17 @@ def _record_setup_error(item: pytest.Item, d: Any, report: pytest.TestReport, ca
     from rig.monitor import Verdict
 
     lab = _state(item).setup_fault
+    failed = _state(item).deploy_failed
     if lab is not None:
         device, reason = lab
         verdict = Verdict(VerdictKind.LAB_FAULT, None, reason)
+    elif failed is not None and d is not None:
+        device, verdict = d.device, Verdict(VerdictKind.DEPLOY_FAILED, failed.reason, failed.summary())
+        item.user_properties.extend(
+            [("rig_device", d.name), ("rig_verdict", verdict.text), ("rig_deploy", failed.summary())]
+        )
+        _record(item, device, report, verdict, after=None, failure=f"error in set-up: {str(report.longrepr)}")
+        return
     elif d is not None:
         device, verdict = d.device, d.verdict()
     else:
@@ -559,4 +612,11 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         if not verdicts:
             state, bad = "NONE", ["no test ran on it"]  # not "PASS": nothing was shown to work
         tr.write_line(f"{dev['device']:<20} {state}  {len(verdicts)} tests  " + ("; ".join(bad) if bad else "all ok"))
+        dep = dev.get("deploy") or {}
+        if dep.get("ok") is False:
+            tr.write_line(f"{'':<20} deploy-failed({dep.get('reason')}): {dep.get('detail')}")
+            if dep.get("hint"):
+                tr.write_line(f"{'':<20} do: {dep['hint']}")
+            for line in dep.get("last_lines", []):
+                tr.write_line(f"{'':<20} | {line}")
     tr.write_line(f"reports: {run_dir}/index.html")

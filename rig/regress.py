@@ -20,8 +20,9 @@ Why a clone per commit: a ref is checked out into ``<cache>/<commit>/`` (a ``git
 of the user's repository, then a detached checkout), so the user's checkout, index and refs are
 never touched, and the deploy step still records the commit it built.
 
-Exit status: 0 no regression; 1 a build regressed against the first on some device; 3 no
-regression seen but some cells could not be judged (lab fault, a run that did not finish).
+Exit status: 0 no regression; 1 a build regressed against the first on some device; 2 no build
+could be judged at all (every cell a deploy failure, a lab fault or a run that did not finish: the
+reason is printed); 3 no regression seen but some cells could not be judged.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ DEFAULT_SUITES = ("suites/test_deploy.py", "suites/test_nmi_delivery.py", "suite
 
 EXIT_OK = 0
 EXIT_REGRESSED = 1
+EXIT_NOTHING_JUDGED = 2
 EXIT_UNJUDGED = 3
 
 
@@ -184,11 +186,14 @@ def tree_digest(path: Path) -> str:
 # ---------------------------------------------------------------------------------------------
 # one cell of the matrix: what one build did on one device (pure)
 
-Outcome = Literal["pass", "fail", "hang", "crash", "lab-fault", "incomplete", "missing", "no-tests"]
+Outcome = Literal["pass", "fail", "deploy-failed", "hang", "crash", "lab-fault", "incomplete", "missing", "no-tests"]
 #: How bad an outcome is, for "regressed against the baseline"; None = could not be judged.
 SEVERITY: dict[str, int | None] = {
     "pass": 0,
     "fail": 1,
+    # A build that does not deploy where the baseline ran is worse than it; two that both fail to
+    # deploy say nothing about Shadow-box (exit_code: a run of only those judged nothing).
+    "deploy-failed": 1,
     "hang": 2,
     "crash": 2,
     "lab-fault": None,
@@ -208,9 +213,12 @@ class Cell:
     #: For a crash with a title: the first build (this one included) with a crash of the same
     #: title, on any device -- this build's own label means "new crash" (set by line_up).
     first_seen: str = ""
+    reason: str = ""  # deploy-failed: the named reason (build-failed, preflight, tree-mismatch, ...)
 
     @property
     def text(self) -> str:
+        if self.outcome == "deploy-failed":
+            return f"deploy-failed({self.reason or 'unknown'})"
         if self.outcome == "crash":
             base = f"crash({self.detail or 'unknown'})"
             if self.title:
@@ -256,9 +264,14 @@ def classify_device(report: dict[str, Any] | None) -> Cell:
         if v.get("kind") == "crash":
             title = str((v.get("event") or {}).get("title") or "")
             return Cell("crash", v.get("detail") or "unknown", ttf, t.get("name", ""), title)
+    deploy = report.get("deploy")
+    if isinstance(deploy, dict) and deploy.get("ok") is False:  # the full reason: the detail lines show it
+        what = f"{deploy.get('detail', '')}" + (f" -- do: {deploy['hint']}" if deploy.get("hint") else "")
+        return Cell("deploy-failed", what, reason=str(deploy.get("reason") or "unknown"))
     deploy_failed = [e for e in timeline if e.get("kind") == "deploy-failed"]
     if deploy_failed:  # before the tests' failures: the tests that needed the deploy fail in set-up with it
-        return Cell("fail", f"deploy: {deploy_failed[0].get('text', '')[:120]}")
+        text = str(deploy_failed[0].get("text", ""))
+        return Cell("deploy-failed", text, reason=str(deploy_failed[0].get("reason") or text.split(":", 1)[0]))
     for t in failed:
         kind = t.get("verdict", {}).get("kind")
         if kind != "lab-fault":
@@ -339,6 +352,7 @@ class Selection:
     suites: list[str]
     soak_minutes: float
     device_names: list[str]  # the devices the selection resolved to
+    force_deploy: bool = False  # --force-deploy: past a failed preflight (--rig-force-deploy)
 
     def key(self) -> dict[str, Any]:
         return asdict(self)
@@ -454,6 +468,8 @@ def pytest_command(spec: BuildSpec, tree: Path, out: Path, selection: Selection)
         "--rig-report-dir", str(out), "--rig-soak-minutes", f"{selection.soak_minutes:g}",
         "-p", "no:cacheprovider", "-q", "-rfE", "--tb=short",
     ]  # fmt: skip
+    if selection.force_deploy:
+        cmd.append("--rig-force-deploy")
     n = len(selection.device_names)
     cmd += ["-n", str(n)] if n > 1 else ["-p", "no:xdist"]
     if _has_pytest_timeout():
@@ -542,6 +558,13 @@ class Regress:
         return results
 
 
+def _mismatch(device: Device, tree: Path) -> str | None:
+    from rig.shadowbox import recipe_for, tree_mismatch
+
+    why = tree_mismatch(recipe_for(device.shadowbox.recipe), tree)
+    return None if why is None else f"recipe '{device.shadowbox.recipe}' of {device.name}: {why}"
+
+
 def _aside(folder: Path, label: str) -> Path:
     """A fresh folder name for a run that is being replaced (its evidence is kept, never deleted)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -568,15 +591,35 @@ def summary_json(results: list[BuildResult], selection: Selection) -> dict[str, 
     }
 
 
+def nothing_judged(results: list[BuildResult]) -> str | None:
+    """Why no build could be judged (None if one could): every cell failed to deploy or is unjudged."""
+    cells = [c for r in results for c in r.cells.values()]
+    if not cells:
+        return "no build produced a result on any device"
+    if any(c.severity is not None and c.outcome != "deploy-failed" for c in cells):
+        return None
+    reasons = sorted({c.text for c in cells})
+    return "no build could be judged: every cell is " + ", ".join(reasons) + " (see the lines below the table)"
+
+
 def exit_code(results: list[BuildResult]) -> int:
     if any(r.regressed_on for r in results):
         return EXIT_REGRESSED
+    if nothing_judged(results) is not None:
+        return EXIT_NOTHING_JUDGED
     if any(c.severity is None for r in results for c in r.cells.values()):
         return EXIT_UNJUDGED
     return EXIT_OK
 
 
-_STYLE = {"pass": "green", "fail": "yellow", "hang": "red", "crash": "red", "lab-fault": "magenta"}
+_STYLE = {
+    "pass": "green",
+    "fail": "yellow",
+    "deploy-failed": "yellow",
+    "hang": "red",
+    "crash": "red",
+    "lab-fault": "magenta",
+}
 
 
 def render_table(results: list[BuildResult]) -> Table:
@@ -606,6 +649,16 @@ def render_table(results: list[BuildResult]) -> Table:
             row.append("no regression")
         table.add_row(*row)
     return table
+
+
+def detail_lines(results: list[BuildResult]) -> list[str]:
+    """The full reason of every cell that is not a pass (the table shows only the short verdict)."""
+    lines = []
+    for r in results:
+        for d, c in sorted(r.cells.items()):
+            if c.outcome != "pass" and c.detail:
+                lines.append(f"{r.label} on {d}: {c.text}: {c.detail}")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------
@@ -642,6 +695,7 @@ def render_table(results: list[BuildResult]) -> Table:
     default=None,
     help="Checked-out refs (default <out>/trees).",
 )
+@click.option("--force-deploy", is_flag=True, help="Deploy past a failed preflight (each report records it as forced).")
 @click.pass_context
 def regress_cmd(
     ctx: click.Context,
@@ -654,6 +708,7 @@ def regress_cmd(
     soak_minutes: float,
     out: Path | None,
     cache: Path | None,
+    force_deploy: bool,
 ) -> None:
     """Run the suites for several Shadow-box builds and line them up per device.
 
@@ -677,7 +732,13 @@ def regress_cmd(
         if not Path(s).exists():
             raise click.ClickException(f"--suites {s}: no such file or folder")
     out = (out or Path(root.get("report_dir", "reports")) / f"regress-{time.strftime('%Y%m%d')}").resolve()
-    selection = Selection(inventory, list(names), list(tags), suite_paths, soak_minutes, [d.name for d in devices])
+    selection = Selection(
+        inventory, list(names), list(tags), suite_paths, soak_minutes, [d.name for d in devices], force_deploy
+    )
+    for spec in specs:  # a folder is known now: a recipe/tree mismatch is named before anything runs
+        if spec.kind == "tree":
+            for warning in sorted({w for d in devices if (w := _mismatch(d, spec.source))}):
+                console.print(f"[yellow]{escape(spec.label)}: {escape(warning)}[/]", highlight=False, soft_wrap=True)
     reg = Regress(specs, out, selection, (cache or out / "trees").resolve(), console)
 
     def reset(spec: BuildSpec) -> None:
@@ -691,6 +752,11 @@ def regress_cmd(
     summary = summary_json(results, selection)
     write_json_atomic(out / SUMMARY_FILE, summary)
     console.print(render_table(results))
+    for line in detail_lines(results):
+        console.print(line, highlight=False, soft_wrap=True, markup=False)
+    why = nothing_judged(results)
+    if why is not None and not any(r.regressed_on for r in results):
+        console.print(f"[red]{escape(why)}[/]", highlight=False, soft_wrap=True)
     console.print(f"per build: {out}/<build>/ (summary.json, <device>/report.json); lined up: {out / SUMMARY_FILE}",
                   highlight=False, soft_wrap=True)  # fmt: skip
     sys.exit(exit_code(results))

@@ -16,7 +16,9 @@ report.json, schema version 1::
      "run_id": str, "rig_version": str, "build": str|null (``--rig-build``, e.g. a git ref),
      "device": {"name", "tags", "description", "ssh": "user@host:port", "console": url|null, "power": kind},
      "identity": {"kernel", "cmdline", "cpu_model", "microcode", "cpus"},
-     "deploy": {...} | null,
+     "deploy": {"ok": true, "forced", "recipe", "checks", "result_code", "markers", "kernel_lines", "notes", ...}
+             | {"ok": false, "reason", "detail", "hint", "forced", "checks", "failed_checks",
+                "build_output_tail" (last 40 lines), "kernel_lines" (since the first insmod)} | null,
      "tests": [{"nodeid", "name", "outcome", "duration", "verdict": {...}, "nmi": {...}|null, "failure": str}],
      "nmi_deliveries": [{"test", "source", "raised", "row", "cpus", "per_cpu", "missing_cpus", "ok", ...}],
      "shadowbox_callbacks": {"<cpu>": count},
@@ -164,6 +166,11 @@ class DeviceReport:
         self.data["deploy"] = result.to_json()
         self.event("deploy", f"{result.recipe} started, result code {result.result_code}")
 
+    def set_deploy_failure(self, exc: Any) -> None:
+        """A deploy that failed by name (rig.shadowbox.DeployFailed): reason, checks, build tail, kernel lines."""
+        self.data["deploy"] = exc.to_json()
+        self.event("deploy-failed", exc.summary(), reason=exc.reason)
+
     def test_result(
         self,
         *,
@@ -236,6 +243,16 @@ class RunReport:
             rep.close()
 
 
+def _deploy_digest(deploy: Any) -> dict[str, Any] | None:
+    """The deploy as summary.json keeps it: outcome, and for a failure what happened, what to do, last lines."""
+    if not isinstance(deploy, dict):
+        return None
+    if deploy.get("ok", True):
+        return {"ok": True, "recipe": deploy.get("recipe"), "forced": deploy.get("forced", False)}
+    last = (deploy.get("build_output_tail") or [])[-3:] + (deploy.get("kernel_lines") or [])[-3:]
+    return {k: deploy.get(k) for k in ("ok", "recipe", "reason", "detail", "hint", "forced")} | {"last_lines": last}
+
+
 def write_summary(run_dir: Path) -> dict[str, Any]:
     """Gather every device's report.json into summary.json (devices x tests -> verdict)."""
     devices: list[dict[str, Any]] = []
@@ -249,6 +266,7 @@ def write_summary(run_dir: Path) -> dict[str, Any]:
                 "status": data["status"],
                 "identity": data.get("identity", {}),
                 "tests": cells,
+                "deploy": _deploy_digest(data.get("deploy")),
             }
         )
     summary = {

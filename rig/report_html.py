@@ -99,6 +99,8 @@ def cell_of(outcome: str, verdict: str, kind: str | None = None) -> Cell:
         return Cell(outcome, verdict, kind, "lab", "powered-off")
     if kind in {k.value for k in _FAILING_KINDS}:
         return Cell(outcome, verdict, kind, "bad", verdict)
+    if kind == VerdictKind.DEPLOY_FAILED:  # the build was not deployed: the test failed, the laptop is fine
+        return Cell(outcome, verdict, kind, "failed", verdict)
     if outcome == "skipped":
         return Cell(outcome, verdict, kind, "skip", "skipped")
     if outcome == "passed":

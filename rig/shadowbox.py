@@ -77,6 +77,68 @@ def stage_tree(tree: Path, dest: Path) -> Path:
     return dest
 
 
+#: Upstream's markers (light_box.c, v2.3.0): every line starts ``shadow-box: ``. "Kernel version is not
+#: supported, [%s]" has no newline, so the next line may be glued to it: patterns are searched, not anchored.
+_UPSTREAM_FAILURES: tuple[tuple[str, str], ...] = (
+    (r"VMX inside SMX is disabled by BIOS", "vmx-disabled: VT-x inside SMX (TXT) is disabled in the firmware setup"),
+    (r"VMX is disabled by BIOS", "vmx-disabled: VT-x is disabled in the firmware setup"),
+    (r"VMX not support", "no-vmx: the CPU has no VT-x (or it is not exposed to this kernel)"),
+    (
+        r"Kernel version is not supported",
+        "unsupported-kernel: the tree has no System.map for this kernel's 'uname -v' (system.map/<uname -v>.map), "
+        "or does not support this kernel",
+    ),
+    (r"VMXON Fail", "vmxon-failed: VMXON failed (VT-x locked or already in use by another hypervisor)"),
+    (r"Launch Valid Fail|Launch Invalid Fail", "launch-failed: VMLAUNCH failed"),
+    (r"sb_init_vmx fail", "vmx-init-failed: sb_init_vmx failed"),
+    (r"alloc fail", "out-of-memory: Shadow-box could not allocate its memory"),
+    (r"Thread run fail", "thread-fail: a VM thread did not start"),
+    (r"Execution Fail", "start-failed: Shadow-box reported Execution Fail"),
+)
+#: upstream ``errorcode=%d`` (shadow_box.h): the ones a deploy can end with.
+_UPSTREAM_CODES: tuple[tuple[str, str], ...] = (
+    ("1", "start-failed: errorcode=1 (Execution Fail)"),
+    ("2", "no-vmx: errorcode=2 (VT-x missing or disabled)"),
+    ("5", "unsupported-kernel: errorcode=5 (kernel version not supported)"),
+    ("7", "out-of-memory: errorcode=7 (memory allocation failed)"),
+)
+_GOOROOM_FAILURES: tuple[tuple[str, str], ...] = (
+    (r"Intel CPU is not found", "no-intel-cpu: the CPU is not an Intel CPU (GRMCODE=020010)"),
+    (r"Failed to get kallsyms_lookup_name", "missing-symbol: kallsyms_lookup_name() not found through a kprobe"),
+    (
+        r"sb_get_symbol_address \[[^\]]*\] is NULL|HANG Error SYMBOL_NULL",
+        "missing-symbol: a kernel symbol the tree needs is missing in this kernel",
+    ),
+    *_UPSTREAM_FAILURES,
+)
+#: gooroom ``GRMCODE=%06d`` result codes.
+_GOOROOM_CODES: tuple[tuple[str, str], ...] = (
+    ("020009", "not-started: GRMCODE=020009 (Shadow-box did not start)"),
+    ("020010", "no-vmx: GRMCODE=020010 (hardware not supported: no Intel VT-x)"),
+    ("020011", "launch-failed: GRMCODE=020011 (VM launch failed)"),
+    ("020013", "unsupported-kernel: GRMCODE=020013 (kernel version mismatch)"),
+    ("020015", "out-of-memory: GRMCODE=020015 (memory allocation failed)"),
+)
+
+#: Build tools a tree may need, and the fix a preflight failure names.
+TOOL_FIXES: dict[str, str] = {
+    "make": "install make (Debian: apt install make)",
+    "gcc": "install gcc (Debian: apt install gcc; the kernel's own gcc version)",
+    "nasm": "install nasm (Debian: apt install nasm): the tree's .asm files are assembled with it",
+    "python2": "make_symtable.py is Python 2 and the Makefile runs 'python': install Python 2 and make "
+    "'python' run it (a python2 interpreter first in PATH), or port make_symtable.py",
+}
+
+
+@dataclass(frozen=True)
+class TreeShape:
+    """How to tell a tree of one flavour: files it must have and a (file, regex) it must match."""
+
+    files: tuple[str, ...]
+    #: (file, regex, what it means): the tree matches only if the regex is found in the file.
+    match: tuple[str, str, str] | None = None
+
+
 @dataclass(frozen=True)
 class Recipe:
     """How one Shadow-box flavour is built, loaded and judged. Pure data."""
@@ -86,29 +148,43 @@ class Recipe:
     build: str
     #: Modules to insmod, in order, relative to the tree. The last one is Shadow-box proper.
     modules: tuple[str, ...]
+    #: Folder of the tree where ``build`` runs (gooroom: ``Source``).
+    build_dir: str = ""
     #: Console/kmsg lines meaning "started"; the result code regex and its success value.
     success_marker: str = "Execution Complete"
     result_code: str = r"errorcode=(\d+)"
     result_ok: str = "0"
-    #: Failure markers -> the named reason a report shows.
-    failures: tuple[tuple[str, str], ...] = (
-        (r"VMX not support", "no-vmx: the CPU has no VT-x (or it is not exposed to this kernel)"),
-        (r"VMX is disabled by BIOS", "vmx-disabled: VT-x is disabled in the firmware setup"),
-        (r"Kernel version is not supported", "unsupported-kernel: the tree does not support this kernel"),
-        (r"HANG Error SYMBOL_NULL|is NULL", "missing-symbol: a kernel symbol the tree needs is missing"),
-        (r"Thread run fail", "thread-fail: a VM thread did not start"),
-        (r"Execution Fail", "start-failed: Shadow-box reported Execution Fail"),
-    )
+    #: Failure markers -> the named reason a report shows (first match wins).
+    failures: tuple[tuple[str, str], ...] = _UPSTREAM_FAILURES
+    #: Result codes other than ``result_ok`` -> the named reason.
+    result_codes: tuple[tuple[str, str], ...] = _UPSTREAM_CODES
     #: What the device must have for this recipe (preflight).
     needs_vmx: bool = True
     needs_no_jump_label: bool = True
     needs_system_map: bool = False
     needs_intremap_off: bool = True
+    #: Where the tree reads the System.map, as ``<dir>/<uname -v>.map`` (None: it does not read one).
+    system_map_dir: str | None = None
+    #: Tools the build machine needs (keys of TOOL_FIXES).
+    tools: tuple[str, ...] = ()
+    #: The Makefiles build for ``uname -r`` of the machine that runs make (KDIR is ignored).
+    builds_for_uname: bool = False
     #: Kernel series the tree is known to build for (prefixes); empty = do not check.
     kernels: tuple[str, ...] = ()
     #: Build location when the inventory does not say.
     default_build_on: Literal["device", "controller"] = "device"
+    #: A command run on the device after the last insmod (gooroom: start the helper's logger).
+    start_logging: str = ""
+    #: What a tree of this flavour looks like (None: any folder).
+    shape: TreeShape | None = None
 
+
+#: gooroom's START_LOGGING is ioctl 0 on /dev/sb-helper (what its gop-helper daemon does after insmod).
+#: The rig does it itself, with the device's python3, so the host-side lines leave the helper's kfifo.
+_GOOROOM_START_LOGGING = (
+    'python3 -c \'import fcntl, os; fd = os.open("/dev/sb-helper", os.O_RDONLY); '
+    "fcntl.ioctl(fd, 0, bytearray(8)); os.close(fd)'"
+)
 
 RECIPES: dict[str, Recipe] = {
     "upstream": Recipe(
@@ -116,15 +192,56 @@ RECIPES: dict[str, Recipe] = {
         build="make",
         modules=("shadow_box.ko",),
         needs_system_map=True,
+        system_map_dir="system.map",
+        tools=("make", "gcc", "nasm", "python2"),
+        builds_for_uname=True,
         kernels=("4.",),
+        shape=TreeShape(
+            ("Makefile", "make_symtable.py", "shadow_box.h"),
+            ("shadow_box.h", r'SHADOWBOX_VERSION\s+"2\.', "SHADOWBOX_VERSION 2.x"),
+        ),
     ),
     "gooroom": Recipe(
         name="gooroom",
         build="make",
-        modules=("shadow_box_helper.ko", "shadow_box.ko"),
+        build_dir="Source",
+        modules=("Source/shadow_box_helper/shadow_box_helper.ko", "Source/shadow_box/shadow_box.ko"),
         result_code=r"GRMCODE=(\d+)",
         result_ok="020008",
+        failures=_GOOROOM_FAILURES,
+        result_codes=_GOOROOM_CODES,
+        needs_system_map=True,
+        system_map_dir="Source/shadow_box/system.map",
+        tools=("make", "gcc", "nasm", "python2"),
+        builds_for_uname=True,
+        kernels=("4.9.", "4.19."),
+        start_logging=_GOOROOM_START_LOGGING,
+        shape=TreeShape(
+            ("Source/Makefile", "Source/shadow_box/Makefile", "Source/shadow_box/shadow_box.h"),
+            ("Source/shadow_box/Makefile", r"make_symtable\.py", "Source/shadow_box/Makefile runs make_symtable.py"),
+        ),
+    ),
+    "gooroom-3.0": Recipe(
+        name="gooroom-3.0",
+        build="make",
+        build_dir="Source",
+        modules=("Source/shadow_box_helper/shadow_box_helper.ko", "Source/shadow_box/shadow_box.ko"),
+        result_code=r"GRMCODE=(\d+)",
+        result_ok="020008",
+        failures=_GOOROOM_FAILURES,
+        result_codes=_GOOROOM_CODES,
+        tools=("make", "gcc", "nasm"),
+        builds_for_uname=True,
         kernels=("4.9.", "4.19.", "5.10."),
+        start_logging=_GOOROOM_START_LOGGING,
+        shape=TreeShape(
+            ("Source/Makefile", "Source/shadow_box/Makefile", "Source/shadow_box/shadow_box.h"),
+            (
+                "Source/shadow_box/shadow_box.h",
+                r'SHADOWBOX_VERSION\s+"3\.',
+                "SHADOWBOX_VERSION 3.x (branch gooroom-3.0)",
+            ),
+        ),
     ),
     "sbsim": Recipe(
         name="sbsim",
@@ -136,6 +253,40 @@ RECIPES: dict[str, Recipe] = {
         default_build_on="controller",
     ),
 }
+
+
+def tree_mismatch(recipe: Recipe, tree: Path) -> str | None:
+    """Why ``tree`` is not a tree of ``recipe``'s flavour (None if it is), naming the recipe that fits.
+
+    Why before anything is uploaded: deploying gooroom with the upstream recipe builds the wrong
+    folder and loads the wrong modules; the failure then reads as Shadow-box's, minutes later.
+    """
+    why = _shape_mismatch(recipe, tree)
+    if why is None:
+        return None
+    fits = [r.name for r in RECIPES.values() if r is not recipe and r.shape and _shape_mismatch(r, tree) is None]
+    hint = f"it looks like a '{fits[0]}' tree: set [shadowbox] recipe = \"{fits[0]}\"" if fits else ""
+    if not fits and (tree / "Makefile").is_file() and (tree.parent / "shadow_box_helper").is_dir():
+        hint = f"it looks like a gooroom Source/ folder: point [shadowbox] source at {tree.parent.parent}"
+    return f"{tree} is not a '{recipe.name}' tree: {why}" + (f"; {hint}" if hint else "")
+
+
+def _shape_mismatch(recipe: Recipe, tree: Path) -> str | None:
+    shape = recipe.shape
+    if shape is None:
+        return None
+    missing = [f for f in shape.files if not (tree / f).is_file()]
+    if missing:
+        return "missing " + ", ".join(missing)
+    if shape.match is not None:
+        rel, pattern, meaning = shape.match
+        try:
+            text = (tree / rel).read_text(errors="replace")
+        except OSError as exc:
+            return f"{rel} unreadable ({exc})"
+        if not re.search(pattern, text):
+            return f"{rel} does not show {meaning}"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,20 +302,87 @@ class Check:
         return {"name": self.name, "ok": self.ok, "detail": self.detail}
 
 
-class PreflightFailed(DeviceError):
-    def __init__(self, checks: list[Check]) -> None:
-        bad = [c for c in checks if c.ok is False]
-        super().__init__("preflight failed: " + "; ".join(f"{c.name}: {c.detail}" for c in bad))
-        self.checks = checks
+#: What to do, per failure reason: the report and the terminal line show it next to what happened.
+HINTS: dict[str, str] = {
+    "preflight": "fix the failed checks (each names its fix), or go past them with --rig-force-deploy "
+    "(rig regress --force-deploy) to see what the tree itself does",
+    "tree-mismatch": "set [shadowbox] recipe to the tree's flavour, or point [shadowbox] source at the right tree",
+    "build-failed": "read the build's last lines (the tool's or compiler's own words): install what is missing, "
+    "or use a tree that supports this kernel",
+    "no-vmx": "use a machine whose CPU has Intel VT-x, exposed to this kernel (not a TCG guest)",
+    "no-intel-cpu": "Shadow-box runs on Intel CPUs only",
+    "vmx-disabled": "enable Intel Virtualization Technology (and VT-x inside TXT) in the firmware setup",
+    "unsupported-kernel": "boot a kernel the tree supports (upstream: system.map/<uname -v>.map of this very "
+    "kernel must be in the tree)",
+    "missing-symbol": "the kernel lacks a symbol the tree needs: boot a kernel the tree supports, or fix the tree",
+    "out-of-memory": "free memory on the device (or give the guest more) and deploy again",
+    "insmod-hang": "insmod never returned: the device is rebooted before the next deploy",
+    "insmod-failed": "read the kernel lines Shadow-box printed (below)",
+    "no-start-marker": "read the kernel lines Shadow-box printed (below); raise [shadowbox] start_timeout if it "
+    "is still starting",
+    "bad-result-code": "read the kernel lines Shadow-box printed (below)",
+}
 
 
 class DeployFailed(DeviceError):
-    """Deploy failed for a named reason (``reason`` is the short key, e.g. ``no-vmx``)."""
+    """Deploy failed for a named reason (``reason`` is the short key, e.g. ``no-vmx``).
 
-    def __init__(self, reason: str, detail: str, log: str = "") -> None:
+    It carries what a lab engineer needs to see: the preflight checks, the build's whole output
+    (``log``; reports keep its last 40 lines) and the kernel lines printed since the first insmod.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        detail: str,
+        log: str = "",
+        *,
+        checks: list[Check] | None = None,
+        kernel_lines: list[str] | None = None,
+        hint: str | None = None,
+    ) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
+        self.detail = detail
         self.log = log
+        self.checks: list[Check] = list(checks or [])
+        self.kernel_lines: list[str] = list(kernel_lines or [])
+        self.hint = HINTS.get(reason, "") if hint is None else hint
+        #: Set when the deploy went past a failed preflight (--rig-force-deploy).
+        self.forced = False
+        #: The recipe and tree, filled by the Deployer.
+        self.recipe = ""
+        self.tree = ""
+
+    def output_tail(self, lines: int = 40) -> list[str]:
+        return self.log.rstrip("\n").splitlines()[-lines:] if self.log.strip() else []
+
+    def summary(self) -> str:
+        """One line: what happened and what to do (the terminal line, the JUnit property)."""
+        return f"{self.reason}: {self.detail}" + (f" -- do: {self.hint}" if self.hint else "")
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "ok": False,
+            "recipe": self.recipe,
+            "tree": self.tree,
+            "reason": self.reason,
+            "detail": self.detail,
+            "hint": self.hint,
+            "forced": self.forced,
+            "checks": [c.to_json() for c in self.checks],
+            "failed_checks": [c.to_json() for c in self.checks if c.ok is False],
+            "build_output_tail": self.output_tail(40),
+            "kernel_lines": self.kernel_lines[-40:],
+        }
+
+
+class PreflightFailed(DeployFailed):
+    """Preflight refused the device; ``checks`` say which check failed and what fixes it."""
+
+    def __init__(self, checks: list[Check]) -> None:
+        bad = [c for c in checks if c.ok is False]
+        super().__init__("preflight", "; ".join(f"{c.name}: {c.detail}" for c in bad), checks=checks)
 
 
 @dataclass
@@ -178,9 +396,20 @@ class DeployResult:
     tree: str = ""
     commit: str | None = None
     remote_dir: str = ""  # the fresh folder on the device it was uploaded to (removed after loading)
+    #: Went past a failed preflight (--rig-force-deploy): the report says so.
+    forced: bool = False
+    #: Kernel lines printed since the first insmod (the last 40).
+    kernel_lines: list[str] = field(default_factory=list)
+    #: Things the deploy could not do but went on without (e.g. gooroom's START_LOGGING).
+    notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, object]:
         return {
+            "ok": True,
+            "forced": self.forced,
+            "failed_checks": [c.to_json() for c in self.checks if c.ok is False],
+            "kernel_lines": self.kernel_lines[-40:],
+            "notes": self.notes,
             "recipe": self.recipe,
             "checks": [c.to_json() for c in self.checks],
             "build_seconds": round(self.build_seconds, 2),
@@ -208,6 +437,23 @@ for f in /sys/firmware/efi/efivars/SecureBoot-*; do
   [ -r "$f" ] && echo "secureboot=$(od -An -t u1 -j4 -N1 "$f" | tr -d ' ')"
 done
 echo "free_kb=$(df -k /tmp | awk 'NR==2 {print $4}')"
+echo "uname_v=$(uname -v)"
+if [ -d "/lib/modules/$(uname -r)/build" ]; then echo headers=yes; else echo headers=no; fi
+stext=$(awk '$3 == "_stext" {print $1; exit}' /proc/kallsyms 2>/dev/null)
+if [ -n "$stext" ] && [ -n "${stext##*[!0]*}" ]; then echo kallsyms=no
+elif [ -n "$stext" ]; then echo kallsyms=yes
+else echo kallsyms=no; fi
+"""
+
+#: The build machine's tools (run on the device, or on the controller for controller builds).
+TOOLS_SCRIPT = r"""
+for t in make gcc nasm python3; do
+  if command -v "$t" >/dev/null 2>&1; then echo "tool_$t=yes"; else echo "tool_$t=no"; fi
+done
+if command -v python >/dev/null 2>&1; then
+  echo "python_major=$(python -c 'import sys; print(sys.version_info[0])' 2>/dev/null || echo broken)"
+else echo python_major=none; fi
+echo "build_uname=$(uname -r)"
 """
 
 
@@ -220,8 +466,18 @@ def parse_facts(text: str) -> dict[str, str]:
     return facts
 
 
-def judge_preflight(recipe: Recipe, facts: dict[str, str], min_free_kb: int = 50_000) -> list[Check]:
-    """Turn device facts into named checks. Pure: testable on facts from any laptop."""
+def judge_preflight(
+    recipe: Recipe,
+    facts: dict[str, str],
+    min_free_kb: int = 50_000,
+    *,
+    build_facts: dict[str, str] | None = None,
+    build_on: Literal["device", "controller"] = "device",
+) -> list[Check]:
+    """Turn device facts (and the build machine's, ``build_facts``) into named checks.
+
+    Pure: testable on facts from any laptop. Each failed check names its fix.
+    """
     checks: list[Check] = []
     kernel = facts.get("uname", "?")
     cmdline = facts.get("cmdline", "").split()
@@ -262,8 +518,10 @@ def judge_preflight(recipe: Recipe, facts: dict[str, str], min_free_kb: int = 50
             )
         )
     if recipe.needs_system_map:
-        ok = facts.get("systemmap") == "yes"
-        checks.append(Check("system-map", ok, f"/boot/System.map-{kernel} " + ("present" if ok else "missing")))
+        checks.append(_system_map_check(recipe, facts, kernel))
+    if build_facts is None:  # a device build: the device is the build machine
+        build_facts = facts if build_on == "device" else {}
+    checks.extend(_build_checks(recipe, facts, build_facts, build_on))
     lockdown = facts.get("lockdown", "")
     if lockdown:
         locked = "[none]" not in lockdown
@@ -275,6 +533,70 @@ def judge_preflight(recipe: Recipe, facts: dict[str, str], min_free_kb: int = 50
         )
     free = int(facts.get("free_kb", "0") or 0)
     checks.append(Check("free-space", free >= min_free_kb, f"{free // 1024} MiB free in /tmp"))
+    return checks
+
+
+def _system_map_check(recipe: Recipe, facts: dict[str, str], kernel: str) -> Check:
+    """The tree reads ``<system_map_dir>/<uname -v>.map`` (strcmp on ``uname -v``), not /boot: say where it goes."""
+    where = f"{recipe.system_map_dir}/<uname -v>.map in the tree" if recipe.system_map_dir else "the tree"
+    if facts.get("systemmap") == "yes":
+        return Check("system-map", True, f"/boot/System.map-{kernel} is copied to {where}")
+    if facts.get("kallsyms") == "yes":
+        return Check("system-map", True, f"no /boot/System.map-{kernel}: /proc/kallsyms is copied to {where}")
+    return Check(
+        "system-map",
+        False,
+        f"no /boot/System.map-{kernel} and /proc/kallsyms shows no addresses: install this kernel's System.map "
+        f"as /boot/System.map-{kernel} (or deploy as root), the rig copies it to {where}",
+    )
+
+
+def _build_checks(
+    recipe: Recipe, facts: dict[str, str], build: dict[str, str], build_on: Literal["device", "controller"]
+) -> list[Check]:
+    """Tools, headers and build host: the things that make ``make`` fail before it compiles anything."""
+    checks: list[Check] = []
+    where = "the device" if build_on == "device" else "the controller"
+    if recipe.builds_for_uname and build_on == "controller" and build:
+        ok = build.get("build_uname") == facts.get("uname")
+        detail = (
+            f"the tree's Makefiles build for 'uname -r' of the machine that runs make (KDIR is ignored): "
+            f"the controller runs {build.get('build_uname')}, the device {facts.get('uname')}"
+        )
+        checks.append(Check("build-host", ok, detail if not ok else "controller runs the device's kernel"))
+    if recipe.builds_for_uname and build_on == "device":
+        ok = facts.get("headers") == "yes"
+        detail = f"/lib/modules/{facts.get('uname')}/build " + (
+            "present" if ok else f"missing on the device: install linux-headers-{facts.get('uname')}"
+        )
+        checks.append(Check("kernel-headers", ok, detail))
+    for tool in recipe.tools:
+        if not build:
+            checks.append(Check(f"tool:{tool}", None, f"could not ask {where}"))
+        elif tool == "python2":
+            major = build.get("python_major", "none")
+            ok = major == "2"
+            found = {"none": "there is no 'python'", "broken": "'python' does not run"}.get(
+                major, f"'python' is Python {major}"
+            )
+            checks.append(
+                Check("tool:python2", ok, "'python' is Python 2" if ok else f"{found} on {where}: {TOOL_FIXES[tool]}")
+            )
+        else:
+            ok = build.get(f"tool_{tool}") == "yes"
+            checks.append(
+                Check(f"tool:{tool}", ok, f"{tool} found" if ok else f"{tool} not found on {where}: {TOOL_FIXES[tool]}")
+            )
+    if recipe.start_logging and facts.get("tool_python3") == "no":
+        checks.append(
+            Check(
+                "start-logging",
+                None,
+                "no python3 on the device: the rig cannot send START_LOGGING to /dev/sb-helper, so the lines "
+                "Shadow-box prints in VMX root (NMI callbacks, hang banners) stay in the helper's buffer; "
+                "install python3",
+            )
+        )
     return checks
 
 
@@ -331,10 +653,33 @@ class Deployer:
         self.sudo = sudo
         self._staging: Path | None = None
         self._staged: Path | None = None
+        #: Set just before the first insmod: from then on the device may hold part of Shadow-box
+        #: and only a reboot gives a clean state (a refusal before it leaves the device as it was).
+        self.reached_insmod = False
+        self._kmsg_anchor = ""
 
     def preflight(self) -> list[Check]:
-        res = self.shell.run("sh -c " + shlex.quote(PREFLIGHT_SCRIPT), timeout=30, sudo=self.sudo)
-        return judge_preflight(self.recipe, parse_facts(res.out))
+        """The device's facts (and the build machine's tools) as named checks; nothing is uploaded or loaded."""
+        res = self.shell.run("sh -c " + shlex.quote(PREFLIGHT_SCRIPT + TOOLS_SCRIPT), timeout=30, sudo=self.sudo)
+        facts = parse_facts(res.out)
+        if self.build_on == "controller":
+            local = subprocess.run(["sh", "-c", TOOLS_SCRIPT], capture_output=True, text=True, timeout=30)
+            build_facts = parse_facts(local.stdout)
+        else:
+            build_facts = facts
+        return judge_preflight(self.recipe, facts, build_facts=build_facts, build_on=self.build_on)
+
+    def check_tree(self) -> None:
+        """Refuse a tree that is not of the recipe's flavour, before anything is uploaded."""
+        if not self.tree.is_dir():
+            raise ConfigError(f"device {self.device}: [shadowbox] source {self.tree} is not a folder")
+        why = tree_mismatch(self.recipe, self.tree)
+        if why is not None:
+            raise self._named(DeployFailed("tree-mismatch", why))
+
+    def _named(self, exc: DeployFailed) -> DeployFailed:
+        exc.recipe, exc.tree = self.recipe.name, str(self.tree)
+        return exc
 
     def _stage(self) -> Path:
         """A controller-side copy of the deployable files of the tree (:func:`tree_files`), made once.
@@ -367,48 +712,136 @@ class Deployer:
                 f"linux-headers-{kernel_release} or set [shadowbox] kernel_headers",
             )
         build_dir = self._stage()
-        proc = subprocess.run(
-            ["sh", "-c", self.recipe.build],
-            cwd=build_dir,
-            env={"KDIR": str(headers), "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PWD": str(build_dir)},
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        work = build_dir / self.recipe.build_dir
+        started = time.time()
+        try:
+            proc = subprocess.run(
+                ["sh", "-c", self.recipe.build],
+                cwd=work,
+                env={"KDIR": str(headers), "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PWD": str(work)},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                timeout=600,
+            )
+        except subprocess.TimeoutExpired as exc:
+            out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+            raise DeployFailed("build-failed", "the build on the controller did not finish in 600 s", out) from None
         if proc.returncode != 0:
-            self.cleanup()
-            tail = (proc.stdout + proc.stderr)[-2000:]
             raise DeployFailed(
                 "build-failed",
-                f"'{self.recipe.build}' exited {proc.returncode} on the controller (tree {self.tree})",
-                tail,
+                _build_failure(self.recipe.build, proc.returncode, "the controller", proc.stdout),
+                proc.stdout,
             )
+        found = {}
+        for m in self.recipe.modules:
+            f = build_dir / m
+            found[m] = int(f.stat().st_mtime) if f.is_file() else None
+        self._judge_modules(found, int(started), "the controller", proc.stdout)
         return build_dir
+
+    def _judge_modules(self, found: dict[str, int | None], started: int, where: str, output: str) -> None:
+        """Every module the recipe loads exists and is newer than the build's start, or ``build-failed``.
+
+        Why: make's exit status is not enough. gooroom's ``.ONESHELL`` Makefile (no ``-e``) exits 0
+        whatever fails, and a tree that ships a stale ``.ko`` would be loaded as if it were built.
+        """
+        missing = [m for m, t in found.items() if t is None]
+        stale = [m for m, t in found.items() if t is not None and t < started - 1]
+        if missing or stale:
+            what = []
+            if missing:
+                what.append("built no " + ", ".join(missing))
+            if stale:
+                what.append(", ".join(stale) + " older than the build's start (not rebuilt)")
+            last = _last_lines(output, 3)
+            raise DeployFailed(
+                "build-failed",
+                f"'{self.recipe.build}' exited 0 on {where} but {'; '.join(what)}"
+                + (f"; its last lines: {last}" if last else ""),
+                output,
+            )
 
     def build_on_device(self, remote: str) -> float:
         t0 = time.monotonic()
-        cmd = f"cd {shlex.quote(remote)} && {self.recipe.build}"
+        where = f"{self.device}"
+        folder = remote + ("/" + self.recipe.build_dir if self.recipe.build_dir else "")
+        started = self._device_time()
+        if self.recipe.system_map_dir:
+            self._place_system_map(remote)
+        cmd = f"cd {shlex.quote(folder)} && {self.recipe.build}"
         try:
             # as the owner of the folder (root with sudo: see make_remote_dir)
-            res = self.shell.run("sh -c " + shlex.quote(cmd), timeout=900, sudo=self.sudo)
+            res = self.shell.run("sh -c " + shlex.quote(cmd + " 2>&1"), timeout=900, sudo=self.sudo)
         except CommandTimeout as exc:
             raise DeployFailed("build-failed", f"build did not finish: {exc}") from None
+        output = res.out + res.err
         if res.exit_status != 0:
             raise DeployFailed(
-                "build-failed",
-                f"'{self.recipe.build}' exited {res.exit_status} on {self.device}",
-                (res.out + res.err)[-2000:],
+                "build-failed", _build_failure(self.recipe.build, res.exit_status, where, output), output
             )
+        self._judge_modules(self._device_modules(remote), started, where, output)
         return time.monotonic() - t0
 
+    def _device_time(self) -> int:
+        try:
+            return int(self.shell.run("date +%s", timeout=10).out.strip())
+        except (RigError, ValueError):
+            return 0
+
+    def _device_modules(self, remote: str) -> dict[str, int | None]:
+        script = 'for m in "$@"; do if [ -f "$m" ]; then echo "$(stat -c %Y "$m") $m"; else echo "- $m"; fi; done'
+        paths = [f"{remote}/{m}" for m in self.recipe.modules]
+        res = self.shell.run(
+            "sh -c " + shlex.quote(script) + " sh " + " ".join(map(shlex.quote, paths)), timeout=15, sudo=self.sudo
+        )
+        stamps: dict[str, int | None] = {m: None for m in self.recipe.modules}
+        for line in res.out.splitlines():
+            stamp, _, path = line.partition(" ")
+            m = path.removeprefix(remote + "/")
+            if m in stamps and stamp.isdigit():
+                stamps[m] = int(stamp)
+        return stamps
+
+    def _place_system_map(self, remote: str) -> None:
+        """Put the running kernel's System.map where the tree reads it: ``<dir>/<uname -v>.map``.
+
+        The tree compares the file name with ``uname -v`` (strcmp), so the name is the device's own
+        ``uname -v``; the map comes from ``/boot`` or, failing that, ``/proc/kallsyms`` (root).
+        """
+        d = f"{remote}/{self.recipe.system_map_dir}"
+        script = (
+            f'd={shlex.quote(d)}; mkdir -p "$d"; f="$d/$(uname -v).map"; m="/boot/System.map-$(uname -r)"; '
+            'if [ -r "$m" ]; then cp "$m" "$f"; else grep -v \'\\[\' /proc/kallsyms > "$f"; fi; '
+            'chmod a+r "$f"'
+        )
+        with_suppress = self.shell.run("sh -c " + shlex.quote(script), timeout=60, sudo=self.sudo)
+        if with_suppress.exit_status != 0:
+            log.warning("device %s: System.map not placed: %s", self.device, with_suppress.err.strip())
+
     def deploy(self, *, skip_preflight_failures: bool = False) -> DeployResult:
-        """Preflight, upload, build, insmod, wait for the start marker and the result code."""
-        if not self.tree.is_dir():
-            raise ConfigError(f"device {self.device}: [shadowbox] source {self.tree} is not a folder")
+        """Tree check, preflight, upload, build, insmod, start-logging, the start marker and the result code.
+
+        Every failure is a :class:`DeployFailed` carrying the checks, the build output and the
+        kernel lines, so the report shows the tool's, compiler's and kernel's own words.
+        """
+        self.check_tree()
         checks = self.preflight()
-        if any(c.ok is False for c in checks) and not skip_preflight_failures:
-            raise PreflightFailed(checks)
-        result = DeployResult(self.recipe.name, checks, tree=str(self.tree), commit=git_commit(self.tree))
+        forced = any(c.ok is False for c in checks)
+        if forced and not skip_preflight_failures:
+            raise self._named(PreflightFailed(checks))
+        result = DeployResult(
+            self.recipe.name, checks, tree=str(self.tree), commit=git_commit(self.tree), forced=forced
+        )
+        try:
+            self._deploy(result)
+        except DeployFailed as exc:
+            exc.checks = exc.checks or checks
+            exc.forced = forced
+            raise self._named(exc) from None
+        return result
+
+    def _deploy(self, result: DeployResult) -> None:
         kernel = self.shell.run("uname -r", timeout=10).out.strip()
         try:
             upload = self._stage()
@@ -423,6 +856,8 @@ class Deployer:
         if self.build_on == "device":
             result.build_seconds = self.build_on_device(remote)
         mark = self.console.mark() if self.console is not None else 0
+        self._kmsg_anchor = _last_line(self._kernel_log())
+        self.reached_insmod = True
         t0 = time.monotonic()
         for i, module in enumerate(self.recipe.modules):
             last = i == len(self.recipe.modules) - 1
@@ -431,8 +866,26 @@ class Deployer:
         # and 0700, for a look by hand: asking a hung device to remove them would only wait.)
         self._remove_remote(remote)
         result.load_seconds = time.monotonic() - t0
+        if self.recipe.start_logging:
+            result.notes.extend(self._start_logging())
         self._await_start(mark, result)
-        return result
+
+    def _start_logging(self) -> list[str]:
+        """gooroom: ask the helper to drain its buffer (what gop-helper does after insmod)."""
+        try:
+            res = self.shell.run("sh -c " + shlex.quote(self.recipe.start_logging), timeout=30, sudo=self.sudo)
+        except RigError as exc:
+            return [f"start-logging not sent ({exc})"]
+        if res.exit_status != 0:
+            return [
+                f"start-logging not sent: {_last_lines(res.out + res.err, 2) or f'exit {res.exit_status}'}; "
+                "lines Shadow-box prints in VMX root stay in the helper's buffer"
+            ]
+        return ["start-logging sent (ioctl START_LOGGING on /dev/sb-helper)"]
+
+    def new_kernel_lines(self) -> list[str]:
+        """Kernel lines printed since just before the first insmod (all of this boot if unknown)."""
+        return _after_anchor(self._kernel_log(), getattr(self, "_kmsg_anchor", ""))
 
     def make_remote_dir(self) -> str:
         """A fresh folder on the device for this deploy: ``mktemp -d`` (0700), by root when sudo is used.
@@ -497,41 +950,51 @@ class Deployer:
         try:
             res = self.shell.run(cmd, timeout=self.start_timeout, sudo=self.sudo)
         except CommandTimeout:
-            reason = self._console_reason() or "insmod-hang: insmod never returned"
-            key, _, detail = reason.partition(": ")
+            lines = self.new_kernel_lines()
+            reason = _match_failure(self.recipe, "\n".join(lines)) or self._console_reason()
+            key, _, detail = (reason or "insmod-hang: insmod never returned").partition(": ")
             raise DeployFailed(
-                key, f"{module}: {detail} (insmod still running after {self.start_timeout:g} s)"
+                key,
+                f"{module}: {detail} (insmod still running after {self.start_timeout:g} s)",
+                kernel_lines=lines,
             ) from None
         if res.exit_status != 0:
-            found = self._log_reason() or self._console_reason()
+            lines = self.new_kernel_lines()
+            text = "\n".join(lines)
+            found = _match_failure(self.recipe, text) or _match_code(self.recipe, text) or self._console_reason()
             key, _, detail = (found or "insmod-failed: insmod failed").partition(": ")
-            raise DeployFailed(key, f"{module}: {detail}; insmod said: {res.err.strip()[-300:]}")
+            raise DeployFailed(key, f"{module}: {detail}; insmod said: {res.err.strip()[-300:]}", kernel_lines=lines)
 
     def _await_start(self, mark: int, result: DeployResult) -> None:
-        """Wait for the success marker and the result code (console first, else the kernel log)."""
+        """Wait for the success marker and the result code in the kernel lines printed since insmod."""
         deadline = time.monotonic() + self.start_timeout
+        lines: list[str] = []
         text = ""
         while time.monotonic() < deadline:
-            text = self._kernel_log()
+            lines = self.new_kernel_lines()
+            text = "\n".join(lines)
             if self.recipe.success_marker in text:
                 break
-            reason = _match_failure(self.recipe, text)
+            reason = _match_failure(self.recipe, text) or _match_code(self.recipe, text)
             if reason:
                 key, _, detail = reason.partition(": ")
-                raise DeployFailed(key, detail, text[-2000:])
+                raise DeployFailed(key, detail, kernel_lines=lines)
             time.sleep(0.5)
         else:
             raise DeployFailed(
                 "no-start-marker",
                 f"'{self.recipe.success_marker}' not seen within {self.start_timeout:g} s",
-                text[-2000:],
+                kernel_lines=lines,
             )
         codes = re.findall(self.recipe.result_code, text)
         result.result_code = codes[-1] if codes else None
-        result.markers = [ln.strip() for ln in text.splitlines() if "shadow-box:" in ln][-40:]
+        result.markers = [ln.strip() for ln in lines if "shadow-box:" in ln][-40:]
+        result.kernel_lines = lines[-40:]
         if result.result_code is not None and result.result_code != self.recipe.result_ok:
+            named = dict(self.recipe.result_codes).get(result.result_code)
+            key, _, detail = (named or "bad-result-code: ").partition(": ")
             raise DeployFailed(
-                "bad-result-code", f"result code {result.result_code}, expected {self.recipe.result_ok}", text[-2000:]
+                key, detail or f"result code {result.result_code}, expected {self.recipe.result_ok}", kernel_lines=lines
             )
 
     def _kernel_log(self) -> str:
@@ -539,9 +1002,6 @@ class Deployer:
             return self.shell.run("dmesg", timeout=15, sudo=self.sudo).out
         except RigError:
             return ""
-
-    def _log_reason(self) -> str | None:
-        return _match_failure(self.recipe, self._kernel_log())
 
     def _console_reason(self) -> str | None:
         if self.console is None:
@@ -552,6 +1012,56 @@ class Deployer:
         except RigError:
             return None
         return _match_failure(self.recipe, str(getattr(line, "text", line)))
+
+
+def _last_line(text: str) -> str:
+    lines = text.rstrip("\n").splitlines()
+    return lines[-1] if lines else ""
+
+
+def _after_anchor(text: str, anchor: str) -> list[str]:
+    lines = text.rstrip("\n").splitlines()
+    if anchor:
+        for i in range(len(lines) - 1, -1, -1):
+            if lines[i] == anchor:
+                return lines[i + 1 :]
+    return lines
+
+
+_NOISE = re.compile(r"^make(\[\d+\])?: (Entering|Leaving) directory|^\s*$")
+_TELLING = re.compile(r"error|Error|ERROR|not found|No such file|Stop\.|SyntaxError|undefined|fatal")
+
+
+def _last_lines(text: str, n: int) -> str:
+    """The last ``n`` lines that say something (errors first; make's directory chatter left out)."""
+    lines = [ln.strip() for ln in text.rstrip().splitlines() if not _NOISE.search(ln)]
+    telling = [ln for ln in lines if _TELLING.search(ln)]
+    return " | ".join((telling or lines)[-n:])
+
+
+_NOT_FOUND = re.compile(r"(?:^|\s)(?:sh: )?(?:\d+: )?([\w.+-]+): (?:command )?not found", re.M)
+
+
+def _build_failure(command: str, status: int, where: str, output: str) -> str:
+    """``'make' exited 127 on lab-1: sh: make: not found -- install make ...``: the tool's own words first."""
+    msg = f"'{command}' exited {status} on {where}"
+    last = _last_lines(output, 3)
+    if last:
+        msg += f": {last}"
+    m = _NOT_FOUND.search(output)
+    if m:
+        tool = m.group(1)
+        fix = TOOL_FIXES.get(tool, f"install {tool}")
+        msg += f" -- '{tool}' is not installed on {where}: {fix}, or build elsewhere ([shadowbox] build_on)"
+    return msg
+
+
+def _match_code(recipe: Recipe, text: str) -> str | None:
+    """A result code other than success, named (upstream ``errorcode=7`` says nothing else)."""
+    codes = re.findall(recipe.result_code, text)
+    if codes and codes[-1] != recipe.result_ok:
+        return dict(recipe.result_codes).get(codes[-1], f"bad-result-code: result code {codes[-1]}")
+    return None
 
 
 def _match_failure(recipe: Recipe, text: str) -> str | None:

@@ -74,6 +74,9 @@ class VerdictKind(StrEnum):
     LOST_CONNECTION = "lost-connection"
     LAB_FAULT = "lab-fault"
     POWERED_OFF = "powered-off"
+    #: Shadow-box was not deployed (preflight refused, build failed, it refused to start): rendered
+    #: ``deploy-failed(<reason>)``. Neither the laptop's failure nor the lab's: the build's.
+    DEPLOY_FAILED = "deploy-failed"
 
 
 #: Verdicts that say the lab (or someone in it), not the device under test, failed.
@@ -84,4 +87,6 @@ def verdict_text(kind: VerdictKind, detail: str | None = None) -> str:
     """Render a verdict the one way reports and the CLI show it: ``crash(panic)``, ``hang``, ..."""
     if kind is VerdictKind.CRASH:
         return f"crash({detail or 'unknown'})"
+    if kind is VerdictKind.DEPLOY_FAILED:
+        return f"deploy-failed({detail or 'unknown'})"
     return kind.value

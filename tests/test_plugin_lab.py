@@ -133,8 +133,14 @@ def test_a_deploy_that_fails_in_set_up_still_gets_its_row(lab: Lab, tmp_path: Pa
     assert proc.returncode == 1, out[-3000:]
     (test,) = load(tmp_path / "setup" / "lab-1" / "report.json")["tests"]
     assert test["name"] == "test_needs_shadowbox" and test["outcome"] == "failed", test
-    assert test["failure"].startswith("error in set-up: rig.shadowbox.DeployFailed: no-vmx:"), test
-    assert test["verdict"]["verdict"] == "ok"  # the laptop is fine: the build refused to start
+    assert test["failure"].startswith("error in set-up: DEPLOY FAILED on lab-1: no-vmx:"), test
+    assert "Traceback" not in out  # a named refusal, not a crash of the rig
+    # the build refused to start: its own verdict, with the kernel lines Shadow-box printed during insmod
+    assert test["verdict"]["verdict"] == "deploy-failed(no-vmx)"
+    deploy = load(tmp_path / "setup" / "lab-1" / "report.json")["deploy"]
+    assert deploy["ok"] is False and deploy["reason"] == "no-vmx"
+    assert any("VMX not support" in ln for ln in deploy["kernel_lines"]), deploy
+    assert any("errorcode=2" in ln for ln in deploy["kernel_lines"]), deploy
     summary = load(tmp_path / "setup" / "summary.json")
     assert summary["devices"][0]["tests"]["test_needs_shadowbox"]["outcome"] == "failed"
 

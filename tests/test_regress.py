@@ -27,6 +27,7 @@ from rich.console import Console
 from rig.errors import ConfigError
 from rig.lab.sbsim import sbsim_source_dir
 from rig.regress import (
+    EXIT_NOTHING_JUDGED,
     EXIT_OK,
     EXIT_REGRESSED,
     EXIT_UNJUDGED,
@@ -38,8 +39,10 @@ from rig.regress import (
     Selection,
     checkout_commit,
     classify_device,
+    detail_lines,
     exit_code,
     line_up,
+    nothing_judged,
     parse_builds,
     pytest_command,
     render_table,
@@ -234,7 +237,8 @@ def test_cells_from_reports() -> None:
     assertion = classify_device(report([("test_deploy", "failed", OK)]))
     assert assertion.outcome == "fail" and "test_deploy (assertion)" in assertion.text
     deploy = classify_device(report([], [{"kind": "deploy-failed", "text": "build-failed: make exited 2"}]))
-    assert deploy.outcome == "fail" and "build-failed" in deploy.detail
+    assert deploy.outcome == "deploy-failed" and deploy.text == "deploy-failed(build-failed)"
+    assert "make exited 2" in deploy.detail
     lab = classify_device(report([("test_soak", "failed", verdict("lab-fault", reason="console server down"))]))
     assert lab.outcome == "lab-fault" and lab.severity is None and "console server" in lab.detail
     # a hang later in the run wins over an earlier lab fault: the build did hang the laptop
@@ -371,7 +375,7 @@ def test_a_run_that_leaves_no_summary_is_rerun(tmp_path: Path) -> None:
     results = reg.run()
     assert RegressState(tmp_path / "out").entry("fixed")["status"] == "failed"  # type: ignore[index]
     assert all(c.outcome == "missing" for r in results for c in r.cells.values())
-    assert exit_code(results) == EXIT_UNJUDGED
+    assert exit_code(results) == EXIT_NOTHING_JUDGED  # no build could be judged at all
     again = FakeSuites()
     make_regress(tmp_path, again).run()
     assert again.calls == ["fixed", "hang", "panic"]
@@ -571,3 +575,22 @@ def test_ref_builds_run_on_their_commit_and_a_moved_ref_is_a_new_build(
     second = Recording()
     regress(second)
     assert second.calls == ["main"] and trees["main"] == tmp_path / "out" / "trees" / new
+
+
+def test_builds_that_all_fail_to_deploy_judge_nothing_and_say_why_in_full() -> None:
+    long_detail = "'make' exited 127 on lab-1: sh: make: not found -- 'make' is not installed on lab-1: " + "x" * 200
+    deploy = {"ok": False, "reason": "build-failed", "detail": long_detail, "hint": "install make"}
+    failed = {"status": "complete", "tests": [], "timeline": [], "deploy": deploy}
+    cell = classify_device(failed)
+    assert cell.text == "deploy-failed(build-failed)" and long_detail in cell.detail  # not cut at 120
+    results = [BuildResult(label, {"lab-1": cell, "lab-2": cell}) for label in ("a", "b")]
+    assert exit_code(results) == EXIT_NOTHING_JUDGED
+    why = nothing_judged(results)
+    assert why is not None and "deploy-failed(build-failed)" in why
+    lines = detail_lines(results)
+    assert len(lines) == 4 and all(long_detail in ln for ln in lines)
+    # a build that deploys where another did not is judged: the one that failed to deploy regressed
+    passed = classify_device(report([("test_deploy", "passed", OK)]))
+    mixed = [BuildResult("a", {"lab-1": passed}), BuildResult("b", {"lab-1": cell})]
+    line_up(mixed)
+    assert nothing_judged(mixed) is None and exit_code(mixed) == EXIT_REGRESSED

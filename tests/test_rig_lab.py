@@ -196,15 +196,15 @@ def test_bmc_down_is_a_lab_fault(dut2: Dut, lab: Lab, tmp_path: Path) -> None:
 def test_deploy_to_a_cpu_without_vtx_names_the_reason(dut1: Dut, tmp_path: Path) -> None:
     """The upstream recipe needs VT-x; a TCG guest has none: preflight says so by name, nothing is loaded."""
     from rig.shadowbox import PreflightFailed
+    from tests.sbtrees import upstream_tree
 
-    tree = tmp_path / "shadow-box-for-x86"
-    tree.mkdir()
-    (tree / "Makefile").write_text("all:\n\ttrue\n")
+    tree = upstream_tree(tmp_path / "shadow-box-for-x86")
     with pytest.raises(PreflightFailed) as exc:
         dut1.deploy_shadowbox(recipe="upstream", source=tree)
     names = {c.name for c in exc.value.checks if c.ok is False}
     assert {"vt-x", "kernel", "intremap"} <= names, exc.value.checks
     assert "no 'vmx' in /proc/cpuinfo" in str(exc.value)
+    assert not dut1.shadowbox_loaded  # refused before insmod: nothing to reboot away
 
 
 def test_deploy_of_a_tree_that_does_not_build_names_the_reason(dut1: Dut, tmp_path: Path) -> None:
