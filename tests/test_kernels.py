@@ -17,6 +17,7 @@ import lzma
 import os
 import shutil
 import subprocess
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -217,8 +218,10 @@ class Signer:
 
 
 def make_signer(base: Path, uid: str) -> Iterator[Signer]:
-    home = base / "gnupg"
-    home.mkdir(mode=0o700, parents=True)
+    # A short home of its own: gpg-agent's sockets live in it, and a unix socket path has at most
+    # 107 bytes (under xdist, tmp_path gains a popen-gwN/ level and S.gpg-agent.browser went past it).
+    base.mkdir(parents=True, exist_ok=True)
+    home = Path(tempfile.mkdtemp(prefix="rig-gpg-"))
     env = {**os.environ, "GNUPGHOME": str(home)}
     try:
         subprocess.run(["gpg", "--batch", "--passphrase", "", "--quick-gen-key", uid, "ed25519", "sign", "never"],
@@ -228,6 +231,8 @@ def make_signer(base: Path, uid: str) -> Iterator[Signer]:
         yield Signer(home, keyring)
     finally:  # gpg started an agent for this home: stop it
         subprocess.run(["gpgconf", "--kill", "all"], env=env, check=False, capture_output=True)
+        # The home stays (a few kB in /tmp): a caller that took the signer with next() still signs
+        # with it after this generator was closed; gpg starts its agent again on demand.
 
 
 @pytest.fixture
@@ -268,14 +273,14 @@ def test_verify_inrelease_refuses_tampering_strangers_and_a_missing_keyring(
 
 def test_the_real_keyring_has_bullseyes_keys(tmp_path: Path) -> None:
     """The host's keyring is what the fetcher trusts: it must carry the bullseye archive keys (gpg lists them)."""
-    home = tmp_path / "gnupg"
-    home.mkdir(mode=0o700)
+    home = Path(tempfile.mkdtemp(prefix="rig-gpg-"))  # short: see make_signer
     env = {**os.environ, "GNUPGHOME": str(home)}
     try:
         out = subprocess.run(["gpg", "--show-keys", "--with-colons", str(kernels.KEYRING)],
                              capture_output=True, text=True, check=True, env=env)
     finally:
         subprocess.run(["gpgconf", "--kill", "all"], env=env, check=False, capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
     uids = [line.split(":")[9] for line in out.stdout.splitlines() if line.startswith("uid:")]
     assert any("(11/bullseye)" in u and "Security" not in u for u in uids), uids
     assert any("(11/bullseye)" in u and "Security" in u for u in uids), uids
