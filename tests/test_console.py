@@ -17,6 +17,7 @@ import pytest
 from rig.console import SPLIT_MARK, ConsoleCapture, ConsoleLine, ExpectTimeout, format_log_line
 from rig.detect import Detector
 from rig.errors import DeviceError, LabFault
+from rig.lab.image import kernel_path
 from tests.consolepeers import PtyPair, Ser2Net, free_port, wait_for
 
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (.*)$")
@@ -308,7 +309,8 @@ def test_format_log_line() -> None:
     assert format_log_line(1735787045.678, "x") == "2025-01-02T03:04:05.678Z x"
 
 
-KERNEL = Path("/boot/vmlinuz-6.1.0-56-amd64")
+#: The host's lab kernel, found the way the lab finds it (never a pinned ABI number: the archive moves on).
+KERNEL = kernel_path()
 BUSYBOX = Path("/bin/busybox")
 CRASH_INIT = """#!/bin/busybox sh
 /bin/busybox mount -t proc proc /proc
