@@ -23,6 +23,10 @@ from rig.power.base import PowerState
 from rig.power.command import run_argv, substitute
 from rig.power.pdu import PduPowerControl
 
+#: Seconds the button stays released between two presses: a press that follows a release at once
+#: reads as one long hold to the laptop's embedded controller (and to the lab's virtual button).
+RELEASE_GAP = 1.0
+
 
 class Contact(Protocol):
     """A relay contact."""
@@ -95,14 +99,19 @@ class RelayPowerControl:
         self.forced_off = False
         #: How the last status() was inferred (shown by `rig power` and `rig check`).
         self.last_inference = "not asked yet"
+        self._released_at = -RELEASE_GAP
 
     def _hold(self, seconds: float) -> None:
+        gap = RELEASE_GAP - (time.monotonic() - self._released_at)
+        if gap > 0:
+            time.sleep(gap)
         self.contact.close()
         try:
             time.sleep(seconds)
         finally:
             try:
                 self.contact.open()
+                self._released_at = time.monotonic()
             except RigError as exc:
                 raise LabFault(
                     f"device {self.device}: relay ({self.contact.describe()}) could not be opened again: {exc}; "
