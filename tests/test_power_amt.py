@@ -58,7 +58,8 @@ def _handler(amt: StandIn) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
-            if f"{PMS}/RequestPowerStateChange" in body and f"<wsman:ResourceURI s:mustUnderstand=\"true\">{PMS}" in body:
+            resource = f"<wsman:ResourceURI s:mustUnderstand=\"true\">{PMS}"
+            if f"{PMS}/RequestPowerStateChange" in body and resource in body:
                 value = int(re.search(r"<p:PowerState>(\d+)</p:PowerState>", body).group(1))  # type: ignore[union-attr]
                 amt.requests.append(value)
                 rv = amt.refuse_with if amt.refuse_with is not None else 0

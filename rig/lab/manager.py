@@ -679,7 +679,8 @@ class Lab:
         marker = self._marker(info.dir)
         pid_file = info.dir / "vpower.pid"
         stop_process(read_pid(pid_file), marker)
-        argv = [sys.executable, "-m", "rig.lab.vpower", "--guest-dir", str(info.dir),
+        # The folder with its slash: the marker by which down() knows the process is this guest's.
+        argv = [sys.executable, "-m", "rig.lab.vpower", "--guest-dir", self._marker(info.dir),
                 "--console-port", str(info.console_port)]
         if info.power_kind == "pdu":
             argv += ["--pdu-dir", str(info.pdu_dir), "--outlet", str(info.pdu_outlet)]
