@@ -217,3 +217,35 @@ def test_relay_forces_off_and_boots_a_laptop_like_guest(
     assert after != g.qemu_pid
     assert [e.split(" (")[0] for e in _events(laptop_lab.guest("laptop-2"))][-2:] == [
         "cut power button held 4 s", "start power button pressed"]
+
+
+def test_recovery_tries_a_warm_reset_first_and_cuts_power_only_when_it_fails(
+    laptop_lab: Lab, laptop_devices: dict[str, Device], tmp_path: Path
+) -> None:
+    """Power order that keeps evidence: a site whose power has a reset (here the lab's QMP
+    system_reset, which keeps the guest's RAM: same QEMU process) is reset first; a reset that
+    does not bring the laptop back (here one that does nothing) is followed by a power cut through
+    the PDU (a new QEMU process). Dut.last_recovery says which, and why."""
+    g = laptop_lab.guest("laptop-1")
+    qmp = str(lab_guest.GuestPaths(g.dir).lab_qmp_socket)
+    agent, oid = f"127.0.0.1:{g.pdu_port}", f"{vpdu.APC_OUTLET_OID}.{g.pdu_outlet}"
+    snmpset = ["snmpset", "-v1", "-c", "private", agent, oid, "i"]
+    warm = [sys.executable, "-c", "import sys; from rig.lab.guest import qmp_command; "
+            "qmp_command(sys.argv[1], 'system_reset')", qmp]
+    base = laptop_devices["laptop-1"]
+    monitor = base.monitor.model_copy(update={"reset_timeout": 60.0})
+    for reset, method in ((warm, "warm-reset"), (["true"], "power-cut")):
+        cfg = CommandPower(kind="command", on=[*snmpset, "1"], off=[*snmpset, "2"], reset=reset, cycle_pause=1.0)
+        dev = base.model_copy(update={"power": cfg, "monitor": monitor if method == "warm-reset" else
+                                      monitor.model_copy(update={"reset_timeout": 15.0})})
+        before = laptop_lab.guest("laptop-1").qemu_pid
+        with Dut(dev, tmp_path / method).open(monitor=False) as dut:
+            dut.recover()
+            assert dut.last_recovery is not None and dut.last_recovery["method"] == method, dut.last_recovery
+            assert dut.ssh.run("echo back", timeout=10).out.strip() == "back"
+        after = laptop_lab.guest("laptop-1").qemu_pid
+        if method == "warm-reset":
+            assert after == before  # the same QEMU process: RAM kept across the reset
+        else:
+            assert after != before  # cut: a new process, RAM lost
+            assert "warm reset did not bring it back within 15 s" in str(dut.last_recovery["why"])
