@@ -235,3 +235,35 @@ def test_pdu_password_only_for_url_hosts_and_never_in_messages(tmp_path: Path, m
         t.join(2)
     assert "plug-9" in str(ei.value)
     assert "s3cr3t-pdu" not in str(ei.value) and "401" in str(ei.value)
+
+
+def test_rig_power_cli_switches_and_reads_the_outlet_under_the_device_lock(
+    tmp_path: Path, pdu: Pdu, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from rig.cli import main
+    from rig.dut import DeviceLock
+
+    monkeypatch.setenv("RIG_LOCK_DIR", str(tmp_path / "locks"))
+    inv = tmp_path / "devices"
+    inv.mkdir()
+    (inv / "t.toml").write_text(INVENTORY.format(model="apc", port=pdu.port))
+    run = CliRunner().invoke
+    r = run(main, ["--devices", str(inv), "power", "thinkpad-t14", "off"])
+    assert r.exit_code == 0, r.output
+    assert pdu.outlet(3) == 2 and "off done" in r.output
+    r = run(main, ["--devices", str(inv), "power", "thinkpad-t14", "status"])
+    assert r.exit_code == 0 and "thinkpad-t14: off" in r.output and "PDU apc at 127.0.0.1" in r.output, r.output
+    r = run(main, ["--devices", str(inv), "power", "thinkpad-t14", "reset"])
+    assert r.exit_code == 0 and "no warm reset: power cycle instead" in r.output, r.output
+    assert pdu.outlet(3) == 1
+    lock = DeviceLock(load_device(inv / "t.toml"))
+    lock.acquire()
+    try:
+        r = run(main, ["--devices", str(inv), "power", "thinkpad-t14", "off"])
+    finally:
+        lock.release()
+    assert r.exit_code == 1 and "DEVICE BUSY" in r.output and pdu.outlet(3) == 1, r.output
+    r = run(main, ["--devices", str(inv), "power", "no-such-laptop", "on"])
+    assert r.exit_code == 1 and "unknown device(s) no-such-laptop" in r.output, r.output
