@@ -11,6 +11,10 @@ pass script reads and writes; a reboot (3) sets it to 1 and appends a line to ``
 What is plugged into the outlet follows that state on its own time, as a laptop follows AC:
 :mod:`rig.lab.vpower` watches the files and cuts or restores the guest's power. The script
 answers at once, so ``snmpset`` never retries a slow set into two actions.
+
+Seen here: snmpd may answer a get from a short-lived cache of the pass script's output, so an
+outlet file changed behind its back (not through snmpset) can read stale for a while. Nothing in
+the lab does that; tests change outlets through SNMP.
 """
 
 from __future__ import annotations
