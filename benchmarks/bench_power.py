@@ -82,7 +82,7 @@ def section(r: dict[str, Any], rounds: int) -> str:
         f"Measured in one run, {rounds} rounds, guests in turn, on this 2-core VM, shared with other work "
         f"({platform.node()}, {when}; 1-minute load at the verdicts {min(load):.1f}-{max(load):.1f}).",
         "",
-        "Method: " + " ".join((__doc__ or "").split("\n\n")[1].split()),
+        " ".join((__doc__ or "").split("\n\n")[1].split()),
         "What the figures say: the relay pays its 6 s forced-off hold and the release gap on top of a boot; the",
         "PDU pays its off time (1 s here, `cycle_pause`) and the SNMP round trips; both are a cold boot of a new",
         "QEMU process, so on this loaded machine the boot dominates all three.",
