@@ -103,8 +103,13 @@ class CheckRow:
     cells: dict[str, tuple[str, str]] = field(default_factory=dict)
     ok: bool = True
 
-    def put(self, item: str, status: str, reason: str = "") -> None:
+    #: What a cell shows instead of its status word (the power column shows the state).
+    shown: dict[str, str] = field(default_factory=dict)
+
+    def put(self, item: str, status: str, reason: str = "", shown: str | None = None) -> None:
         self.cells[item] = (status, reason)
+        if shown is not None:
+            self.shown[item] = shown
         if status == "FAIL":
             self.ok = False
 
@@ -196,12 +201,7 @@ def check_device(device: Device, log_dir: Path, *, recover: bool = False, deploy
             fault = dut.console.lab_fault()
             row.put("console", "FAIL" if fault else "ok", fault or "")
         if "power" not in row.cells:
-            try:
-                row.put("power", "ok", str(dut.power.status()))
-            except Unavailable as exc:
-                row.put("power", "n/a", exc.reason)
-            except RigError as exc:
-                row.put("power", "FAIL", str(exc))
+            _check_power(row, dut, device)
         for name in device.nmi_sources:
             item = f"nmi:{name}"
             if name == "ipmi" and row.cells["power"][0] == "FAIL":
@@ -243,6 +243,26 @@ def _check_deploy(dut: Any, row: CheckRow) -> None:
         row.put(f"deploy:{c.name}", "ok" if c.ok else ("FAIL" if c.ok is False else "n/a"), c.detail)
 
 
+def _check_power(row: CheckRow, dut: object, device: Device) -> None:
+    """The power column: back end and state ("pdu: on", "relay: on (inferred)"); a fault names why."""
+    from rig.power import status_is_inferred
+
+    power = dut.power  # type: ignore[attr-defined]
+    kind = device.power.kind
+    try:
+        state = power.status()
+    except Unavailable as exc:
+        row.put("power", "n/a", exc.reason, shown=f"[yellow]{kind}: n/a")
+        return
+    except RigError as exc:
+        row.put("power", "FAIL", str(exc), shown=f"[red]{kind}: FAIL")
+        return
+    inferred = " (inferred)" if status_is_inferred(power) else ""
+    colour = "green" if str(state) == "on" else "yellow"
+    row.put("power", "ok", f"{power.describe()}; {getattr(power, 'last_inference', '')}".rstrip("; "),
+            shown=f"[{colour}]{kind}: {state}{inferred}")
+
+
 _STYLE = {"ok": "[green]ok", "n/a": "[yellow]n/a", "FAIL": "[red]FAIL"}
 
 
@@ -270,9 +290,10 @@ def check(ctx: click.Context, names: Sequence[str], tags: Sequence[str], recover
     for c in cols:
         table.add_column(escape(c))
     for r in rows:
-        table.add_row(
-            escape(r.device), *(_STYLE.get(r.cells[c][0], escape(r.cells[c][0])) if c in r.cells else "-" for c in cols)
+        cells = (
+            r.shown.get(c) or _STYLE.get(r.cells[c][0], escape(r.cells[c][0])) if c in r.cells else "-" for c in cols
         )
+        table.add_row(escape(r.device), *cells)
     out.print(table)
     for r in rows:
         for item, (status, reason) in r.cells.items():
@@ -362,6 +383,7 @@ def demo(soak_minutes: float) -> None:
 def _register_subcommands() -> None:
     from rig.bisect import bisect_cmd
     from rig.lab.cli import lab
+    from rig.power_cli import power_cmd
     from rig.regress import regress_cmd
     from rig.report_cli import report
     from rig.triage import triage
@@ -371,6 +393,7 @@ def _register_subcommands() -> None:
     main.add_command(triage)
     main.add_command(regress_cmd)
     main.add_command(bisect_cmd)
+    main.add_command(power_cmd)
 
 
 _register_subcommands()

@@ -26,7 +26,15 @@ from rig.errors import ConfigError, DeviceError, LabFault, RigError, Unavailable
 from rig.inventory import Device, IpmiPower
 from rig.monitor import HangMonitor, Verdict
 from rig.nmi import SOURCES, InterruptCounts, NmiMeans, NmiSource, read_interrupts
-from rig.power import IpmiPowerControl, ManualPowerControl, PowerControl, PowerState, power_for
+from rig.power import (
+    IpmiPowerControl,
+    ManualPowerControl,
+    PowerControl,
+    PowerState,
+    offers_warm_reset,
+    power_for,
+    status_is_inferred,
+)
 from rig.qmp import QmpClient
 from rig.shadowbox import Deployer, DeployFailed, DeployResult, recipe_for
 from rig.ssh import SshClient
@@ -214,12 +222,16 @@ class Dut:
             )
             self.power = IpmiPowerControl(self.bmc)
         else:
-            self.power = power_for(device)
+            # The probe lets a power-button relay infer the state it cannot read back.
+            self.power = power_for(device, probe=lambda: self.ssh.alive(timeout=3.0))
         sock = device.qmp_socket()
         self.qmp: QmpClient | None = QmpClient(sock) if sock is not None else None
         self.monitor = HangMonitor(device.name, self.ssh, self.console, device.monitor, sudo=device.ssh.sudo)
         #: Set when a test ended in a crash/hang/reboot: the next user power-cycles first.
         self.needs_recovery = False
+        #: How the last recover() brought the device back (for the report's timeline): method
+        #: "warm-reset" (RAM kept) or "power-cut", why, and the seconds it took.
+        self.last_recovery: dict[str, object] | None = None
         #: capability -> None (offered) or the reason it is not; filled by the plugin.
         self.caps: dict[str, str | None] = {}
         #: Shadow-box (or sbsim) loaded since the last boot: a second deploy needs a reboot first.
@@ -418,32 +430,94 @@ class Dut:
     # -- recovery ----------------------------------------------------------------------------
 
     def recover(self, *, timeout: float | None = None, start_monitor: bool = True) -> float:
-        """Power-cycle the device and wait until it is ready again; return the seconds it took.
+        """Bring the device back -- warm reset first, power cut if that fails -- and wait until it is
+        ready again; return the seconds it took.
 
-        Waits for a ready line on the console (login prompt / lab banner) when there is a console,
-        then for SSH. The monitor is paused meanwhile and starts afresh, so the next test does not
-        inherit this verdict.
+        Why this order: a warm reset (IPMI/AMT reset, QMP system_reset, a site's reset command)
+        keeps the machine's RAM, so what a hang left there (ramoops, the post-mortem log) survives;
+        a power cut loses it. So the rig resets first where the back end offers a reset that keeps
+        RAM (``warm_reset``), and cuts the power (``cycle``) only when the reset fails or the device
+        is not ready within ``reset_timeout``. :attr:`last_recovery` says which it did and why.
+
+        Ready = a ready line on the console (login prompt / lab banner) when there is a console,
+        then SSH. The monitor is paused meanwhile and starts afresh, so the next test does not
+        inherit this verdict. A device whose power control says "on" but that stays silent for the
+        whole ``boot_timeout`` after a power cut is a :class:`LabFault` saying exactly that (a
+        laptop with its battery in does not boot when a PDU restores AC), not a hang.
         """
         timeout = timeout or self.device.monitor.boot_timeout
         t0 = time.monotonic()
         self.monitor.stop()
         self.monitor.pause()
-        mark = self.console.mark() if self.console is not None else 0
-        self.power.cycle()  # LabFault (BMC) or Unavailable (manual power) go to the caller as they are
-        if self.console is not None and self.console.connected:
-            self.console.expect(READY_PATTERN, timeout=timeout, since=mark)
-        elif self.console is not None:
-            log.warning("%s: console unreachable (%s); waiting for SSH only", self.name, self.console.lab_fault())
-        left = max(5.0, timeout - (time.monotonic() - t0))
-        self.ssh.wait_ready(timeout=left)
+        method, why = "power-cut", f"{self.power.describe().split(':', 1)[0]} offers no warm reset"
+        done = False
+        if offers_warm_reset(self.power):
+            mark = self.console.mark() if self.console is not None else 0
+            reset_wait = min(timeout, self.device.monitor.reset_timeout)
+            try:
+                self.power.reset()
+                self._wait_ready(mark, reset_wait)
+                method, why, done = "warm-reset", "warm reset (RAM kept)", True
+            except (LabFault, Unavailable):
+                raise  # the power control itself failed: a cycle through it would fail the same way
+            except RigError as exc:
+                why = f"warm reset did not bring it back within {reset_wait:g} s ({exc}); power cut instead"
+                log.warning("%s: %s", self.name, why)
+        if not done:
+            mark = self.console.mark() if self.console is not None else 0
+            self.power.cycle()  # LabFault (BMC, PDU) or Unavailable (manual power) go to the caller as they are
+            left = max(5.0, timeout - (time.monotonic() - t0)) if method == "warm-reset" else timeout
+            try:
+                self._wait_ready(mark, left)
+            except RigError as exc:
+                raise self._silent_after_power_on(left, exc) from None
         self.monitor.resume()
         if start_monitor:
             self.monitor.start()
         self.shadowbox_loaded = False
         self.deployment = None
         took = time.monotonic() - t0
-        log.info("%s: recovered in %.1f s", self.name, took)
+        self.last_recovery = {"method": method, "why": why, "seconds": round(took, 2),
+                              "power": self.power.describe()}
+        log.info("%s: recovered by %s in %.1f s", self.name, method, took)
         return took
+
+    def _wait_ready(self, mark: int, timeout: float) -> None:
+        """Console ready line (if the console is connected), then SSH, within ``timeout`` in all."""
+        t0 = time.monotonic()
+        if self.console is not None and self.console.connected:
+            self.console.expect(READY_PATTERN, timeout=timeout, since=mark)
+        elif self.console is not None:
+            log.warning("%s: console unreachable (%s); waiting for SSH only", self.name, self.console.lab_fault())
+        left = max(5.0, timeout - (time.monotonic() - t0))
+        self.ssh.wait_ready(timeout=left)
+
+    def _silent_after_power_on(self, waited: float, exc: RigError) -> RigError:
+        """After a power cut the device never came back: say what the power control says, exactly."""
+        try:
+            state = self.power.status()
+        except RigError as status_exc:
+            return LabFault(f"device {self.name}: not ready {waited:.0f} s after a power cycle through "
+                            f"{self.power.describe()} ({exc}), and its power state cannot be read ({status_exc})",
+                            component="power")
+        if self.device.power.kind not in ("pdu", "relay", "command"):
+            return exc  # a BMC/AMT/QMP machine that does not boot is the device's to explain
+        if state is PowerState.ON and not status_is_inferred(self.power):
+            return LabFault(
+                f"device {self.name}: {self.power.describe()} says the power is ON, but the laptop stayed silent "
+                f"for {waited:.0f} s after the power cycle (boot_timeout; no ready line on the console, no SSH). "
+                "Not a hang: it most likely never booted -- with a PDU or smart plug the battery must be out "
+                "or the BIOS set to power on when AC returns; check the laptop by hand",
+                component="power",
+            )
+        if status_is_inferred(self.power):
+            return LabFault(
+                f"device {self.name}: {self.power.describe()} pressed the power button, but the laptop stayed "
+                f"silent for {waited:.0f} s (boot_timeout; no ready line on the console, no SSH). Not a hang: "
+                "check the relay's wiring to the power-button pins and that the laptop has power",
+                component="power",
+            )
+        return exc
 
     # -- Shadow-box ----------------------------------------------------------------------------
 

@@ -192,7 +192,180 @@ class ManualPower(_Strict):
     instructions: str = "power-cycle the laptop by hand"
 
 
-PowerConfig = Annotated[IpmiPower | QmpPower | ManualPower, Field(discriminator="kind")]
+def labgrid_power_models() -> list[str]:
+    """The PDU/plug/relay models labgrid offers here (``labgrid.driver.power.<model>``), sorted.
+
+    Read from labgrid's installed file list, not by importing it: loading an inventory must stay
+    cheap, and importing labgrid pulls in all of its drivers.
+    """
+    from importlib import metadata
+
+    try:
+        files = metadata.files("labgrid") or []
+    except metadata.PackageNotFoundError:
+        return []
+    prefix = "labgrid/driver/power/"
+    return sorted(
+        f.name.removesuffix(".py")
+        for f in files
+        if str(f).startswith(prefix) and f.name.endswith(".py") and str(f).count("/") == 3
+        and f.name != "__init__.py"
+    )
+
+
+def _check_model(model: str) -> str:
+    known = labgrid_power_models()
+    if not known:
+        raise ValueError("labgrid is not installed (it provides the PDU back ends); run `make deps`")
+    if model not in known:
+        raise ValueError(f"unknown PDU model {model!r}; labgrid's power back ends are: {', '.join(known)}")
+    return model
+
+
+class PduPower(SecretRef):
+    """A network PDU or smart plug outlet, switched through labgrid's back end for ``model``.
+
+    Cutting AC power-cycles a laptop only with its battery out (or a BIOS set to power on when AC
+    returns); with the battery in use a power-button relay (kind = "relay").
+    """
+
+    kind: Literal["pdu"]
+    model: str = Field(description="labgrid.driver.power.<model>, e.g. 'apc', 'gude', 'netio', 'shelly_gen2'.")
+    host: str = Field(description="The PDU's address as labgrid's back end takes it (a name, or a URL for rest ones).")
+    port: int | None = Field(
+        default=None, ge=1, le=65535,
+        description="Network port, if not the back end's default (SNMP models: the agent's UDP port).",
+    )
+    outlet: int | str = Field(description="Outlet (labgrid's 'index'), as the PDU numbers or names it.")
+    user: str | None = Field(default=None, description="For back ends whose host is an http(s) URL.")
+    timeout: float = Field(default=10.0, gt=0, description="Deadline of each PDU call, seconds.")
+    cycle_pause: float = Field(default=5.0, ge=0, description="Seconds off during a cycle (power supply drains).")
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        return _check_model(v)
+
+    @model_validator(mode="after")
+    def _user_needs_secret(self) -> PduPower:
+        if self.user is not None and not self.has_secret():
+            raise ValueError("pdu power with a user needs password_env or password_file")
+        if self.has_secret() and not self.host.startswith(("http://", "https://")):
+            raise ValueError("a PDU password can only be passed to back ends whose host is an http(s):// URL")
+        return self
+
+
+class RelayPower(_Strict):
+    """A relay wired across the laptop's power-button pins: the one way that always works with a
+    battery inside. off = hold ``force_off_seconds``, on = press ``press_seconds``.
+
+    The contact is driven by ``driver``: "command" (``close``/``open`` argument lists, e.g. usbrelay)
+    or "pdu" (a labgrid power back end whose output drives the relay: ``model``/``host``/``outlet``).
+    A relay cannot read the power state: the rig infers it (SSH or console alive) and says so.
+    """
+
+    kind: Literal["relay"]
+    driver: Literal["command", "pdu"]
+    close: list[str] | None = Field(default=None, description="driver = command: argv that closes the contact.")
+    open: list[str] | None = Field(default=None, description="driver = command: argv that opens the contact.")
+    model: str | None = Field(default=None, description="driver = pdu: labgrid power model of the relay board.")
+    host: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    outlet: int | str | None = None
+    force_off_seconds: float = Field(default=6.0, gt=0, description="Hold to force off (laptops need about 5 s).")
+    press_seconds: float = Field(default=0.5, gt=0, description="Press to boot (about 0.3-1 s).")
+    cycle_pause: float = Field(default=2.0, ge=0, description="Off for this long during a cycle.")
+    timeout: float = Field(default=10.0, gt=0, description="Deadline of each contact command, seconds.")
+
+    @model_validator(mode="after")
+    def _driver_fields(self) -> RelayPower:
+        if self.driver == "command":
+            if not self.close or not self.open:
+                raise ValueError('driver = "command" needs close = [...] and open = [...] (argument lists)')
+            _check_templates(self.close, "close")
+            _check_templates(self.open, "open")
+        else:
+            if self.model is None or self.host is None or self.outlet is None:
+                raise ValueError('driver = "pdu" needs model, host and outlet')
+            _check_model(self.model)
+        if self.press_seconds >= self.force_off_seconds:
+            raise ValueError("press_seconds must be shorter than force_off_seconds (a long press forces off)")
+        return self
+
+
+#: The ``{field}`` names an argument of a command back end may use (see rig.power.command).
+COMMAND_FIELDS = ("device", "host", "ssh_host", "action")
+
+
+def _check_templates(argv: list[str], what: str, extra: Sequence[str] = ()) -> None:
+    """Each argument's ``{field}`` names must be known (a typo fails at load time, not at 3 a.m.)."""
+    from string import Formatter
+
+    allowed = set(COMMAND_FIELDS) | set(extra)
+    for arg in argv:
+        try:
+            names = [f for _, f, _, _ in Formatter().parse(arg) if f is not None]
+        except ValueError as exc:
+            raise ValueError(f"{what}: argument {arg!r}: {exc} (write a literal brace as {{{{ or }}}})") from None
+        for n in names:
+            if n not in allowed:
+                raise ValueError(f"{what}: unknown field {{{n}}} in {arg!r}; known: "
+                                 + ", ".join("{" + a + "}" for a in sorted(allowed)))
+
+
+class CommandPower(_Strict):
+    """The site's own power commands (pdudaemon's pduclient, usbrelay, an AMT tool, a script).
+
+    Each is an argument list, run without a shell; ``{device}``, ``{host}`` (the SSH host), ``{action}``
+    and the names in ``fields`` are substituted per argument, so a value is always one argument.
+    ``status`` must print "on" or "off". ``reset`` (optional) must restart without cutting power.
+    """
+
+    kind: Literal["command"]
+    on: list[str] = Field(min_length=1)
+    off: list[str] = Field(min_length=1)
+    cycle: list[str] | None = Field(default=None, description="Default: off, cycle_pause, on.")
+    reset: list[str] | None = Field(default=None, description="A warm reset (RAM kept), if the site has one.")
+    status: list[str] | None = Field(default=None, description="Prints on/off; without it the state is unknown.")
+    fields: dict[str, str] = Field(default_factory=dict, description="Extra {name} values, e.g. outlet = '4'.")
+    timeout: float = Field(default=30.0, gt=0, description="Deadline of each command, seconds.")
+    cycle_pause: float = Field(default=5.0, ge=0)
+
+    @model_validator(mode="after")
+    def _templates(self) -> CommandPower:
+        for what in ("on", "off", "cycle", "reset", "status"):
+            argv = getattr(self, what)
+            if argv is not None:
+                _check_templates(argv, what, tuple(self.fields))
+        return self
+
+
+class AmtPower(SecretRef):
+    """Intel AMT (vPro) over WS-Management: HTTP digest on 16992, or TLS on 16993 (``tls = true``).
+
+    Not exercised against a real AMT here: the rig's tests use a stand-in answering the documented
+    messages (tests/test_power_amt.py).
+    """
+
+    kind: Literal["amt"]
+    host: str
+    port: int | None = Field(default=None, ge=1, le=65535, description="Default 16992, or 16993 with tls.")
+    tls: bool = False
+    ca_file: Path | None = Field(default=None, description="CA bundle for the AMT's TLS certificate.")
+    user: str = "admin"
+    timeout: float = Field(default=15.0, gt=0, description="Deadline of each WS-Management call, seconds.")
+
+    @model_validator(mode="after")
+    def _needs_secret(self) -> AmtPower:
+        if not self.has_secret():
+            raise ValueError("amt power needs password_env or password_file for the AMT password")
+        return self
+
+
+PowerConfig = Annotated[
+    IpmiPower | QmpPower | ManualPower | PduPower | RelayPower | CommandPower | AmtPower,
+    Field(discriminator="kind"),
+]
 
 
 class QmpConfig(_Strict):
@@ -253,6 +426,10 @@ class MonitorConfig(_Strict):
     ssh_probe_timeout: float = Field(default=3.0, gt=0)
     crash_tail_seconds: float = Field(default=10.0, ge=0)
     boot_timeout: float = Field(default=180.0, gt=0, description="Power cycle to SSH ready.")
+    reset_timeout: float = Field(
+        default=120.0, gt=0,
+        description="Warm reset to SSH ready, when recovering: past it the rig cuts the power instead.",
+    )
     console_connect_timeout: float = Field(
         default=10.0, gt=0, description="How long a watched device's console server may take to accept us at start."
     )
@@ -309,7 +486,7 @@ class Device(_Strict):
 
 _PATH_FIELDS: dict[str, tuple[str, ...]] = {
     "ssh": ("key_file", "known_hosts", "password_file"),
-    "power": ("password_file", "socket"),
+    "power": ("password_file", "socket", "ca_file"),
     "qmp": ("socket",),
     "shadowbox": ("source", "kernel_headers"),
 }

@@ -326,7 +326,11 @@ def dut(request: pytest.FixtureRequest, device: Device, _dut_pool: dict[str, Any
             d.caps = _capabilities(d)
         elif d.needs_recovery:
             took = d.recover()
-            rig_run.device(device).event("recovery", f"power cycle and ready in {took:.1f} s", seconds=took)
+            how = d.last_recovery or {}
+            rig_run.device(device).event(
+                "recovery", f"{how.get('why', 'power cycle')}: ready in {took:.1f} s", seconds=took,
+                method=how.get("method"), power=how.get("power"),
+            )
             d.needs_recovery = False
         else:
             d.monitor.stop()

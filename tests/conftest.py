@@ -39,6 +39,20 @@ own lab: run lab tests in one worker (``-n 0``, or ``@pytest.mark.xdist_group("l
 ``--dist loadgroup``).
 
 ``lab_devices`` (session scope): the two guests as rig.inventory.Device objects.
+
+``laptop_lab`` (session scope) -- a second, separate lab of 2 *laptop-like* guests with no BMC at
+all (``Lab.up(count=0, laptop_like=2)``): ``laptop-1`` on outlet 1 of its own virtual APC PDU (a
+real snmpd, switched by labgrid's apc back end), ``laptop-2`` on a virtual power-button relay. A
+power cut ends the guest's QEMU (RAM lost) and power-on starts it again (rig.lab.vpower). Every
+laptop-like lab test shares it (one boot of two guests per session). Extra API::
+
+    g = laptop_lab.guest("laptop-1"); g.power_kind ("pdu" / "relay"), g.pdu_port, g.pdu_outlet,
+    g.pdu_dir, g.button_file, g.dir / "power-events.log"
+    laptop_lab.stall_pdu("laptop-1"); laptop_lab.unstall_pdu("laptop-1")    # SIGSTOP/SIGCONT snmpd
+    laptop_lab.press_button("laptop-2", 0.5); laptop_lab.set_ac_power_on("laptop-1", False)
+
+``laptop_devices`` (session scope): those two as rig.inventory.Device objects. Tests must leave
+both guests powered and answering SSH.
 """
 
 from __future__ import annotations
@@ -67,6 +81,24 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         yield the_lab
     finally:
         the_lab.down()
+
+
+@pytest.fixture(scope="session")
+def laptop_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """A lab of 2 laptop-like guests (no BMC): laptop-1 on a virtual PDU outlet, laptop-2 on a relay."""
+    base = tmp_path_factory.mktemp("laptops")
+    the_lab = Lab(root=base / "state", inventory_dir=base / "devices")
+    try:
+        the_lab.up(count=0, laptop_like=2, laptop_power=("pdu", "relay"))
+        yield the_lab
+    finally:
+        the_lab.down()
+
+
+@pytest.fixture(scope="session")
+def laptop_devices(laptop_lab: Lab) -> dict[str, Device]:
+    """The laptop-like guests' inventory files, loaded the way the rig loads any laptop's, by name."""
+    return {d.name: d for d in load_inventory([laptop_lab.inventory_dir])}
 
 
 @pytest.fixture(scope="session")

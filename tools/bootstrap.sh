@@ -11,6 +11,7 @@ APT_PKGS=(
   openssh-server openssh-client       # a real OpenSSH peer for the SSH tests
   ser2net socat                       # the console server path: QEMU serial -> pty -> ser2net
   ipmitool openipmi                   # IPMI peers: ipmitool client, ipmi_sim BMC
+  snmpd snmp                          # the virtual PDU (snmpd, APC outlet OID) and net-snmp's snmpset/snmpget (labgrid's apc)
   cpio kmod zstd xz-utils gzip        # building the initramfs (kmod: depmod for fetched kernels)
   gpgv debian-archive-keyring dpkg    # fetching Debian 11's 5.10 kernel: verify the signed index, unpack .debs
   gpg                                 # tests only: throw-away signing keys for the fetcher's signature tests
@@ -46,6 +47,13 @@ fi
 if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -e '.[dev]'
+  # The rig depends on labgrid's pyserial fork (see pyproject.toml). A venv made before that change
+  # also holds upstream pyserial, and both own the same `serial` files: remove pyserial, then put the
+  # fork's files back (uninstalling pyserial deleted them).
+  if .venv/bin/pip show -q pyserial >/dev/null 2>&1; then
+    .venv/bin/pip uninstall -q -y pyserial
+    .venv/bin/pip install -q --force-reinstall --no-deps pyserial-labgrid
+  fi
   touch .venv/.installed
 fi
 

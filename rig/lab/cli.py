@@ -28,7 +28,7 @@ _console = Console()
               help="Where lab inventory files go (default <checkout>/devices/lab; env RIG_LAB_INVENTORY).")
 @click.pass_context
 def lab(ctx: click.Context, lab_dir: Path | None, inventory_dir: Path | None) -> None:
-    """The virtual lab: QEMU laptops with a console server and a virtual BMC."""
+    """The virtual lab: QEMU laptops with a console server and a virtual BMC (or, laptop-like, a PDU or relay)."""
     ctx.obj = {"lab_dir": lab_dir, "inventory_dir": inventory_dir}
 
 
@@ -49,16 +49,22 @@ def _lab(ctx: click.Context, **kw: object) -> Lab:
 def _table(guests: list[GuestInfo], title: str) -> Table:
     t = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)  # fits 80 columns
     t.caption = ("ports are on 127.0.0.1; console is RFC 2217 (rfc2217://127.0.0.1:PORT?ign_set_control); "
-                 "pids: qemu/ser2net/vbmc; boot: seconds to SSH")
+                 "pids: qemu/ser2net/vbmc (laptop-like: qemu/ser2net/power daemon); boot: seconds to SSH")
     rows = []
     for g in guests:
-        pids = "/".join(str(p or "-") for p in (g.qemu_pid, g.console_server_pid, g.bmc_pid))
+        third = g.vpower_pid if g.laptop_like else g.bmc_pid
+        pids = "/".join(str(p or "-") for p in (g.qemu_pid, g.console_server_pid, third))
+        power = str(g.bmc_port)
+        if g.power_kind == "pdu":
+            power = f"pdu {g.pdu_port} #{g.pdu_outlet}"
+        elif g.power_kind == "relay":
+            power = "relay"
         rows.append((
             g.name, g.note + (f" ({', '.join(g.notes)})" if g.notes else ""), g.kernel_series,
-            str(g.ssh_port), str(g.console_port), str(g.bmc_port), pids,
+            str(g.ssh_port), str(g.console_port), power, pids,
             f"{g.boot_seconds:.1f}" if g.boot_seconds is not None else "-",
         ))
-    for i, col in enumerate(("guest", "state", "kernel", "ssh", "console", "bmc/udp", "pids", "boot")):
+    for i, col in enumerate(("guest", "state", "kernel", "ssh", "console", "power/udp", "pids", "boot")):
         # values keep their width in a narrow terminal (a port cut to "400…" is useless); state may wrap
         widest = max([len(col)] + [len(r[i]) for r in rows])
         t.add_column(col, no_wrap=col != "state", min_width=min(widest, 10) if col == "state" else widest)
@@ -68,8 +74,14 @@ def _table(guests: list[GuestInfo], title: str) -> Table:
 
 
 @lab.command()
-@click.option("--count", type=click.IntRange(1, 16), default=None,
-              help=f"Number of guests (default {DEFAULT_COUNT}, or one per --kernel if more).")
+@click.option("--count", type=click.IntRange(0, 16), default=None,
+              help=f"Number of guests with a virtual BMC (default {DEFAULT_COUNT}, or one per --kernel if more; "
+                   "0 with --laptop-like).")
+@click.option("--laptop-like", type=click.IntRange(0, 8), default=0, show_default=True,
+              help="Also boot N guests laptop-1..N with no BMC, powered like laptops: through an outlet of a "
+                   "virtual APC PDU (a real snmpd; labgrid's apc back end) or a power-button relay.")
+@click.option("--laptop-power", type=click.Choice(["pdu", "relay"]), multiple=True,
+              help="How laptop-like guests are powered, round-robin (default: pdu, relay).")
 @click.option("--name-prefix", default=DEFAULT_PREFIX, show_default=True, help="Guests are <prefix>-1..N.")
 @click.option("--accel", type=click.Choice(["auto", "tcg", "kvm"]), default=None,
               help="QEMU accelerator (default: env RIG_LAB_ACCEL or auto = KVM only if it really boots).")
@@ -77,8 +89,8 @@ def _table(guests: list[GuestInfo], title: str) -> Table:
               help="Kernel per guest, repeatable, given round-robin: a series (6.1 = the host's, 5.10 = Debian 11's, "
                    "fetched once from Debian's archive) or a full release. Default: the host's kernel.")
 @click.pass_context
-def up(ctx: click.Context, count: int | None, name_prefix: str, accel: str | None,
-       kernel_specs: tuple[str, ...]) -> None:
+def up(ctx: click.Context, count: int | None, laptop_like: int, laptop_power: tuple[str, ...], name_prefix: str,
+       accel: str | None, kernel_specs: tuple[str, ...]) -> None:
     """Build the image if needed and boot the guests (idempotent).
 
     `rig lab up --kernel 6.1 --kernel 5.10` boots lab-1 on 6.1 and lab-2 on 5.10.
@@ -97,7 +109,8 @@ def up(ctx: click.Context, count: int | None, name_prefix: str, accel: str | Non
 
         try:
             guests = _lab(ctx, accel=accel, progress=report).up(
-                count=count, name_prefix=name_prefix, kernels=list(kernel_specs) or None)
+                count=count, name_prefix=name_prefix, kernels=list(kernel_specs) or None,
+                laptop_like=laptop_like, laptop_power=laptop_power or ("pdu", "relay"))
         except RigError as exc:
             progress.stop()
             _console.print(f"[red]rig lab up failed:[/red] {escape(str(exc))}", markup=True, highlight=False)
