@@ -712,6 +712,15 @@ class Deployer:
                 f"linux-headers-{kernel_release} or set [shadowbox] kernel_headers",
             )
         build_dir = self._stage()
+        try:
+            self._build_copy(build_dir, headers)
+        except DeployFailed:
+            self.cleanup()
+            raise
+        return build_dir
+
+    def _build_copy(self, build_dir: Path, headers: Path) -> None:
+        """Run the recipe's build in the controller-side copy and check the modules it must leave."""
         work = build_dir / self.recipe.build_dir
         started = time.time()
         try:
@@ -738,7 +747,6 @@ class Deployer:
             f = build_dir / m
             found[m] = int(f.stat().st_mtime) if f.is_file() else None
         self._judge_modules(found, int(started), "the controller", proc.stdout)
-        return build_dir
 
     def _judge_modules(self, found: dict[str, int | None], started: int, where: str, output: str) -> None:
         """Every module the recipe loads exists and is newer than the build's start, or ``build-failed``.
