@@ -40,6 +40,7 @@ from pydantic import SecretStr
 from pyghmi.exceptions import PyghmiException
 from pyghmi.ipmi import command as ipmi_command
 
+from rig.deadline import DeadlineExceeded, run_bounded
 from rig.errors import DeviceError, LabFault, Unavailable
 
 log = logging.getLogger(__name__)
@@ -127,27 +128,17 @@ class BmcClient:
     # -- plumbing ---------------------------------------------------------------------------
 
     def _bounded(self, fn: Callable[[], _T]) -> _T:
-        """Run ``fn`` in a worker thread; give up after ``timeout`` (pyghmi may retry for longer)."""
-        box: dict[str, Any] = {}
-
-        def run() -> None:
-            try:
-                box["value"] = fn()
-            except BaseException as exc:  # handed to the caller's thread below
-                box["error"] = exc
-
-        worker = threading.Thread(target=run, name=f"bmc-{self.host}:{self.port}", daemon=True)
+        """Run ``fn`` under the BMC deadline (pyghmi may retry for longer than ``timeout``)."""
         t0 = time.monotonic()
-        worker.start()
-        worker.join(self.timeout)
-        self._waited = time.monotonic() - t0
-        if worker.is_alive():
+        try:
+            return run_bounded(fn, self.timeout, f"bmc-{self.host}:{self.port}")
+        except DeadlineExceeded:
             # The worker keeps pyghmi busy until pyghmi gives up; its session is not reused.
+            self._waited = time.monotonic() - t0
             self._cmd = None
-            raise self._unreachable()
-        if "error" in box:
-            raise box["error"]
-        return box["value"]  # type: ignore[no-any-return]
+            raise self._unreachable() from None
+        finally:
+            self._waited = time.monotonic() - t0
 
     def _login_error(self, exc: PyghmiException) -> LabFault:
         detail = self._scrub(exc)

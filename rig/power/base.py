@@ -1,20 +1,17 @@
 """What every power back end shares: the states, the :class:`PowerControl` protocol, and a deadline.
 
-Why a deadline of the rig's own: the libraries behind the back ends (labgrid's PDU modules, a
-user's relay script, an AMT web server) have no timeouts or unbounded ones; a PDU that accepts a
-connection and never answers would block recovery -- and with it the night's run -- forever.
-:func:`run_bounded` runs one call in a daemon thread and gives up on it at the deadline (the
-thread is abandoned, never joined, so it cannot hold the process at exit).
+Each back end's calls run under a deadline of the rig's own (:func:`rig.deadline.run_bounded`,
+re-exported here): a PDU that accepts a connection and never answers must not block recovery.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from enum import StrEnum
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-_T = TypeVar("_T")
+from rig.deadline import DeadlineExceeded, run_bounded
+
+__all__ = ["DeadlineExceeded", "PowerControl", "PowerState", "offers_warm_reset", "run_bounded", "status_is_inferred"]
 
 
 class PowerState(StrEnum):
@@ -49,31 +46,3 @@ def offers_warm_reset(power: PowerControl) -> bool:
 def status_is_inferred(power: PowerControl) -> bool:
     """Whether ``power.status()`` is inferred rather than read back (see :class:`PowerControl`)."""
     return bool(getattr(power, "status_inferred", False))
-
-
-class DeadlineExceeded(Exception):
-    """A bounded call did not return in time (the caller turns it into a LabFault naming the device)."""
-
-
-def run_bounded(fn: Callable[[], _T], timeout: float, name: str) -> _T:
-    """Run ``fn()`` in a daemon thread and return its result, or raise :class:`DeadlineExceeded`.
-
-    Exceptions of ``fn`` are re-raised in the caller's thread as they are. A call that overruns is
-    abandoned: it may still finish later, and its result is dropped.
-    """
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # handed to the caller's thread below
-            box["error"] = exc
-
-    worker = threading.Thread(target=run, name=name, daemon=True)
-    worker.start()
-    worker.join(timeout)
-    if worker.is_alive():
-        raise DeadlineExceeded(f"{name}: no answer within {timeout:g} s")
-    if "error" in box:
-        raise box["error"]
-    return box["value"]  # type: ignore[no-any-return]
