@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import TextIO
 
 from rig.bmc import BmcClient
-from rig.console import ConsoleCapture
+from rig.console import ConsoleCapture, console_for
 from rig.errors import ConfigError, DeviceError, LabFault, RigError, Unavailable
 from rig.inventory import Device, IpmiPower
 from rig.monitor import HangMonitor, Verdict
+from rig.netconsole import NetconsoleTarget, parse_netconsole_url, resolve_sources
 from rig.nmi import (
     InterruptCounts,
     IpmiDiagNmi,
@@ -33,6 +34,7 @@ from rig.nmi import (
     read_interrupts,
 )
 from rig.power import IpmiPowerControl, ManualPowerControl, PowerControl, PowerState, power_for
+from rig.pstore import PstoreHarvest, harvest
 from rig.qmp import QmpClient
 from rig.shadowbox import Deployer, DeployResult, recipe_for
 from rig.ssh import SshClient
@@ -147,8 +149,25 @@ class Dut:
         self.lock_wait = lock_wait
         self.ssh = SshClient(device.ssh, device=device.name)
         self.console: ConsoleCapture | None = None
+        #: The dynamic netconsole target the rig sets up on the device ([console.netconsole] configure).
+        self.netconsole_target: NetconsoleTarget | None = None
         if device.console is not None:
-            self.console = ConsoleCapture(device.console.url, log_dir, name=device.name, baudrate=device.console.baud)
+            sources: list[str] | None = None
+            if device.console.is_netconsole:
+                nc = device.console.netconsole
+                src = (nc.source if nc is not None else None) or device.ssh.host
+                sources = None if src == "any" else resolve_sources(src)
+                if nc is not None and nc.configure:
+                    port = parse_netconsole_url(device.console.url)[1]
+                    self.netconsole_target = NetconsoleTarget(
+                        self.ssh, device.name, nc, port, sudo=device.ssh.sudo
+                    )
+            self.console = console_for(
+                device.console.url, log_dir, name=device.name, baudrate=device.console.baud,
+                sources=sources, inventory=str(device.source_file) if device.source_file else None,
+            )
+        #: Every look at pstore (run start, after each recovery), oldest first: the device's last words.
+        self.pstore_harvests: list[PstoreHarvest] = []
         self.bmc: BmcClient | None = None
         self.power: PowerControl
         if isinstance(device.power, IpmiPower):
@@ -203,8 +222,12 @@ class Dut:
                     raise
                 log.warning("%s: SSH unreachable at start (%s): power-cycling", self.name, exc)
                 self.recover(start_monitor=False)
+            else:
+                self._after_boot("run start")
             if monitor:
                 self.monitor.start()
+                if self.is_netconsole:
+                    self._wait_first_heartbeat()
         except BaseException:
             self.close()
             raise
@@ -228,11 +251,48 @@ class Dut:
                 f"[monitor] in {self.device.source_file})"
             )
 
+    @property
+    def is_netconsole(self) -> bool:
+        return self.device.console is not None and self.device.console.is_netconsole
+
+    def _after_boot(self, when: str) -> None:
+        """What a fresh boot (or the run's start) needs before the watch: the netconsole target
+        (a dynamic one does not survive a reboot), then the last words the kernel left in pstore."""
+        if self.netconsole_target is not None:
+            self.netconsole_target.configure()
+        self.pstore_harvests.append(harvest(self.ssh, self.name, when=when, sudo=self.device.ssh.sudo))
+
+    def _wait_first_heartbeat(self) -> None:
+        """A netconsole has no server that could say it is up: only a heartbeat proves the path works.
+
+        Why a lab fault: the device answers SSH, so what fails is the way between (target address,
+        MAC, a firewall on the controller, a switch), not the device under test.
+        """
+        assert self.console is not None
+        wait = self.device.monitor.console_connect_timeout + 2 * self.device.monitor.heartbeat_interval
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if self.monitor.heartbeats > 0:
+                return
+            time.sleep(0.1)
+        t = self.netconsole_target
+        how = (f"the rig's target {t.name} on {t.details.get('interface', '?')} sends to "
+               f"{t.setup_cfg.remote_ip}:{t.port} (remote_mac {t.details.get('remote_mac', '?')})"
+               if t is not None else "the device's netconsole boot parameter must send to this controller's port")
+        raise LabFault(
+            f"device {self.name}: no heartbeat arrived over netconsole ({self.console.url}) within {wait:g} s; "
+            f"{how}: check remote_ip/remote_mac in [console.netconsole] of {self.device.source_file}, and that "
+            "nothing on the controller (firewall) drops those UDP datagrams",
+            component="console",
+        )
+
     def close(self) -> None:
         try:
             self.monitor.stop()
             if self._opened:
                 self.monitor.stop_heartbeat()
+                if self.netconsole_target is not None:
+                    self.netconsole_target.remove()
         finally:
             self.ssh.close()
             if self.console is not None:
@@ -377,12 +437,15 @@ class Dut:
         self.monitor.pause()
         mark = self.console.mark() if self.console is not None else 0
         self.power.cycle()  # LabFault (BMC) or Unavailable (manual power) go to the caller as they are
-        if self.console is not None and self.console.connected:
+        if self.netconsole_target is not None:
+            pass  # the rig's own netconsole target died with the old boot: nothing can arrive before SSH
+        elif self.console is not None and self.console.connected:
             self.console.expect(READY_PATTERN, timeout=timeout, since=mark)
         elif self.console is not None:
             log.warning("%s: console unreachable (%s); waiting for SSH only", self.name, self.console.lab_fault())
         left = max(5.0, timeout - (time.monotonic() - t0))
         self.ssh.wait_ready(timeout=left)
+        self._after_boot("after recovery")
         self.monitor.resume()
         if start_monitor:
             self.monitor.start()

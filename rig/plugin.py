@@ -281,10 +281,12 @@ def dut(request: pytest.FixtureRequest, device: Device, _dut_pool: dict[str, Any
             _dut_pool[device.name] = d
             dev_report = rig_run.device(device)
             dev_report.set_identity(d)
+            _report_last_words(d, dev_report)
             d.caps = _capabilities(d)
         elif d.needs_recovery:
             took = d.recover()
             rig_run.device(device).event("recovery", f"power cycle and ready in {took:.1f} s", seconds=took)
+            _report_last_words(d, rig_run.device(device))
             d.needs_recovery = False
         else:
             d.monitor.stop()
@@ -302,6 +304,14 @@ def dut(request: pytest.FixtureRequest, device: Device, _dut_pool: dict[str, Any
     with contextlib.suppress(RigError):
         request.node._rig_irq_before = d.interrupts()
     yield d
+
+
+def _report_last_words(d: Any, dev_report: Any) -> None:
+    """The pstore harvests the Dut made since the last call (run start, recoveries) into report.json."""
+    done = getattr(d, "_rig_harvests_reported", 0)
+    for h in d.pstore_harvests[done:]:
+        dev_report.last_words(h)
+    d._rig_harvests_reported = len(d.pstore_harvests)
 
 
 def _check_requires(request: pytest.FixtureRequest, d: Any) -> None:
@@ -344,6 +354,7 @@ def shadowbox(request: pytest.FixtureRequest, dut: Any, rig_run: Any) -> Any:
         dev_report.event("deploy-failed", str(exc))
         raise
     dev_report.set_deploy(result)
+    _report_last_words(dut, dev_report)  # a deploy may have rebooted the device first
     return result
 
 
@@ -454,6 +465,9 @@ def _record(
         longrepr = str(report.longrepr)
     elif report.skipped and isinstance(report.longrepr, tuple):
         longrepr = str(report.longrepr[2])  # the skip reason
+    d = getattr(item, "_rig_dut", None)
+    if d is not None and d.console is not None:
+        run.device(device).console_stats(d.console.stats())
     run.device(device).test_result(
         nodeid=item.nodeid,
         name=label,
