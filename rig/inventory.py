@@ -301,6 +301,14 @@ class MonitorConfig(_Strict):
     console_connect_timeout: float = Field(
         default=10.0, gt=0, description="How long a watched device's console server may take to accept us at start."
     )
+    panic_on_stall: bool = Field(
+        default=False,
+        description="During soak tests, make soft/hard lockups, RCU stalls and hung tasks panic (sysctls), so a "
+        "stall leaves a pstore record; restored after the soak.",
+    )
+    panic_reboot_seconds: int | None = Field(
+        default=None, ge=0, description="With panic_on_stall: kernel.panic for the soak (reboot N s after a panic)."
+    )
 
 
 class Device(_Strict):

@@ -303,7 +303,15 @@ def dut(request: pytest.FixtureRequest, device: Device, _dut_pool: dict[str, Any
     request.node._rig_irq_before = None
     with contextlib.suppress(RigError):
         request.node._rig_irq_before = d.interrupts()
+    stall = None
+    if request.node.get_closest_marker("soak") is not None and device.monitor.panic_on_stall:
+        from rig.stall import StallPanic
+
+        stall = StallPanic(d.ssh, d.name, sudo=device.ssh.sudo, reboot_seconds=device.monitor.panic_reboot_seconds)
+        rig_run.device(device).event("stall-panic", stall.apply())
     yield d
+    if stall is not None and not d.needs_recovery:  # a hung or crashed device is rebooted: that resets them
+        stall.restore()
 
 
 def _report_last_words(d: Any, dev_report: Any) -> None:
