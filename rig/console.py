@@ -130,8 +130,10 @@ Subscriber = Callable[[ConsoleLine], None]
 
 
 def console_for(url: str, log_dir: str | Path, *, name: str | None = None, baudrate: int = 115200,
-                sources: list[str] | None = None, inventory: str | None = None) -> ConsoleCapture:
-    """The capture for a console URL: serial (tty, ``rfc2217://``, ``socket://``) or ``netconsole://``.
+                sources: list[str] | None = None, inventory: str | None = None, ssh: object = None,
+                sudo: bool = False) -> ConsoleCapture:
+    """The capture for a console URL: serial (tty, ``rfc2217://``, ``socket://``), ``netconsole://``,
+    or ``ssh://kmsg`` (needs ``ssh``, the device's rig.ssh.SshClient).
 
     One line path for every transport: whatever the transport, bytes reach ``console.raw`` first,
     then lines ``console.log``, then subscribers (see the module docstring).
@@ -140,6 +142,13 @@ def console_for(url: str, log_dir: str | Path, *, name: str | None = None, baudr
         from rig.netconsole import NetconsoleCapture  # the UDP transport builds on this module
 
         return NetconsoleCapture(url, log_dir, name=name, sources=sources, inventory=inventory)
+    if url == "ssh://kmsg":
+        from rig.ssh import SshClient
+        from rig.sshconsole import SshKmsgCapture
+
+        if not isinstance(ssh, SshClient):
+            raise TypeError("console ssh://kmsg needs the device's SshClient")
+        return SshKmsgCapture(ssh, log_dir, name=name or "device", sudo=sudo)
     return ConsoleCapture(url, log_dir, name=name, baudrate=baudrate)
 
 

@@ -165,6 +165,7 @@ class Dut:
             self.console = console_for(
                 device.console.url, log_dir, name=device.name, baudrate=device.console.baud,
                 sources=sources, inventory=str(device.source_file) if device.source_file else None,
+                ssh=self.ssh, sudo=device.ssh.sudo,
             )
         #: Every look at pstore (run start, after each recovery), oldest first: the device's last words.
         self.pstore_harvests: list[PstoreHarvest] = []
@@ -250,6 +251,14 @@ class Dut:
                 f"device {self.name}: {fault} (no connection within console_connect_timeout = {wait:g} s, "
                 f"[monitor] in {self.device.source_file})"
             )
+
+    @property
+    def console_sees_boot(self) -> bool:
+        """Whether a reboot's ready line can reach the console: not through a target or a follow the rig
+        starts over SSH (they die with the old boot and come back only after SSH does)."""
+        if self.console is None or self.netconsole_target is not None:
+            return False
+        return not (self.device.console is not None and self.device.console.url == "ssh://kmsg")
 
     @property
     def is_netconsole(self) -> bool:
@@ -437,8 +446,8 @@ class Dut:
         self.monitor.pause()
         mark = self.console.mark() if self.console is not None else 0
         self.power.cycle()  # LabFault (BMC) or Unavailable (manual power) go to the caller as they are
-        if self.netconsole_target is not None:
-            pass  # the rig's own netconsole target died with the old boot: nothing can arrive before SSH
+        if not self.console_sees_boot:
+            pass  # the rig's netconsole target or SSH follow died with the old boot: nothing arrives before SSH
         elif self.console is not None and self.console.connected:
             self.console.expect(READY_PATTERN, timeout=timeout, since=mark)
         elif self.console is not None:

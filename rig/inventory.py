@@ -183,8 +183,9 @@ class NetconsoleSetup(_Strict):
 
 
 class ConsoleConfig(_Strict):
-    """The console: a local tty, ``rfc2217://host:port``, ``socket://host:port`` (serial) or
-    ``netconsole://listen-address:port`` (the kernel log over UDP, for laptops without a serial port)."""
+    """The console: a local tty, ``rfc2217://host:port``, ``socket://host:port`` (serial),
+    ``netconsole://listen-address:port`` (the kernel log over UDP, for laptops without a serial port) or
+    ``ssh://kmsg`` (last resort: the kernel log followed over the [ssh] connection; dies with SSH)."""
 
     url: str
     baud: int = Field(default=115200, gt=0)
@@ -193,13 +194,13 @@ class ConsoleConfig(_Strict):
     @field_validator("url")
     @classmethod
     def _url_shape(cls, v: str) -> str:
-        if v.startswith("/dev/"):
+        if v.startswith("/dev/") or v == "ssh://kmsg":
             return v
         parts = urlsplit(v)
         if parts.scheme not in ("rfc2217", "socket", "netconsole"):
             raise ValueError(
-                f"console url {v!r}: use /dev/ttyXXX, rfc2217://host:port, socket://host:port "
-                "or netconsole://0.0.0.0:port"
+                f"console url {v!r}: use /dev/ttyXXX, rfc2217://host:port, socket://host:port, "
+                "netconsole://0.0.0.0:port, or ssh://kmsg (last resort: the kernel log over SSH)"
             )
         try:
             port = parts.port

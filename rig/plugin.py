@@ -474,8 +474,10 @@ def _record(
     elif report.skipped and isinstance(report.longrepr, tuple):
         longrepr = str(report.longrepr[2])  # the skip reason
     d = getattr(item, "_rig_dut", None)
-    if d is not None and d.console is not None:
-        run.device(device).console_stats(d.console.stats())
+    if d is not None:
+        _report_last_words(d, run.device(device))  # recoveries the test made itself (a redeploy reboots)
+        if d.console is not None:
+            run.device(device).console_stats(d.console.stats())
     run.device(device).test_result(
         nodeid=item.nodeid,
         name=label,

@@ -169,7 +169,12 @@ class DeviceReport:
         self.data["last_words"].append(harvest.to_json())
         self.event("last-words", harvest.summary())
         last = self.data["tests"][-1] if self.data["tests"] else None
-        if last is None or harvest.when != "after recovery" or last["verdict"].get("kind") != "hang":
+        if (
+            last is None
+            or harvest.when != "after recovery"
+            or last["verdict"].get("kind") != "hang"
+            or harvest.at <= float(last["verdict"].get("at") or 0)  # a recovery before the hang says nothing of it
+        ):
             self.flush()
             return
         found = harvest.crash

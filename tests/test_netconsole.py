@@ -74,7 +74,7 @@ def test_extended_records_become_serial_like_lines_on_disk_first(capture: Netcon
         sender.send_record(12, "tab\there, a backslash \\ and \u00e9", usec=2_000_001, level=4),
     ):
         sent += b"".join(g)
-    line = capture.expect(r"backslash", 5)
+    line = capture.expect(r"backslash", 5, since=0)
     assert line.text == "[    2.000001] tab\there, a backslash \\ and \u00e9"
     wait_for(lambda: capture.raw_path.read_bytes() == sent, 5, "console.raw = the exact datagrams")
     assert log_texts(capture.log_path) == [
@@ -91,7 +91,7 @@ def test_extended_records_become_serial_like_lines_on_disk_first(capture: Netcon
 
 def test_embedded_newline_gives_one_line_each(capture: NetconsoleCapture, sender: Sender) -> None:
     sender.send_record(1, "first half\nsecond half", usec=5_000_000)
-    capture.expect("second half", 5)
+    capture.expect("second half", 5, since=0)
     assert log_texts(capture.log_path) == ["[    5.000000] first half", "[    5.000000] second half"]
 
 
@@ -101,7 +101,7 @@ def test_fragments_are_joined_in_any_order(capture: NetconsoleCapture, sender: S
     assert len(grams) >= 3 and all(len(g) <= 1000 for g in grams) and b"ncfrag=0/" in grams[0]
     for g in [grams[1], grams[0], *grams[2:]]:
         sender.send(g)
-    line = capture.expect("BUG: unable", 5)
+    line = capture.expect("BUG: unable", 5, since=0)
     assert line.text == "[    7.000000] " + long_text
     assert log_texts(capture.log_path) == ["[    7.000000] " + long_text]
     st_ = capture.stats()
@@ -113,7 +113,7 @@ def test_fragments_are_joined_in_any_order(capture: NetconsoleCapture, sender: S
 def test_gap_counted_marked_and_reported(capture: NetconsoleCapture, sender: Sender) -> None:
     for seq in [*range(4400, 4411), *range(4422, 4425)]:
         sender.send_record(seq, f"line {seq}")
-    capture.expect("line 4424", 5)
+    capture.expect("line 4424", 5, since=0)
     texts = log_texts(capture.log_path)
     assert f"{MARK} 11 records lost between seq 4410 and 4422" in texts
     assert texts.index(f"{MARK} 11 records lost between seq 4410 and 4422") == texts.index(
@@ -126,7 +126,7 @@ def test_gap_counted_marked_and_reported(capture: NetconsoleCapture, sender: Sen
 def test_duplicates_dropped_late_records_fill_the_gap(capture: NetconsoleCapture, sender: Sender) -> None:
     for seq in (1, 2, 2, 5, 3, 6):
         sender.send_record(seq, f"rec {seq}")
-    capture.expect("rec 6", 5)
+    capture.expect("rec 6", 5, since=0)
     texts = [t for t in log_texts(capture.log_path) if not t.startswith(MARK)]
     assert [t.split()[-1] for t in texts] == ["1", "2", "5", "3", "6"]
     st_ = capture.stats()
@@ -139,7 +139,7 @@ def test_a_reboot_restarts_the_sequence_without_dropping_its_boot_log(capture: N
         sender.send_record(seq, f"first boot {seq}", usec=seq * 10)
     for seq in range(0, 3):
         sender.send_record(seq, f"second boot {seq}", usec=seq * 10 + 3)  # same seqs, another boot
-    capture.expect("second boot 2", 5)
+    capture.expect("second boot 2", 5, since=0)
     texts = log_texts(capture.log_path)
     assert sum("second boot" in t for t in texts) == 3
     st_ = capture.stats()
@@ -165,7 +165,7 @@ def test_garbage_and_strangers_are_kept_counted_and_survived(capture: Netconsole
     finally:
         stranger.close()
     sender.send_record(4, "after the garbage")
-    capture.expect("after the garbage", 5)
+    capture.expect("after the garbage", 5, since=0)
     assert capture.raw_path.read_bytes().count(b"\xff" * 3000) == 1
     assert not any("someone else" in t for t in log_texts(capture.log_path))
     wait_for(lambda: capture.foreign_path.exists() and "someone else" in capture.foreign_path.read_text(), 5,
@@ -183,7 +183,7 @@ def test_ten_megabyte_burst_is_on_disk_and_every_loss_accounted(capture: Netcons
         sender.send_record(seq, text)
     time.sleep(0.5)
     sender.send_record(n, "end of the burst")
-    capture.expect("end of the burst", 60)
+    capture.expect("end of the burst", 60, since=0)
     st_ = capture.stats()
     # Every record the device sent is either shown or counted lost; the socket buffer's drops are the loss.
     assert st_["records"] + st_["lost"] == n + 1
@@ -215,7 +215,7 @@ def test_netconsole_is_receive_only(capture: NetconsoleCapture) -> None:
 
 def test_expect_and_mark_work_as_on_serial(capture: NetconsoleCapture, sender: Sender) -> None:
     sender.send_record(1, "rig-heartbeat abcd0123 1")
-    capture.expect("rig-heartbeat", 5)
+    capture.expect("rig-heartbeat", 5, since=0)
     mark = capture.mark()
     sender.send_record(2, "rig-lab: nc-1 ready")
     line = capture.expect(r"rig-lab: \S+ ready", 5, since=mark)
@@ -253,11 +253,13 @@ def test_seq_gap_text() -> None:
         ("netconsole://127.0.0.1:6666", True),
         ("netconsole://controller.lab:6666", False),
         ("netconsole://0.0.0.0", False),
+        ("ssh://kmsg", True),
+        ("ssh://somewhere", False),
     ],
 )
 def test_inventory_accepts_netconsole_urls(url: str, ok: bool) -> None:
     if ok:
-        assert ConsoleConfig(url=url).is_netconsole
+        assert ConsoleConfig(url=url).is_netconsole == url.startswith("netconsole:")
     else:
         with pytest.raises(ValueError, match="console url"):
             ConsoleConfig(url=url)

@@ -103,8 +103,9 @@ def test_configfs_target_is_set_up_checked_and_removed(netconsole_lab: Lab, tmp_
         attrs = ssh.run(f"cat {target.dir}/enabled {target.dir}/extended {target.dir}/remote_port", timeout=10).out
         assert attrs.split() == ["1", "1", str(port)]
         token = f"rig-configfs-probe-{port}"
+        mark = cap.mark()
         ssh.run(f"echo {token} > /dev/kmsg", timeout=10)
-        line = cap.expect(re.escape(token), 15)
+        line = cap.expect(re.escape(token), 15, since=mark)
         assert re.match(r"\[\s*\d+\.\d{6}\] " + token + "$", line.text)
         target.remove()
         gone = ssh.run(f"test -d {target.dir} && echo present || echo gone", timeout=10).out.strip()
@@ -147,7 +148,7 @@ def test_ten_megabyte_flood_over_netconsole_is_counted(netconsole_lab: Lab, tmp_
         cap.start()
         t0 = time.monotonic()
         ssh.run("sh -c " + shlex.quote(loop), timeout=600)
-        cap.expect(f"rig-flood-end {token}", 60)
+        cap.expect(f"rig-flood-end {token}", 60, since=0)  # it may be in before expect() is called
         took = time.monotonic() - t0
         cap.stop()  # everything on disk: read console.log (the in-memory tail keeps fewer lines)
         got = {int(m.group(1)) for m in re.finditer(rf"rig-flood {token} (\d+) ", cap.log_path.read_text())}
@@ -162,3 +163,33 @@ def test_ten_megabyte_flood_over_netconsole_is_counted(netconsole_lab: Lab, tmp_
     finally:
         cap.stop()
         ssh.close()
+
+
+def test_ssh_kmsg_console_is_marked_and_pstore_keeps_what_it_missed(netconsole_lab: Lab, tmp_path: Path) -> None:
+    """The last-resort console (kernel log over SSH) on the same guest: heartbeats while SSH lives, no
+    false event from the ring buffer's replay, a panic takes SSH and the console with it, pstore has the text."""
+    from rig.dut import Dut
+    from rig.inventory import ConsoleConfig
+    from rig.vocab import VerdictKind
+
+    dev = load_device(netconsole_lab.guest("nc-1").inventory_file)
+    dev = dev.model_copy(update={"console": ConsoleConfig(url="ssh://kmsg")})
+    d = Dut(dev, tmp_path).open()
+    try:
+        deadline = time.monotonic() + 30
+        while d.monitor.heartbeats < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert d.monitor.heartbeats >= 3, "heartbeats arrive over the SSH follow"
+        assert d.verdict().ok, "the replayed ring buffer (boot banner, earlier panics) is no new event"
+        st = d.console.stats() if d.console is not None else {}
+        assert st["transport"] == "ssh-kmsg" and "last-resort" in str(st["note"]) and st["replayed_skipped"] > 100
+        d.ssh.run("sh -c 'sleep 0.5; echo c > /proc/sysrq-trigger' >/dev/null 2>&1 &", timeout=10)
+        v = d.wait_verdict(60)
+        assert v is not None and v.kind in (VerdictKind.HANG, VerdictKind.CRASH), v
+        time.sleep(dev.monitor.crash_tail_seconds)  # let the panic finish its kmsg dump before the reset
+        d.recover()
+        h = d.pstore_harvests[-1]
+        assert h.when == "after recovery" and h.crash is not None and h.crash[1].kind.value == "panic", h.summary()
+        assert "sysrq triggered crash" in h.records[0].text
+    finally:
+        d.close()

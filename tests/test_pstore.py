@@ -59,7 +59,8 @@ def _report_with_hang(tmp_path: Path) -> tuple[RunReport, Device]:
     run = RunReport(tmp_path, "r1")
     dev = _device()
     run.device(dev).test_result(nodeid="s::t", name="test_nmi_soak", outcome="failed", duration=60.0,
-                                verdict=Verdict(VerdictKind.HANG, reason="no heartbeat for 2.1 s and an SSH probe..."))
+                                verdict=Verdict(VerdictKind.HANG, reason="no heartbeat for 2.1 s and an SSH probe...",
+                                                at=1000.0))
     return run, dev
 
 
@@ -78,7 +79,11 @@ def test_a_hang_whose_pstore_holds_a_panic_becomes_that_crash(tmp_path: Path) ->
 
 def test_an_empty_pstore_after_a_hang_is_said_plainly(tmp_path: Path) -> None:
     run, dev = _report_with_hang(tmp_path)
-    run.device(dev).last_words(PstoreHarvest(when="after recovery", at=1.0, backend="ramoops"))
+    run.device(dev).last_words(PstoreHarvest(when="after recovery", at=999.0, backend="ramoops"))
+    data = json.loads((tmp_path / "r1" / "thinkpad-x1" / "report.json").read_text())
+    assert data["timeline"][-1]["kind"] == "last-words", "a harvest from before the hang says nothing about it"
+    assert not data["timeline"][-1]["text"].startswith("after the hang")
+    run.device(dev).last_words(PstoreHarvest(when="after recovery", at=1001.0, backend="ramoops"))
     data = json.loads((tmp_path / "r1" / "thinkpad-x1" / "report.json").read_text())
     assert data["tests"][-1]["verdict"]["verdict"] == "hang"
     assert data["timeline"][-1]["text"] == f"after the hang in test_nmi_soak: {NOTHING_AFTER_HANG}"

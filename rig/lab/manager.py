@@ -394,8 +394,16 @@ class Lab:
         results: dict[str, GuestInfo] = {}
         to_start: list[tuple[str, int]] = []
         switched: dict[str, str] = {}
-        for idx, name in enumerate(names, start=1):
+        # Port slots of this lab's other guests (another name prefix, e.g. a netconsole guest next to
+        # lab-1, lab-2) are taken: a new guest gets the next free slot, never a running guest's ports.
+        others = [i for n in self._names() if n not in names and (i := self._load(n)) is not None]
+        taken = {i.index for i in others if self._refresh(i).qemu_pid is not None}
+        for pos, name in enumerate(names, start=1):
             info = self._load(name)
+            wish = [info.index] if info is not None else []
+            idx = next((c for c in [*wish, pos] if c not in taken), None) or next(
+                c for c in range(1, 10_000) if c not in taken)
+            taken.add(idx)
             if info is not None and self._refresh(info).qemu_pid is not None:
                 if wanted and info.kernel_version != kernel_of[name].release:
                     self._say(name, f"restarting: runs {info.kernel_version}, {kernel_of[name].release} requested")
