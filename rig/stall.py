@@ -70,8 +70,8 @@ class StallPanic:
                 self.missing.append(k)
             else:
                 self.saved[k] = v.strip()
-        said = ", ".join(f"{k.split('/')[-1].replace('_', '.')}={want[k]}" for k in self.saved)
-        gone = f"; not in this kernel: {', '.join(m.split('/')[-1] for m in self.missing)}" if self.missing else ""
+        said = ", ".join(f"{k.replace('/', '.')}={want[k]}" for k in self.saved)
+        gone = f"; not in this kernel: {', '.join(m.replace('/', '.') for m in self.missing)}" if self.missing else ""
         return f"panic on stall for the soak: {said or 'nothing could be set'}{gone}"
 
     def restore(self) -> None:

@@ -78,9 +78,10 @@ def test_suites_on_a_netconsole_only_guest(netconsole_lab: Lab, tmp_path: Path) 
     assert any(e["kind"] == "last-words" and "after the hang in test_hang_after_nmis_is_a_hang" in e["text"]
                and "pstore is empty" in e["text"] for e in report["timeline"]), report["timeline"]
     assert tests["test_hang_after_nmis_is_a_hang"]["verdict"]["verdict"] == "hang", "an empty pstore changes nothing"
-    html = (tmp_path / "nc" / "nc-1" / "index.html")
-    if html.exists():  # the device page (rig.report_html) shows the last words
-        assert "Last words" in html.read_text()
+    page = (tmp_path / "nc" / "nc-1" / "index.html").read_text()  # the device page (rig.report_html)
+    assert "Last words before the reboot" in page and "Console over netconsole" in page
+    last_words = page.split('id="last-words"', 1)[1].split("<h2>Timeline</h2>", 1)[0]
+    assert "Kernel panic - not syncing: sbsim: panic_after_nmi" in last_words, "pstore's panic text on the page"
 
 
 def _ssh(lab: Lab) -> tuple[SshClient, Any]:
@@ -193,3 +194,25 @@ def test_ssh_kmsg_console_is_marked_and_pstore_keeps_what_it_missed(netconsole_l
         assert "sysrq triggered crash" in h.records[0].text
     finally:
         d.close()
+
+
+def test_panic_on_stall_sysctls_are_set_and_restored(netconsole_lab: Lab) -> None:
+    from rig.stall import STALL_SYSCTLS, StallPanic
+
+    ssh, _ = _ssh(netconsole_lab)
+    paths = [f"/proc/sys/{k}" for k in (*STALL_SYSCTLS, "kernel/panic")]
+    read = "for f in " + " ".join(paths) + '; do if [ -e $f ]; then cat $f; else echo -; fi; done'
+    try:
+        before = ssh.run(read, timeout=10).out.split()
+        stall = StallPanic(ssh, "nc-1", reboot_seconds=7)
+        said = stall.apply()
+        during = ssh.run(read, timeout=10).out.split()
+        assert "kernel.softlockup_panic=1" in said and "kernel.hung_task_panic=1" in said, said
+        want = ["1"] * len(STALL_SYSCTLS) + ["7"]
+        assert [d if b != "-" else "-" for b, d in zip(before, during, strict=True)] == [
+            w if b != "-" else "-" for b, w in zip(before, want, strict=True)]
+        assert all(m.replace("/", ".") in said.split("not in this kernel:")[-1] for m in stall.missing), said
+        stall.restore()
+        assert ssh.run(read, timeout=10).out.split() == before
+    finally:
+        ssh.close()
