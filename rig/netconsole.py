@@ -91,6 +91,8 @@ MARK = "rig-netconsole:"
 RECENT_RECORDS = 4096
 #: A record's fragments still missing after this many later records are given up (kept partial).
 FRAGMENT_PATIENCE = 64
+#: A record older than the newest one by more than this (kernel time) is a new boot, not a late datagram.
+LATE_USEC = 5_000_000
 #: Gaps kept in memory (and reports); the lost total counts them all.
 MAX_GAPS = 1000
 #: Linux socket option that puts the socket's dropped-datagram counter in each message's ancillary data.
@@ -174,6 +176,7 @@ class NetconsoleStream:
         self.first_seq: int | None = None
         self.last_seq: int | None = None
         self.extended = False  # seen at least one extended record
+        self._last_usec = 0  # kernel time of the newest record
         self._recent: OrderedDict[int, int] = OrderedDict()  # seq -> usec (a record's identity)
         self._missing: list[list[int]] = []  # [lo, hi] ranges of seqs not (yet) received
         self._partials: OrderedDict[int, _Partial] = OrderedDict()
@@ -207,7 +210,7 @@ class NetconsoleStream:
         elif last is not None and seq <= last:
             if self._fill(seq):
                 self.reordered += 1
-            elif seq < last - RECENT_RECORDS:
+            elif seq < last - RECENT_RECORDS or self._last_usec - usec > LATE_USEC:
                 self._restart(seq, out, f"seq fell from {last} to {seq}")
             else:
                 self.reordered += 1  # older than the first record we saw: arrived late, nothing lost
@@ -222,8 +225,9 @@ class NetconsoleStream:
             out += f"{MARK} {gap.text}\n".encode()
         if self.first_seq is None:
             self.first_seq = seq
-        if self.last_seq is None or seq > self.last_seq:
+        if self.last_seq is None or seq >= self.last_seq:
             self.last_seq = seq
+            self._last_usec = usec
         self._remember(seq, usec)
         return True
 
@@ -234,6 +238,7 @@ class NetconsoleStream:
         self._missing.clear()
         self.last_seq = seq
         self.first_seq = seq
+        self._last_usec = 0
         out += f"{MARK} sequence restarted at {seq} ({why}: the device rebooted?)\n".encode()
 
     # -- datagrams ------------------------------------------------------------------------------

@@ -146,6 +146,18 @@ def test_a_reboot_restarts_the_sequence_without_dropping_its_boot_log(capture: N
     assert (st_["restarts"], st_["duplicates"], st_["lost"]) == (1, 0, 0)
 
 
+def test_a_reboot_seen_from_mid_stream_is_a_restart_not_late_records(capture: NetconsoleCapture,
+                                                                       sender: Sender) -> None:
+    """The rig started listening at seq 400 (40 s after boot); the reboot's seq 0.. are lower than anything seen."""
+    for seq in range(400, 403):
+        sender.send_record(seq, f"old boot {seq}", usec=40_000_000 + seq)
+    for seq in range(0, 3):
+        sender.send_record(seq, f"new boot {seq}", usec=seq * 1000)
+    capture.expect("new boot 2", 5, since=0)
+    st_ = capture.stats()
+    assert (st_["restarts"], st_["reordered"], st_["lost"], st_["last_seq"]) == (1, 0, 0, 2)
+
+
 def test_garbage_and_strangers_are_kept_counted_and_survived(capture: NetconsoleCapture, sender: Sender,
                                                             port: int) -> None:
     sender.send_record(1, "before the garbage")
