@@ -288,3 +288,14 @@ def test_inventory_netconsole_section_checks() -> None:
         ConsoleConfig.model_validate({"url": "rfc2217://h:1", "netconsole": {}})
     with pytest.raises(ValueError, match="remote_mac"):
         ConsoleConfig.model_validate({"url": "netconsole://0.0.0.0:1", "netconsole": {"remote_mac": "52:55"}})
+
+
+def test_lab_command_line_for_a_netconsole_pstore_guest() -> None:
+    """What a laptop's GRUB line would say, as the lab gives it to QEMU (no shell: the '$' stays as it is)."""
+    from rig.lab.manager import lab_cmdline_extra
+
+    assert lab_cmdline_extra("serial", None, False) == ()
+    extra = lab_cmdline_extra("netconsole", 40001, True)
+    assert extra[0] == "netconsole=+@/eth0,40001@10.0.2.2/52:55:0a:00:02:02"
+    assert "memmap=1M$0x10000000" in extra and "ramoops.mem_address=0x10000000" in extra
+    assert "ramoops.ecc=1" in extra and "printk.devkmsg=on" in extra
