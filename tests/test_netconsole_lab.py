@@ -36,11 +36,13 @@ def load(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
+@pytest.mark.timeout(1800)  # five recoveries (power cycle, boot, SSH) on a shared 2-core machine
 def test_suites_on_a_netconsole_only_guest(netconsole_lab: Lab, tmp_path: Path) -> None:
     """Deploy, NMI delivery and the fault suite watched through netconsole alone; pstore after each recovery."""
     proc = run_suites(
         netconsole_lab, tmp_path, "nc",
         "suites/test_deploy.py", "suites/test_nmi_delivery.py", "suites/test_fault_detection.py",
+        timeout=1700,
     )  # fmt: skip
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
