@@ -299,3 +299,14 @@ def test_lab_command_line_for_a_netconsole_pstore_guest() -> None:
     assert extra[0] == "netconsole=+@/eth0,40001@10.0.2.2/52:55:0a:00:02:02"
     assert "memmap=1M$0x10000000" in extra and "ramoops.mem_address=0x10000000" in extra
     assert "ramoops.ecc=1" in extra and "printk.devkmsg=on" in extra
+
+
+def test_a_second_name_prefix_gets_free_port_slots() -> None:
+    """`rig lab up --name-prefix nc` beside running lab-1, lab-2 must not take their ports."""
+    from rig.lab.manager import pick_slot
+
+    assert pick_slot(1, None, set()) == 1
+    assert pick_slot(1, None, {1, 2}) == 3
+    assert pick_slot(2, None, {1, 2, 3}) == 4
+    assert pick_slot(1, 5, {1, 2}) == 5, "a guest keeps the slot it had"
+    assert pick_slot(1, 2, {1, 2}) == 3

@@ -92,6 +92,15 @@ def lab_cmdline_extra(console_kind: str, netconsole_port: int | None, pstore: bo
         ]
     return tuple(extra)
 
+def pick_slot(position: int, recorded: int | None, taken: set[int]) -> int:
+    """The port slot of a guest: the one it had (``recorded``), else its position in the ``up`` call,
+    else the lowest free one -- never a slot a running guest of another name prefix holds."""
+    for c in (recorded, position):
+        if c is not None and c not in taken:
+            return c
+    return next(c for c in range(1, len(taken) + 2) if c not in taken)
+
+
 #: ``progress(what, message)``: ``what`` is "image" or a guest name.
 ProgressFn = Callable[[str, str], None]
 
@@ -400,9 +409,7 @@ class Lab:
         taken = {i.index for i in others if self._refresh(i).qemu_pid is not None}
         for pos, name in enumerate(names, start=1):
             info = self._load(name)
-            wish = [info.index] if info is not None else []
-            idx = next((c for c in [*wish, pos] if c not in taken), None) or next(
-                c for c in range(1, 10_000) if c not in taken)
+            idx = pick_slot(pos, info.index if info is not None else None, taken)
             taken.add(idx)
             if info is not None and self._refresh(info).qemu_pid is not None:
                 if wanted and info.kernel_version != kernel_of[name].release:
