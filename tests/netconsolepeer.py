@@ -1,7 +1,8 @@
 """A netconsole sender for tests: the kernel's extended format, byte for byte, over real UDP.
 
-The format follows the kernel's documentation and printk's extended output as the lab's kernels
-send it (checked against datagrams captured from a 6.1 guest): ``<level>,<seq>,<usec>,<flag>;``,
+The format follows the kernel's documentation and printk's extended output (records checked against
+datagrams a lab guest on 6.1 sent, e.g. ``12,412,19234971,-;rig-heartbeat 4825a118 1\n``; fragments follow
+the documentation, no real kernel line here was long enough to be split): ``<level>,<seq>,<usec>,<flag>;``,
 the message with bytes below 0x20, from 0x7f and the backslash written as ``\\xNN``, a newline, then
 optional `` KEY=value`` dictionary lines each ending in a newline. A record over 1000 bytes goes as
 fragments ``<header>,ncfrag=<offset>/<total>;<chunk>``, each datagram at most 1000 bytes, where
