@@ -298,7 +298,7 @@ def test_lab_command_line_for_a_netconsole_pstore_guest() -> None:
     extra = lab_cmdline_extra("netconsole", 40001, True)
     assert extra[0] == "netconsole=+@/eth0,40001@10.0.2.2/52:55:0a:00:02:02"
     assert "memmap=1M$0x10000000" in extra and "ramoops.mem_address=0x10000000" in extra
-    assert "ramoops.ecc=1" in extra and "printk.devkmsg=on" in extra
+    assert "ramoops.ecc=1" in extra and "printk.devkmsg=on" in extra and "ignore_loglevel" in extra
 
 
 def test_a_second_name_prefix_gets_free_port_slots() -> None:

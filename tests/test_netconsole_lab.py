@@ -64,7 +64,9 @@ def test_suites_on_a_netconsole_only_guest(netconsole_lab: Lab, tmp_path: Path) 
     ct = report["console_transport"]
     assert ct["transport"] == "netconsole" and ct["extended"] and ct["records"] > 100
     assert ct["restarts"] >= 3, "each recovery's boot log restarted the sequence (the boot parameter replays it)"
-    assert ct["lost"] == sum(g["lost"] for g in ct["gaps"]) or ct["gaps_total"] > len(ct["gaps"])
+    if ct["gaps_total"] <= len(ct["gaps"]):  # every gap listed: late records are the only difference
+        gap_sum = sum(g["lost"] for g in ct["gaps"])
+        assert gap_sum - ct["reordered"] <= ct["lost"] <= gap_sum, ct
     log_text = (tmp_path / "nc" / "nc-1" / "console.log").read_text()
     assert "rig-heartbeat" in log_text and "rig-lab: nc-1 ready" in log_text
     assert re.search(r"\[\s*\d+\.\d{6}\] Kernel panic - not syncing", log_text)

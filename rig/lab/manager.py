@@ -83,7 +83,10 @@ def lab_cmdline_extra(console_kind: str, netconsole_port: int | None, pstore: bo
             raise LabFault("a netconsole guest needs its UDP port", component="lab")
         # '+' = extended format (sequence numbers); eth0 towards the host's port through slirp's gateway.
         # devkmsg=on: userspace lines written to /dev/kmsg (the heartbeat, floods) are not rate-limited.
-        extra += [f"netconsole=+@/eth0,{netconsole_port}@{SLIRP_HOST}/{SLIRP_GATEWAY_MAC}", "printk.devkmsg=on"]
+        # ignore_loglevel: consoles skip records above the console loglevel (KERN_DEBUG), and a skipped
+        # record is a sequence gap on the wire; with every record sent, a gap is a real loss.
+        extra += [f"netconsole=+@/eth0,{netconsole_port}@{SLIRP_HOST}/{SLIRP_GATEWAY_MAC}", "printk.devkmsg=on",
+                  "ignore_loglevel"]
     if pstore:
         extra += [
             f"memmap={RAMOOPS_SIZE >> 20}M${RAMOOPS_ADDRESS:#x}",
