@@ -348,13 +348,16 @@ def nmi(ctx: click.Context, name: str, source: str, count: int, interval: float,
 @click.pass_context
 def console_cmd(ctx: click.Context, name: str, seconds: float) -> None:
     """Live tail of one device's serial console (also written to disk)."""
-    from rig.console import ConsoleCapture
+    from rig.console import console_for
 
     (device,) = _load(ctx, [name])
     if device.console is None:
         raise click.ClickException(f"device {name} has no [console] in {device.source_file}")
+    if device.console.url == "ssh://kmsg":
+        raise click.ClickException(f"device {name}'s console is its kernel log over SSH: ssh in and run dmesg --follow")
     log_dir = _adhoc_dir(ctx.obj["report_dir"], "console") / name
-    cap = ConsoleCapture(device.console.url, log_dir, name=name, baudrate=device.console.baud)
+    # netconsole: listens on the device's port (only the boot parameter's target sends without a run).
+    cap = console_for(device.console.url, log_dir, name=name, baudrate=device.console.baud)
     cap.subscribe(lambda line: out.print(line.text, markup=False, highlight=False))
     err.print(f"[dim]{escape(f'{name}: {device.console.url} -> {log_dir} (Ctrl-C to stop)')}")
     cap.start()

@@ -47,6 +47,7 @@ from rig.errors import DeviceError, LabFault
 __all__ = [
     "ConsoleCapture",
     "ConsoleLine",
+    "console_for",
     "ExpectTimeout",
     "SPLIT_MARK",
     "format_log_line",
@@ -126,6 +127,29 @@ def _count_lines(path: Path) -> int:
 
 
 Subscriber = Callable[[ConsoleLine], None]
+
+
+def console_for(url: str, log_dir: str | Path, *, name: str | None = None, baudrate: int = 115200,
+                sources: list[str] | None = None, inventory: str | None = None, ssh: object = None,
+                sudo: bool = False) -> ConsoleCapture:
+    """The capture for a console URL: serial (tty, ``rfc2217://``, ``socket://``), ``netconsole://``,
+    or ``ssh://kmsg`` (needs ``ssh``, the device's rig.ssh.SshClient).
+
+    One line path for every transport: whatever the transport, bytes reach ``console.raw`` first,
+    then lines ``console.log``, then subscribers (see the module docstring).
+    """
+    if url.startswith("netconsole:"):
+        from rig.netconsole import NetconsoleCapture  # the UDP transport builds on this module
+
+        return NetconsoleCapture(url, log_dir, name=name, sources=sources, inventory=inventory)
+    if url == "ssh://kmsg":
+        from rig.ssh import SshClient
+        from rig.sshconsole import SshKmsgCapture
+
+        if not isinstance(ssh, SshClient):
+            raise TypeError("console ssh://kmsg needs the device's SshClient")
+        return SshKmsgCapture(ssh, log_dir, name=name or "device", sudo=sudo)
+    return ConsoleCapture(url, log_dir, name=name, baudrate=baudrate)
 
 
 class ConsoleCapture:
@@ -278,6 +302,16 @@ class ConsoleCapture:
             f"check the console server (ser2net) and the cable/port"
         )
 
+    def stats(self) -> dict[str, object]:
+        """What the transport delivered, for reports (a netconsole adds its record and loss counts)."""
+        return {
+            "transport": "serial",
+            "url": self.url,
+            "bytes": self.bytes_received,
+            "lines": self._last_no,
+            "reconnects": self.reconnects,
+        }
+
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
         """Call ``callback(line)`` for every new complete line, from the reader thread, after
         the line is on disk. Exceptions are logged and ignored. Returns an unsubscribe function.
@@ -407,11 +441,19 @@ class ConsoleCapture:
 
     def _on_bytes(self, data: bytes) -> None:
         wall, mono = time.time(), time.monotonic()
+        self._write_raw(data, wall, mono)
+        self._feed_text(data, wall, mono)
+
+    def _write_raw(self, data: bytes, wall: float, mono: float) -> None:
+        """Exact bytes to console.raw, first (a transport that parses its input calls this before parsing)."""
         raw_f = self._raw_f
         if raw_f is not None:
             raw_f.write(data)  # unbuffered: on disk (in the page cache) before anything else
         self.bytes_received += len(data)
         self.last_byte_time, self.last_byte_monotonic = wall, mono
+
+    def _feed_text(self, data: bytes, wall: float, mono: float) -> None:
+        """Split console text into lines: console.log, the tail, then subscribers (reader thread)."""
         new: list[ConsoleLine] = []
         with self._cond:
             pos = 0

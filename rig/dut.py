@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import TextIO
 
 from rig.bmc import BmcClient
-from rig.console import ConsoleCapture
+from rig.console import ConsoleCapture, console_for
 from rig.errors import ConfigError, DeviceError, LabFault, RigError, Unavailable
 from rig.inventory import Device, IpmiPower
 from rig.monitor import HangMonitor, Verdict
+from rig.netconsole import NetconsoleTarget, parse_netconsole_url, resolve_sources
 from rig.nmi import SOURCES, InterruptCounts, NmiMeans, NmiSource, read_interrupts
 from rig.power import (
     IpmiPowerControl,
@@ -35,6 +36,7 @@ from rig.power import (
     power_for,
     status_is_inferred,
 )
+from rig.pstore import PstoreHarvest, harvest
 from rig.qmp import QmpClient
 from rig.shadowbox import Deployer, DeployFailed, DeployResult, recipe_for
 from rig.ssh import SshClient
@@ -208,8 +210,26 @@ class Dut:
         self.lock_wait = lock_wait
         self.ssh = SshClient(device.ssh, device=device.name)
         self.console: ConsoleCapture | None = None
+        #: The dynamic netconsole target the rig sets up on the device ([console.netconsole] configure).
+        self.netconsole_target: NetconsoleTarget | None = None
         if device.console is not None:
-            self.console = ConsoleCapture(device.console.url, log_dir, name=device.name, baudrate=device.console.baud)
+            sources: list[str] | None = None
+            if device.console.is_netconsole:
+                nc = device.console.netconsole
+                src = (nc.source if nc is not None else None) or device.ssh.host
+                sources = None if src == "any" else resolve_sources(src)
+                if nc is not None and nc.configure:
+                    port = parse_netconsole_url(device.console.url)[1]
+                    self.netconsole_target = NetconsoleTarget(
+                        self.ssh, device.name, nc, port, sudo=device.ssh.sudo
+                    )
+            self.console = console_for(
+                device.console.url, log_dir, name=device.name, baudrate=device.console.baud,
+                sources=sources, inventory=str(device.source_file) if device.source_file else None,
+                ssh=self.ssh, sudo=device.ssh.sudo,
+            )
+        #: Every look at pstore (run start, after each recovery), oldest first: the device's last words.
+        self.pstore_harvests: list[PstoreHarvest] = []
         self.bmc: BmcClient | None = None
         self.power: PowerControl
         if isinstance(device.power, IpmiPower):
@@ -274,8 +294,12 @@ class Dut:
                     raise
                 log.warning("%s: SSH unreachable at start (%s): power-cycling", self.name, exc)
                 self.recover(start_monitor=False)
+            else:
+                self._after_boot("run start")
             if monitor:
                 self.monitor.start()
+                if self.is_netconsole:
+                    self._wait_first_heartbeat()
         except BaseException:
             self.close()
             raise
@@ -299,11 +323,56 @@ class Dut:
                 f"[monitor] in {self.device.source_file})"
             )
 
+    @property
+    def console_sees_boot(self) -> bool:
+        """Whether a reboot's ready line can reach the console: not through a target or a follow the rig
+        starts over SSH (they die with the old boot and come back only after SSH does)."""
+        if self.console is None or self.netconsole_target is not None:
+            return False
+        return not (self.device.console is not None and self.device.console.url == "ssh://kmsg")
+
+    @property
+    def is_netconsole(self) -> bool:
+        return self.device.console is not None and self.device.console.is_netconsole
+
+    def _after_boot(self, when: str) -> None:
+        """What a fresh boot (or the run's start) needs before the watch: the netconsole target
+        (a dynamic one does not survive a reboot), then the last words the kernel left in pstore."""
+        if self.netconsole_target is not None:
+            self.netconsole_target.configure()
+        self.pstore_harvests.append(harvest(self.ssh, self.name, when=when, sudo=self.device.ssh.sudo))
+
+    def _wait_first_heartbeat(self) -> None:
+        """A netconsole has no server that could say it is up: only a heartbeat proves the path works.
+
+        Why a lab fault: the device answers SSH, so what fails is the way between (target address,
+        MAC, a firewall on the controller, a switch), not the device under test.
+        """
+        assert self.console is not None
+        wait = self.device.monitor.console_connect_timeout + 2 * self.device.monitor.heartbeat_interval
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if self.monitor.heartbeats > 0:
+                return
+            time.sleep(0.1)
+        t = self.netconsole_target
+        how = (f"the rig's target {t.name} on {t.details.get('interface', '?')} sends to "
+               f"{t.setup_cfg.remote_ip}:{t.port} (remote_mac {t.details.get('remote_mac', '?')})"
+               if t is not None else "the device's netconsole boot parameter must send to this controller's port")
+        raise LabFault(
+            f"device {self.name}: no heartbeat arrived over netconsole ({self.console.url}) within {wait:g} s; "
+            f"{how}: check remote_ip/remote_mac in [console.netconsole] of {self.device.source_file}, and that "
+            "nothing on the controller (firewall) drops those UDP datagrams",
+            component="console",
+        )
+
     def close(self) -> None:
         try:
             self.monitor.stop()
             if self._opened:
                 self.monitor.stop_heartbeat()
+                if self.netconsole_target is not None:
+                    self.netconsole_target.remove()
         finally:
             self.ssh.close()
             if self.console is not None:
@@ -471,6 +540,7 @@ class Dut:
                 self._wait_ready(mark, left)
             except RigError as exc:
                 raise self._silent_after_power_on(left, exc) from None
+        self._after_boot("after recovery")
         self.monitor.resume()
         if start_monitor:
             self.monitor.start()
@@ -485,7 +555,9 @@ class Dut:
     def _wait_ready(self, mark: int, timeout: float) -> None:
         """Console ready line (if the console is connected), then SSH, within ``timeout`` in all."""
         t0 = time.monotonic()
-        if self.console is not None and self.console.connected:
+        if not self.console_sees_boot:
+            pass  # the rig's netconsole target or SSH follow died with the old boot: nothing arrives before SSH
+        elif self.console is not None and self.console.connected:
             self.console.expect(READY_PATTERN, timeout=timeout, since=mark)
         elif self.console is not None:
             log.warning("%s: console unreachable (%s); waiting for SSH only", self.name, self.console.lab_fault())

@@ -15,6 +15,7 @@ rejected with a message saying so.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -140,27 +141,111 @@ class SshConfig(SecretRef):
         return v
 
 
+MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+
+
+class NetconsoleSetup(_Strict):
+    """How the device's kernel sends its log to a ``netconsole://`` console.
+
+    ``configure = false`` (default): the device sends already (a boot parameter such as
+    ``netconsole=+@/eth0,6666@192.168.1.10/`` in GRUB, see docs/netconsole.md). ``configure = true``:
+    the rig creates a dynamic target over SSH at open (configfs) and removes it at close.
+    """
+
+    configure: bool = Field(default=False, description="Set a dynamic target up over SSH at open.")
+    remote_ip: str | None = Field(
+        default=None, description="The controller's IPv4 address as the device reaches it (needed to configure)."
+    )
+    remote_port: int | None = Field(default=None, ge=1, le=65535, description="Default: the url's port.")
+    remote_mac: str | None = Field(
+        default=None,
+        description="MAC of the controller or the gateway towards it; default: looked up on the device "
+        "(ip neigh), else broadcast.",
+    )
+    dev_name: str | None = Field(default=None, description="Interface on the device; default: the route's.")
+    local_ip: str | None = Field(default=None, description="Source address on the device; default: the interface's.")
+    source: str | None = Field(
+        default=None,
+        description="Address the datagrams come from, as the controller sees it; default: the [ssh] host. "
+        "'any' takes every source.",
+    )
+
+    @field_validator("remote_ip", "local_ip")
+    @classmethod
+    def _ipv4(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                ipaddress.IPv4Address(v)
+            except ValueError:
+                raise ValueError(f"{v!r} is not an IPv4 address (netconsole sends IPv4 here)") from None
+        return v
+
+    @field_validator("remote_mac")
+    @classmethod
+    def _mac(cls, v: str | None) -> str | None:
+        if v is not None and not MAC_RE.match(v):
+            raise ValueError(f"remote_mac {v!r}: write it as 52:55:0a:00:02:02")
+        return v
+
+    @field_validator("dev_name")
+    @classmethod
+    def _ifname(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^[A-Za-z0-9_.:-]{1,15}$", v):
+            raise ValueError(f"dev_name {v!r} is not an interface name (e.g. eth0, enp0s31f6)")
+        return v
+
+    @model_validator(mode="after")
+    def _configure_needs_ip(self) -> NetconsoleSetup:
+        if self.configure and self.remote_ip is None:
+            raise ValueError("configure = true needs remote_ip: the controller's address as the device reaches it")
+        return self
+
+
 class ConsoleConfig(_Strict):
-    """The serial console: a local tty, ``rfc2217://host:port`` or ``socket://host:port``."""
+    """The console: a local tty, ``rfc2217://host:port``, ``socket://host:port`` (serial),
+    ``netconsole://listen-address:port`` (the kernel log over UDP, for laptops without a serial port) or
+    ``ssh://kmsg`` (last resort: the kernel log followed over the [ssh] connection; dies with SSH)."""
 
     url: str
     baud: int = Field(default=115200, gt=0)
+    netconsole: NetconsoleSetup | None = None
 
     @field_validator("url")
     @classmethod
     def _url_shape(cls, v: str) -> str:
-        if v.startswith("/dev/"):
+        if v.startswith("/dev/") or v == "ssh://kmsg":
             return v
         parts = urlsplit(v)
-        if parts.scheme not in ("rfc2217", "socket"):
-            raise ValueError(f"console url {v!r}: use /dev/ttyXXX, rfc2217://host:port or socket://host:port")
+        if parts.scheme not in ("rfc2217", "socket", "netconsole"):
+            raise ValueError(
+                f"console url {v!r}: use /dev/ttyXXX, rfc2217://host:port, socket://host:port, "
+                "netconsole://0.0.0.0:port, or ssh://kmsg (last resort: the kernel log over SSH)"
+            )
         try:
             port = parts.port
         except ValueError:
             port = None
         if not parts.hostname or port is None:
             raise ValueError(f"console url {v!r}: needs a host and a port, e.g. rfc2217://10.0.0.5:7001")
+        if parts.scheme == "netconsole":
+            try:
+                ipaddress.IPv4Address(parts.hostname)
+            except ValueError:
+                raise ValueError(
+                    f"console url {v!r}: the netconsole host is the controller's address to listen on "
+                    "(0.0.0.0 for all), not a name"
+                ) from None
         return v
+
+    @model_validator(mode="after")
+    def _netconsole_section(self) -> ConsoleConfig:
+        if self.netconsole is not None and not self.is_netconsole:
+            raise ValueError("[console.netconsole] is only for a netconsole:// url")
+        return self
+
+    @property
+    def is_netconsole(self) -> bool:
+        return self.url.startswith("netconsole:")
 
 
 class IpmiPower(SecretRef):
@@ -432,6 +517,14 @@ class MonitorConfig(_Strict):
     )
     console_connect_timeout: float = Field(
         default=10.0, gt=0, description="How long a watched device's console server may take to accept us at start."
+    )
+    panic_on_stall: bool = Field(
+        default=False,
+        description="During soak tests, make soft/hard lockups, RCU stalls and hung tasks panic (sysctls), so a "
+        "stall leaves a pstore record; restored after the soak.",
+    )
+    panic_reboot_seconds: int | None = Field(
+        default=None, ge=0, description="With panic_on_stall: kernel.panic for the soak (reboot N s after a panic)."
     )
 
     @property

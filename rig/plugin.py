@@ -323,6 +323,7 @@ def dut(request: pytest.FixtureRequest, device: Device, _dut_pool: dict[str, Any
             dev_report = rig_run.device(device)
             d.on_event = dev_report.event  # the Dut's own steps (a reboot before a deploy) reach the timeline
             dev_report.set_identity(d)
+            _report_last_words(d, dev_report)
             d.caps = _capabilities(d)
         elif d.needs_recovery:
             took = d.recover()
@@ -331,6 +332,7 @@ def dut(request: pytest.FixtureRequest, device: Device, _dut_pool: dict[str, Any
                 "recovery", f"{how.get('why', 'power cycle')}: ready in {took:.1f} s", seconds=took,
                 method=how.get("method"), power=how.get("power"),
             )
+            _report_last_words(d, rig_run.device(device))
             d.needs_recovery = False
         else:
             d.monitor.stop()
@@ -347,7 +349,23 @@ def dut(request: pytest.FixtureRequest, device: Device, _dut_pool: dict[str, Any
     _check_requires(request, d)
     with contextlib.suppress(RigError):
         state.irq_before = d.interrupts()
+    stall = None
+    if request.node.get_closest_marker("soak") is not None and device.monitor.panic_on_stall:
+        from rig.stall import StallPanic
+
+        stall = StallPanic(d.ssh, d.name, sudo=device.ssh.sudo, reboot_seconds=device.monitor.panic_reboot_seconds)
+        rig_run.device(device).event("stall-panic", stall.apply())
     yield d
+    if stall is not None and not d.needs_recovery:  # a hung or crashed device is rebooted: that resets them
+        stall.restore()
+
+
+def _report_last_words(d: Any, dev_report: Any) -> None:
+    """The pstore harvests the Dut made since the last call (run start, recoveries) into report.json."""
+    done = getattr(d, "_rig_harvests_reported", 0)
+    for h in d.pstore_harvests[done:]:
+        dev_report.last_words(h)
+    d._rig_harvests_reported = len(d.pstore_harvests)
 
 
 def _check_requires(request: pytest.FixtureRequest, d: Any) -> None:
@@ -413,6 +431,7 @@ def shadowbox(request: pytest.FixtureRequest, dut: Any, rig_run: Any) -> Any:
         _state(request.node).deploy_failed = failed
         pytest.fail(deploy_failure_text(dut.name, failed), pytrace=False)
     dev_report.set_deploy(result)
+    _report_last_words(dut, dev_report)  # a deploy may have rebooted the device first
     return result
 
 
@@ -553,6 +572,11 @@ def _record(
         longrepr = str(report.longrepr)
     elif report.skipped and isinstance(report.longrepr, tuple):
         longrepr = str(report.longrepr[2])  # the skip reason
+    d = getattr(item, "_rig_dut", None)
+    if d is not None:
+        _report_last_words(d, run.device(device))  # recoveries the test made itself (a redeploy reboots)
+        if d.console is not None:
+            run.device(device).console_stats(d.console.stats())
     run.device(device).test_result(
         nodeid=item.nodeid,
         name=label,

@@ -22,7 +22,13 @@ report.json, schema version 1::
      "tests": [{"nodeid", "name", "outcome", "duration", "verdict": {...}, "nmi": {...}|null, "failure": str}],
      "nmi_deliveries": [{"test", "source", "raised", "row", "cpus", "per_cpu", "missing_cpus", "ok", ...}],
      "shadowbox_callbacks": {"<cpu>": count},
+     "console_transport": {"transport": "serial"|"netconsole", ...counts; netconsole: "records", "lost",
+                           "gaps": [{"after", "before", "lost", "text"}], ...} | null,
+     "last_words": [{"when", "at", "backend", "error", "summary", "records": [{"files", "type", "backend",
+                     "reason", "time", "crash", "events", "text"}]}]   (pstore, see rig.pstore),
      "timeline": [{"t": unix time, "kind": str, "text": str, ...}]}
+
+Added keys (``console_transport``, ``last_words``) are optional for readers: version stays 1.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from typing import Any
 
 from rig import __version__
 from rig.inventory import Device
+from rig.pstore import NOTHING_AFTER_HANG
 
 SCHEMA_VERSION = 1
 
@@ -114,8 +121,11 @@ class DeviceReport:
             "tests": [],
             "nmi_deliveries": [],
             "shadowbox_callbacks": {},
+            "console_transport": None,
+            "last_words": [],
             "timeline": [],
         }
+        self._gaps_reported = 0
         self.flush()
 
     @property
@@ -161,6 +171,58 @@ class DeviceReport:
         for cpu, n in per_cpu.items():
             total[str(cpu)] = total.get(str(cpu), 0) + n
         self.flush()
+
+    def console_stats(self, stats: dict[str, Any]) -> None:
+        """What the console transport delivered; every netconsole sequence gap once on the timeline.
+
+        Why: a report must never claim to hold the whole log when records were lost on the way.
+        """
+        self.data["console_transport"] = stats
+        gaps = stats.get("gaps") or []
+        total = int(stats.get("gaps_total") or 0)
+        new = total - self._gaps_reported
+        if new > 0:
+            for g in gaps[-new:] if new <= len(gaps) else gaps:
+                self.data["timeline"].append({"t": g["at"], "kind": "console-loss", "text": f"netconsole: {g['text']}"})
+            if new > len(gaps):
+                self.data["timeline"].append({"t": time.time(), "kind": "console-loss",
+                                              "text": f"netconsole: {new - len(gaps)} more gaps not listed"})
+            self._gaps_reported = total
+        self.flush()
+
+    def last_words(self, harvest: Any) -> None:
+        """A look at the device's pstore (rig.pstore.PstoreHarvest): "last words before the reboot".
+
+        A hang judged by the test before this recovery whose pstore holds a crash becomes that crash,
+        with the pstore text as evidence; an empty pstore after a hang is said in the timeline.
+        """
+        self.data["last_words"].append(harvest.to_json())
+        self.event("last-words", harvest.summary())
+        last = self.data["tests"][-1] if self.data["tests"] else None
+        if (
+            last is None
+            or harvest.when != "after recovery"
+            or last["verdict"].get("kind") != "hang"
+            or harvest.at <= float(last["verdict"].get("at") or 0)  # a recovery before the hang says nothing of it
+        ):
+            self.flush()
+            return
+        found = harvest.crash
+        if found is None:
+            self.event("last-words", f"after the hang in {last['name']}: " + _nothing_after_hang(harvest))
+            return
+        rec, ev = found
+        v = last["verdict"]
+        v.update(
+            verdict=f"crash({ev.kind.value})",
+            kind="crash",
+            detail=ev.kind.value,
+            reason=f"pstore ({rec.kind}-{rec.backend}, {rec.reason or 'dump'}) after the recovery: "
+            f"{ev.text.strip()[:200]} (the monitor had judged: hang: {v.get('reason', '')})",
+            event={"kind": ev.kind.value, "line": ev.line_no, "text": ev.text, "source": "pstore"},
+        )
+        self.event("verdict-amended", f"{last['name']}: hang -> crash({ev.kind.value}) from pstore")
+
 
     def set_deploy(self, result: Any) -> None:
         self.data["deploy"] = result.to_json()
@@ -284,3 +346,8 @@ def write_summary(run_dir: Path) -> dict[str, Any]:
         meta.update(status="complete", finished=summary["finished"])
         write_json_atomic(run_json, meta)
     return summary
+
+
+def _nothing_after_hang(harvest: Any) -> str:
+    """What to say when a hang left no crash in pstore (or pstore could not be read)."""
+    return harvest.summary() if harvest.error else NOTHING_AFTER_HANG

@@ -835,6 +835,8 @@ def _device_context(run: RunView, dev: DeviceRun) -> dict[str, Any]:
         "callbacks_chart": callbacks_chart(callbacks) if callbacks else None,
         "timeline": timeline(dev),
         "has_console": console.is_file(),
+        "console_transport": dev.data.get("console_transport"),
+        "last_words": dev.data.get("last_words") or [],
         "ttf": dev.time_to_failure(),
         "generated": time.time(),
         "rig_version": __version__,

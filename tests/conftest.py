@@ -53,6 +53,12 @@ laptop-like lab test shares it (one boot of two guests per session). Extra API::
 
 ``laptop_devices`` (session scope): those two as rig.inventory.Device objects. Tests must leave
 both guests powered and answering SSH.
+
+``netconsole_lab`` (session scope): a separate lab of ONE laptop-like guest ``nc-1`` (host kernel)
+whose only console is netconsole (extended format, boot parameter, UDP to 127.0.0.1:<console
+port>; no ser2net) and which reserves a ramoops region (panics and oopses land in pstore and survive
+the lab's warm power cycle). ``lab.guest("nc-1").console_url`` is ``netconsole://127.0.0.1:PORT``;
+its inventory is ``lab.inventory_dir``. Shared by every test that needs such a guest: boot it once.
 """
 
 from __future__ import annotations
@@ -90,6 +96,18 @@ def laptop_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     the_lab = Lab(root=base / "state", inventory_dir=base / "devices")
     try:
         the_lab.up(count=0, laptop_like=2, laptop_power=("pdu", "relay"))
+        yield the_lab
+    finally:
+        the_lab.down()
+
+
+@pytest.fixture(scope="session")
+def netconsole_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """One guest ``nc-1``: netconsole its only console, ramoops pstore; up for the session."""
+    base = tmp_path_factory.mktemp("nclab")
+    the_lab = Lab(root=base / "state", inventory_dir=base / "devices")
+    try:
+        the_lab.up(count=1, name_prefix="nc", console="netconsole", pstore=True)
         yield the_lab
     finally:
         the_lab.down()

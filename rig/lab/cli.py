@@ -61,7 +61,8 @@ def _table(guests: list[GuestInfo], title: str) -> Table:
             power = "relay"
         rows.append((
             g.name, g.note + (f" ({', '.join(g.notes)})" if g.notes else ""), g.kernel_series,
-            str(g.ssh_port), str(g.console_port), power, pids,
+            str(g.ssh_port), str(g.console_port) if g.console_kind == "serial" else f"udp {g.console_port}",
+            power, pids,
             f"{g.boot_seconds:.1f}" if g.boot_seconds is not None else "-",
         ))
     for i, col in enumerate(("guest", "state", "kernel", "ssh", "console", "power/udp", "pids", "boot")):
@@ -88,12 +89,18 @@ def _table(guests: list[GuestInfo], title: str) -> Table:
 @click.option("--kernel", "kernel_specs", multiple=True, metavar="KERNEL",
               help="Kernel per guest, repeatable, given round-robin: a series (6.1 = the host's, 5.10 = Debian 11's, "
                    "fetched once from Debian's archive) or a full release. Default: the host's kernel.")
+@click.option("--console", "console_kind", type=click.Choice(["serial", "netconsole"]), default="serial",
+              show_default=True,
+              help="netconsole: new guests have no console server, only netconsole (a laptop without a serial port).")
+@click.option("--pstore", is_flag=True, help="New guests reserve a ramoops region: panics survive a warm reset.")
 @click.pass_context
 def up(ctx: click.Context, count: int | None, laptop_like: int, laptop_power: tuple[str, ...], name_prefix: str,
-       accel: str | None, kernel_specs: tuple[str, ...]) -> None:
+       accel: str | None, kernel_specs: tuple[str, ...], console_kind: str, pstore: bool) -> None:
     """Build the image if needed and boot the guests (idempotent).
 
     `rig lab up --kernel 6.1 --kernel 5.10` boots lab-1 on 6.1 and lab-2 on 5.10.
+    `rig lab up --count 1 --name-prefix nc --console netconsole --pstore` adds a laptop-like guest
+    whose only console is netconsole (use another --name-prefix than running guests).
     """
     if count is None:
         count = max(DEFAULT_COUNT, len(kernel_specs))
@@ -110,7 +117,8 @@ def up(ctx: click.Context, count: int | None, laptop_like: int, laptop_power: tu
         try:
             guests = _lab(ctx, accel=accel, progress=report).up(
                 count=count, name_prefix=name_prefix, kernels=list(kernel_specs) or None,
-                laptop_like=laptop_like, laptop_power=laptop_power or ("pdu", "relay"))
+                laptop_like=laptop_like, laptop_power=laptop_power or ("pdu", "relay"),
+                console=console_kind, pstore=pstore)
         except RigError as exc:
             progress.stop()
             _console.print(f"[red]rig lab up failed:[/red] {escape(str(exc))}", markup=True, highlight=False)

@@ -39,13 +39,18 @@ from rig.lab import kernels
 from rig.lab.kernels import LabKernel
 
 #: Bump when the builder's output changes for the same inputs (forces a rebuild everywhere).
-BUILDER_VERSION = "2"
+BUILDER_VERSION = "3"
 
 #: Debian packages whose versions are inputs of the image.
 IMAGE_PACKAGES = ("busybox-static", "dropbear-bin", "openssh-sftp-server")
 
 #: Kernel modules the guest needs that Debian builds as modules (loaded by /init, deps first).
 GUEST_MODULES = ("e1000",)
+#: Modules /init loads itself, with parameters from the kernel command line (as modprobe would):
+#: netconsole (``netconsole=`` on the command line, or none: dynamic targets in configfs) and
+#: ramoops (``ramoops.mem_address=...``; only with a reserved region, see rig.lab.manager).
+#: Their dependencies (configfs, reed_solomon) join the load order.
+SELF_LOADED_MODULES = ("netconsole", "ramoops")
 
 BUSYBOX = Path("/bin/busybox")
 DROPBEAR = Path("/usr/sbin/dropbear")
@@ -192,7 +197,7 @@ def image_inputs(kernel: str | LabKernel | None = None) -> ImageInputs:
         init_files={
             n: hashlib.sha256((init_dir / n).read_bytes()).hexdigest() for n in sorted(GUEST_INIT_FILES)
         },
-        modules=GUEST_MODULES,
+        modules=GUEST_MODULES + SELF_LOADED_MODULES,
         builder=BUILDER_VERSION,
     )
 
@@ -333,10 +338,12 @@ def _stage_rootfs(stage: Path, kernel: LabKernel) -> None:
 
     # modules, decompressed, with the order /init loads them in
     order = []
-    for mod in _module_order(kernel.release, GUEST_MODULES, kernel.modules_dir):
+    self_loaded = {m + ".ko" for m in SELF_LOADED_MODULES}
+    for mod in _module_order(kernel.release, GUEST_MODULES + SELF_LOADED_MODULES, kernel.modules_dir):
         name = mod.name.split(".ko")[0] + ".ko"
         (stage / "lib/modules" / name).write_bytes(_read_module(mod))
-        order.append(name)
+        if name not in self_loaded:
+            order.append(name)
     (stage / "lib/modules/load-order").write_text("\n".join(order) + "\n")
 
     # accounts: root with /bin/sh; '*' = no password can match, login is by public key only

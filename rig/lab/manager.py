@@ -76,6 +76,46 @@ LAPTOP_POWER: tuple[str, ...] = ("pdu", "relay")
 #: The virtual PDU's SNMP deadline in the inventory (labgrid's apc: snmpget gives up after 6 s).
 LAB_PDU_TIMEOUT = 10.0
 
+#: Console kinds a guest can have: ser2net over its serial port, or only netconsole (a laptop without UART).
+CONSOLE_KINDS = ("serial", "netconsole")
+#: QEMU user-mode networking: the host is 10.0.2.2 to the guest; the slirp gateway's MAC.
+SLIRP_HOST = "10.0.2.2"
+SLIRP_GATEWAY_MAC = "52:55:0a:00:02:02"
+#: The ramoops region reserved in a pstore guest's RAM (256 MB into its 512 MB, away from the initrd
+#: QEMU loads near the top). It survives QMP system_reset (RAM is kept), not a QEMU restart.
+RAMOOPS_ADDRESS = 0x10000000
+RAMOOPS_SIZE = 0x100000
+
+
+def lab_cmdline_extra(console_kind: str, netconsole_port: int | None, pstore: bool) -> tuple[str, ...]:
+    """Kernel command line additions for a guest's console kind and pstore (what a laptop's GRUB line would say)."""
+    extra: list[str] = []
+    if console_kind == "netconsole":
+        if netconsole_port is None:
+            raise LabFault("a netconsole guest needs its UDP port", component="lab")
+        # '+' = extended format (sequence numbers); eth0 towards the host's port through slirp's gateway.
+        # devkmsg=on: userspace lines written to /dev/kmsg (the heartbeat, floods) are not rate-limited.
+        # ignore_loglevel: consoles skip records above the console loglevel (KERN_DEBUG), and a skipped
+        # record is a sequence gap on the wire; with every record sent, a gap is a real loss.
+        extra += [f"netconsole=+@/eth0,{netconsole_port}@{SLIRP_HOST}/{SLIRP_GATEWAY_MAC}", "printk.devkmsg=on",
+                  "ignore_loglevel"]
+    if pstore:
+        extra += [
+            f"memmap={RAMOOPS_SIZE >> 20}M${RAMOOPS_ADDRESS:#x}",
+            f"ramoops.mem_address={RAMOOPS_ADDRESS:#x}", f"ramoops.mem_size={RAMOOPS_SIZE:#x}",
+            "ramoops.record_size=0x10000", "ramoops.ecc=1",
+        ]
+    return tuple(extra)
+
+def pick_slot(position: int, recorded: int | None, taken: set[int]) -> int:
+    """The port slot of a guest: the one it had (``recorded``), else its position in the ``up`` call,
+    else the lowest free one -- never a slot a running guest of another name prefix holds."""
+    for c in (recorded, position):
+        if c is not None and c not in taken:
+            return c
+    return next(c for c in range(1, len(taken) + 2) if c not in taken)
+
+
 #: ``progress(what, message)``: ``what`` is "image" or a guest name.
 ProgressFn = Callable[[str, str], None]
 
@@ -132,6 +172,10 @@ class GuestInfo:
     kernel_headers: Path | None = None
     #: "host" or where the kernel was fetched from, e.g. "debian bullseye-security".
     kernel_origin: str = "host"
+    #: "serial" (ser2net on console_port, TCP) or "netconsole" (only netconsole, UDP console_port; no ser2net).
+    console_kind: str = "serial"
+    #: A reserved ramoops region: the guest's panics and oopses land in pstore and survive a warm reset.
+    pstore: bool = False
     pty: str | None = None
     qemu_pid: int | None = None
     console_server_pid: int | None = None
@@ -151,6 +195,8 @@ class GuestInfo:
 
     @property
     def console_url(self) -> str:
+        if self.console_kind == "netconsole":
+            return f"netconsole://127.0.0.1:{self.console_port}"
         return consoleserver.console_url(self.console_port)
 
     @property
@@ -343,11 +389,11 @@ class Lab:
             if info is None:
                 continue
             self._refresh(info)
+            console = info.console_server_pid if info.console_kind == "serial" else 1
             if info.laptop_like:
-                parts = [info.qemu_pid, info.console_server_pid, info.vpower_pid,
-                         info.pdu_pid if info.power_kind == "pdu" else 1]
+                parts = [info.qemu_pid, console, info.vpower_pid, info.pdu_pid if info.power_kind == "pdu" else 1]
             else:
-                parts = [info.qemu_pid, info.console_server_pid, info.bmc_pid if vbmc_available() else 1]
+                parts = [info.qemu_pid, console, info.bmc_pid if vbmc_available() else 1]
             info.note = "up" if all(parts) else ("down" if not any(parts[:2]) else "partial")
             out.append(info)
         return out
@@ -365,7 +411,8 @@ class Lab:
 
     def up(
         self, count: int = DEFAULT_COUNT, name_prefix: str = DEFAULT_PREFIX, kernels: Sequence[str] | None = None,
-        *, laptop_like: int = 0, laptop_power: Sequence[str] = LAPTOP_POWER,
+        *, laptop_like: int = 0, laptop_power: Sequence[str] = LAPTOP_POWER, console: str = "serial",
+        pstore: bool = False,
     ) -> list[GuestInfo]:
         """Bring guests ``<prefix>-1..<prefix>-count`` up; idempotent. Returns their infos.
 
@@ -381,12 +428,18 @@ class Lab:
         PDU -- a real snmpd -- that labgrid's apc back end switches) or "relay" (a virtual
         power-button relay). Their QEMU ends on a power cut (RAM lost) and starts on power-on
         (rig.lab.vpower). Their inventory names only what a laptop has: SSH, console, power.
+
+        ``console="netconsole"``: new guests have no console server; their only console is netconsole
+        (kernel log over UDP to 127.0.0.1:<console port>, the extended format, set by the boot
+        parameter). ``pstore=True``: new guests reserve a ramoops region (see :func:`lab_cmdline_extra`).
         """
         if count < 0 or laptop_like < 0 or count + laptop_like < 1:
             raise LabFault(f"--count {count} --laptop-like {laptop_like}: need at least one guest", component="lab")
         for kind in laptop_power:
             if kind not in LAPTOP_POWER:
                 raise LabFault(f"laptop power {kind!r}: use one of {', '.join(LAPTOP_POWER)}", component="lab")
+        if console not in CONSOLE_KINDS:
+            raise LabFault(f"console {console!r}: use one of {', '.join(CONSOLE_KINDS)}", component="lab")
         if not PREFIX_RE.match(name_prefix):
             # It becomes folder names, QEMU's -name and ser2net's YAML: only plain name characters.
             raise ConfigError(
@@ -398,7 +451,12 @@ class Lab:
         power_of.update({n: laptop_power[i % len(laptop_power)] for i, n in enumerate(names[count:])})
         with self._locked():
             wanted = self.resolve_kernels(list(kernels), len(names)) if kernels else None
+            self._new_console, self._new_pstore = console, pstore
             return self._up(names, wanted, power_of)
+
+    #: Console kind and pstore of guests started by the current up() (set there).
+    _new_console = "serial"
+    _new_pstore = False
 
     def _up(self, names: list[str], wanted: list[kernels.LabKernel] | None = None,
             power_of: dict[str, str] | None = None) -> list[GuestInfo]:
@@ -411,8 +469,14 @@ class Lab:
         results: dict[str, GuestInfo] = {}
         to_start: list[tuple[str, int]] = []
         switched: dict[str, str] = {}
-        for idx, name in enumerate(names, start=1):
+        # Port slots of this lab's other guests (another name prefix, e.g. a netconsole guest next to
+        # lab-1, lab-2) are taken: a new guest gets the next free slot, never a running guest's ports.
+        others = [i for n in self._names() if n not in names and (i := self._load(n)) is not None]
+        taken = {i.index for i in others if self._refresh(i).qemu_pid is not None}
+        for pos, name in enumerate(names, start=1):
             info = self._load(name)
+            idx = pick_slot(pos, info.index if info is not None else None, taken)
+            taken.add(idx)
             if info is not None and self._refresh(info).qemu_pid is not None:
                 if wanted and info.kernel_version != kernel_of[name].release:
                     self._say(name, f"restarting: runs {info.kernel_version}, {kernel_of[name].release} requested")
@@ -434,7 +498,10 @@ class Lab:
                 ports = {name: guest_ports(self.root, idx) for name, idx in to_start}
                 for name, p in ports.items():
                     check_port_free(p.ssh, "tcp", f"SSH forward of {name}")
-                    check_port_free(p.console, "tcp", f"console server of {name}")
+                    if self._new_console == "netconsole":
+                        check_port_free(p.console, "udp", f"netconsole of {name}")
+                    else:
+                        check_port_free(p.console, "tcp", f"console server of {name}")
                     check_port_free(p.bmc, "udp", f"virtual BMC of {name}")
                 images: dict[str, image.Image] = {}
                 for name, _ in to_start:
@@ -470,7 +537,7 @@ class Lab:
         """A running guest: restart its console server / BMC if they died, refresh the inventory."""
         info.note = "already up"
         info.notes = []
-        if info.console_server_pid is None:
+        if info.console_kind == "serial" and info.console_server_pid is None:
             self.start_console_server(info.name)
             info.notes.append("console server restarted")
         if info.laptop_like:
@@ -508,10 +575,13 @@ class Lab:
             kernel_version=img.kernel_version, accel=accel,
             kernel_headers=img.headers or image.headers_dir(img.kernel_version), kernel_origin=img.kernel_origin,
             power_kind=power_kind,
+            console_kind=self._new_console, pstore=self._new_pstore,
         )
         self._say(name, f"starting QEMU ({accel})")
         info.started_at = time.time()
-        cfg = guest.QemuConfig(name=name, kernel=img.kernel, ssh_port=ports.ssh, accel=accel)
+        extra = lab_cmdline_extra(info.console_kind, ports.console, info.pstore)
+        cfg = guest.QemuConfig(name=name, kernel=img.kernel, ssh_port=ports.ssh, accel=accel,
+                               cmdline=guest.KERNEL_CMDLINE + extra)
         vpower.save_qemu_config(cfg, gdir)  # how a laptop-like guest's power daemon starts it again
         info.qemu_pid = guest.start_qemu(cfg, paths)
         started.append(info)
@@ -521,7 +591,8 @@ class Lab:
         return info
 
     def _start_helpers(self, info: GuestInfo) -> None:
-        info.console_server_pid = self.start_console_server(info.name, info)
+        if info.console_kind == "serial":
+            info.console_server_pid = self.start_console_server(info.name, info)
         if info.laptop_like:
             if info.power_kind == "pdu":
                 self.start_pdu(info.name, info)
@@ -734,12 +805,23 @@ class Lab:
         def q(v: object) -> str:
             return json.dumps(str(v))  # a TOML basic string: same escapes as JSON for our values
 
+        if info.console_kind == "netconsole":
+            console = (
+                "[console]\n# No serial port: the kernel sends its log over UDP (boot parameter "
+                f"netconsole=+@/eth0,{info.console_port}@{SLIRP_HOST}/{SLIRP_GATEWAY_MAC}).\n"
+                f"url = {q(info.console_url)}\n"
+            )
+        else:
+            console = f"[console]\nurl = {q(info.console_url)}\nbaud = 115200\n"
+
         text = f"""{INVENTORY_HEADER} for lab folder {self.root}.
 # Do not edit: `rig lab up` rewrites this file and `rig lab down` deletes it.
 name = {q(info.name)}
 tags = ["lab", "virtual", {q("kernel-" + major_minor)}]
 description = {q(f"Virtual laptop {info.name}: QEMU {info.accel.upper()}, 2 vCPUs, "
-                 f"Debian kernel {info.kernel_version}{origin}, console via ser2net, virtual BMC")}
+                 f"Debian kernel {info.kernel_version}{origin}, "
+                 + ("only console netconsole (UDP)" if info.console_kind == "netconsole" else "console via ser2net")
+                 + (", ramoops pstore" if info.pstore else "") + ", virtual BMC")}
 # perf is listed on purpose: under TCG there is no PMU and the rig must report it unavailable.
 nmi_sources = ["ipmi", "sysrq", "qmp", "perf"]
 
@@ -750,10 +832,7 @@ user = "root"
 key_file = {q(info.key_file)}
 known_hosts = {q(info.known_hosts)}
 
-[console]
-url = {q(info.console_url)}
-baud = 115200
-
+{console}
 [power]
 kind = "ipmi"
 host = "127.0.0.1"
