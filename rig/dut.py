@@ -230,6 +230,7 @@ class Dut:
             )
         #: Every look at pstore (run start, after each recovery), oldest first: the device's last words.
         self.pstore_harvests: list[PstoreHarvest] = []
+        self._harvests_taken = 0
         self.bmc: BmcClient | None = None
         self.power: PowerControl
         if isinstance(device.power, IpmiPower):
@@ -341,6 +342,12 @@ class Dut:
         if self.netconsole_target is not None:
             self.netconsole_target.configure()
         self.pstore_harvests.append(harvest(self.ssh, self.name, when=when, sudo=self.device.ssh.sudo))
+
+    def take_pstore_harvests(self) -> list[PstoreHarvest]:
+        """The harvests made since the last call (run start, recoveries), each handed out once (to the report)."""
+        new = self.pstore_harvests[self._harvests_taken:]
+        self._harvests_taken = len(self.pstore_harvests)
+        return new
 
     def _wait_first_heartbeat(self) -> None:
         """A netconsole has no server that could say it is up: only a heartbeat proves the path works.

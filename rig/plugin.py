@@ -362,10 +362,8 @@ def dut(request: pytest.FixtureRequest, device: Device, _dut_pool: dict[str, Any
 
 def _report_last_words(d: Any, dev_report: Any) -> None:
     """The pstore harvests the Dut made since the last call (run start, recoveries) into report.json."""
-    done = getattr(d, "_rig_harvests_reported", 0)
-    for h in d.pstore_harvests[done:]:
+    for h in d.take_pstore_harvests():
         dev_report.last_words(h)
-    d._rig_harvests_reported = len(d.pstore_harvests)
 
 
 def _check_requires(request: pytest.FixtureRequest, d: Any) -> None:
