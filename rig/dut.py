@@ -14,6 +14,7 @@ import os
 import re
 import tempfile
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
@@ -128,6 +129,22 @@ def _names_live_process(line: str) -> bool:
     return True
 
 
+def _tally_raises(src: NmiSource, tally: Counter[str]) -> None:
+    """Count what ``src.raise_`` raised into ``tally`` (``deliver`` goes through ``raise_`` too).
+
+    Why on the instance: every source class has its own ``raise_``; the Dut that built the source
+    is the one place that sees all of them, so the count needs no change in any source.
+    """
+    inner = src.raise_
+
+    def raise_(count: int = 1, interval: float = 0.0) -> int:
+        n = inner(count, interval)
+        tally[src.name] += n
+        return n
+
+    setattr(src, "raise_", raise_)  # noqa: B010 - an instance attribute shadows the method on purpose
+
+
 class Dut:
     """A connected device: SSH, console capture, power, NMI sources and a hang monitor."""
 
@@ -171,6 +188,8 @@ class Dut:
         #: (monitor verdict, verdict after asking the power control): asked once per verdict.
         self._power_judged: tuple[Verdict, Verdict] | None = None
         self._opened = False
+        #: NMIs raised per source through this Dut's sources (the live board shows them: rig.board).
+        self.nmi_raised: Counter[str] = Counter()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -247,7 +266,9 @@ class Dut:
         make = SOURCES.get(name)
         if make is None:
             raise DeviceError(f"device {self.name}: unknown NMI source {name!r} (known: {', '.join(SOURCES)})")
-        return make(NmiMeans(self.ssh, bmc=self.bmc, qmp=self.qmp, sudo=self.device.ssh.sudo))
+        src = make(NmiMeans(self.ssh, bmc=self.bmc, qmp=self.qmp, sudo=self.device.ssh.sudo))
+        _tally_raises(src, self.nmi_raised)
+        return src
 
     def nmi_sources(self) -> dict[str, NmiSource | Unavailable]:
         """Every source the inventory lists: a ready source, or :class:`Unavailable` with its reason."""

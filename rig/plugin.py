@@ -46,6 +46,9 @@ BUSY_KEY = pytest.StashKey[dict[str, str]]()
 #: This run's id (the controller's; a worker reads it from workerinput) and its selected devices.
 RUN_ID_KEY = pytest.StashKey[str]()
 DEVICES_KEY = pytest.StashKey[list[Device]]()
+#: This process's board feed (rig.board.BoardFeed) and, on the controller, the live board drawn.
+BOARD_KEY = pytest.StashKey[Any]()
+LIVE_KEY = pytest.StashKey[Any]()
 
 
 @dataclass
@@ -86,6 +89,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="deploy this Shadow-box tree on every selected device (overrides [shadowbox] source)",
     )
     g.addoption("--rig-build", default=None, metavar="LABEL", help="name of the build under test, kept in reports")
+    g.addoption(
+        "--rig-no-live", action="store_true", default=False, help="no live device board on the terminal (rig.board)"
+    )
     parser.addini("rig_devices", "inventory folders/files", type="paths", default=[])
     parser.addini("rig_report_dir", "report folder", default="reports")
     parser.addini("rig_soak_minutes", "soak length in minutes", default="20")
@@ -243,8 +249,13 @@ def rig_run(request: pytest.FixtureRequest) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def _dut_pool(request: pytest.FixtureRequest, rig_run: Any) -> Iterator[dict[str, Any]]:
     pool: dict[str, Any] = request.config.stash[DUTS_KEY]
+    from rig.board import Sampler
+
+    sampler = Sampler(_board(request.config), lambda: list(pool.values())).start()
     yield pool
+    sampler.stop()
     for dut in pool.values():
+        _board(request.config).state(dut.name, "done")
         try:
             dut.close()
         except Exception as exc:  # noqa: BLE001 - closing is best effort at the end of a run
@@ -291,18 +302,21 @@ def dut(request: pytest.FixtureRequest, device: Device, _dut_pool: dict[str, Any
     try:
         if d is None:
             d = Dut(device, rig_run.dir / device.name)
+            _board(request.config).state(device.name, "connecting")
             try:
                 d.open()
             except DeviceBusy as exc:
                 # Nothing is written for a device this run does not hold: its folder (if two runs
                 # share a run id) and its report.json belong to the holder.
                 busy[device.name] = f"DEVICE BUSY: {exc}; this run does not use {device.name}"
+                _board(request.config).state(device.name, "busy", detail=str(exc))
                 pytest.fail(busy[device.name], pytrace=False)
             _dut_pool[device.name] = d
             dev_report = rig_run.device(device)
             dev_report.set_identity(d)
             d.caps = _capabilities(d)
         elif d.needs_recovery:
+            _board(request.config).state(device.name, "recovering")
             took = d.recover()
             rig_run.device(device).event("recovery", f"power cycle and ready in {took:.1f} s", seconds=took)
             d.needs_recovery = False
@@ -312,6 +326,7 @@ def dut(request: pytest.FixtureRequest, device: Device, _dut_pool: dict[str, Any
             d.monitor.start()
     except LabFault as exc:
         rig_run.device(device).event("lab-fault", str(exc))
+        _board(request.config).state(device.name, "lab-fault", detail=str(exc))
         _state(request.node).setup_fault = (device, str(exc))  # a lab-fault row (pytest_runtest_makereport)
         pytest.fail(f"LAB FAULT on {device.name} (not a device failure): {exc}", pytrace=False)
     d.accepted_verdict = None
@@ -353,6 +368,7 @@ def nmi_sources(dut: Any) -> dict[str, Any]:
 def shadowbox(request: pytest.FixtureRequest, dut: Any, rig_run: Any) -> Any:
     """Shadow-box deployed on the device and verified started (a fresh boot is used if it was loaded)."""
     dev_report = rig_run.device(dut.device)
+    _board(request.config).state(dut.name, "deploying")
     try:
         result = dut.deploy_shadowbox()
     except LabFault as exc:
@@ -364,6 +380,71 @@ def shadowbox(request: pytest.FixtureRequest, dut: Any, rig_run: Any) -> Any:
         raise
     dev_report.set_deploy(result)
     return result
+
+
+# ---------------------------------------------------------------------------------------------
+# the live board (rig.board): every process feeds <run>/board.jsonl, the controller draws it
+
+
+def _board(config: pytest.Config) -> Any:
+    """This process's feed of the run's board file (created on first use)."""
+    feed = config.stash.get(BOARD_KEY, None)
+    if feed is None:
+        from rig.board import BOARD_FILE, BoardFeed
+
+        feed = config.stash[BOARD_KEY] = BoardFeed(report_dir(config) / _run_id(config) / BOARD_FILE)
+    return feed
+
+
+def pytest_runtest_call(item: pytest.Item) -> None:
+    """The board's "testing X" / "soaking 7/20 min" (a device-parametrized test is about to run)."""
+    callspec = getattr(item, "callspec", None)
+    device = callspec.params.get("device") if callspec is not None else None
+    if not isinstance(device, Device):
+        return
+    if item.get_closest_marker("soak") is not None:
+        _board(item.config).state(
+            device.name, "soaking", test=item.name, soak_seconds=soak_minutes_of(item.config) * 60
+        )
+    else:
+        _board(item.config).state(device.name, "testing", test=getattr(item, "originalname", item.name))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """On the controller, on a terminal: draw the board above pytest's own lines until the end."""
+    config = session.config
+    if _is_worker(config) or config.getoption("--rig-no-live"):
+        return
+    from rig.board import BOARD_FILE, LiveLines, live_board, wanted
+
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    tw = getattr(tr, "_tw", None)
+    original = getattr(tw, "_file", None)  # pytest's TerminalWriter keeps its stream here
+    if original is None or not wanted(original, disabled=False):
+        return
+    from rich.console import Console
+
+    path = report_dir(config) / _run_id(config) / BOARD_FILE
+    cm = live_board(path, Console(file=original), enabled=True, title=f"rig: run {_run_id(config)}")
+    live = cm.__enter__()
+    tw._file = LiveLines(live.console, original)  # type: ignore[union-attr]
+    config.stash[LIVE_KEY] = (cm, tw, original)
+
+
+def _stop_live(config: pytest.Config) -> None:
+    held = config.stash.get(LIVE_KEY, None)
+    if held is None:
+        return
+    del config.stash[LIVE_KEY]
+    cm, tw, original = held
+    tw._file.flush_partial()
+    tw._file = original
+    cm.__exit__(None, None, None)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _stop_live(config)  # a run that ended before sessionfinish (usage error, ^C in collection)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -480,6 +561,7 @@ def _record(
         longrepr = str(report.longrepr)
     elif report.skipped and isinstance(report.longrepr, tuple):
         longrepr = str(report.longrepr[2])  # the skip reason
+    _board(item.config).verdict(device.name, label, report.outcome, getattr(verdict, "text", str(verdict)))
     run.device(device).test_result(
         nodeid=item.nodeid,
         name=label,
@@ -515,6 +597,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     from rig.report import write_summary
 
     config = session.config
+    _stop_live(config)  # before pytest's summary lines
     run_dir = report_dir(config) / _run_id(config)
     if not _is_worker(config) and run_dir.is_dir() and any(run_dir.glob("*/report.json")):
         write_summary(run_dir)
