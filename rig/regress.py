@@ -43,6 +43,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from rig.board import BOARD_FILE, live_board
+from rig.board import wanted as board_wanted
 from rig.errors import ConfigError, RigError
 from rig.inventory import Device, load_inventory
 from rig.report import write_json_atomic
@@ -476,6 +478,8 @@ class Regress:
     console: Console = field(default_factory=Console)
     runner: Runner = run_pytest
     reset: Reset | None = None
+    #: Draw the live board (rig.board) of each build's run while it runs: on a terminal, unless --no-live.
+    live: bool = False
 
     def prepare(self, spec: BuildSpec) -> tuple[Path, str, str | None]:
         """(tree to deploy, identity for the fingerprint, commit or None)."""
@@ -513,7 +517,8 @@ class Regress:
                     self.reset(spec)
                 self.console.print(f"{what}: running the suites (log {self.out / (spec.label + '.log')})",
                                    highlight=False)  # fmt: skip
-                rc = self.runner(spec, tree, run_dir, self.selection)
+                with live_board(run_dir / BOARD_FILE, self.console, enabled=self.live, title=f"rig regress: {what}"):
+                    rc = self.runner(spec, tree, run_dir, self.selection)
                 finished = (run_dir / "summary.json").exists()
                 state.update(spec.label, status="done" if finished else "failed", pytest_exit=rc, finished=time.time())
                 if not finished:
@@ -624,6 +629,7 @@ def render_table(results: list[BuildResult]) -> Table:
     default=None,
     help="Checked-out refs (default <out>/trees).",
 )
+@click.option("--no-live", is_flag=True, help="No live device board (it is drawn only on a terminal anyway).")
 @click.pass_context
 def regress_cmd(
     ctx: click.Context,
@@ -636,6 +642,7 @@ def regress_cmd(
     soak_minutes: float,
     out: Path | None,
     cache: Path | None,
+    no_live: bool,
 ) -> None:
     """Run the suites for several Shadow-box builds and line them up per device.
 
@@ -660,7 +667,7 @@ def regress_cmd(
             raise click.ClickException(f"--suites {s}: no such file or folder")
     out = (out or Path(root.get("report_dir", "reports")) / f"regress-{time.strftime('%Y%m%d')}").resolve()
     selection = Selection(inventory, list(names), list(tags), suite_paths, soak_minutes, [d.name for d in devices])
-    reg = Regress(specs, out, selection, (cache or out / "trees").resolve(), console)
+    reg = Regress(specs, out, selection, (cache or out / "trees").resolve(), console, live=board_wanted(None, no_live))
 
     def reset(spec: BuildSpec) -> None:
         fresh_boot(devices, out / "resets" / spec.label, console)

@@ -260,3 +260,34 @@ def test_board_is_drawn_on_a_terminal_and_pytest_lines_stay(tmp_path: Path) -> N
     rc, plain = _in_pty(_cmd(tmp_path, "-p", "no:xdist", "--rig-no-live"), tmp_path, {**env, "RIG_RUN_ID": "run2"})
     assert rc == 0, plain
     assert "4 passed" in plain and "NMIs raised" not in plain
+
+
+def test_rig_regress_draws_the_board_of_the_build_that_is_running(tmp_path: Path) -> None:
+    """rig regress runs pytest as a child (its output in a log): the board comes from the run's file."""
+    from rig.regress import Regress, Selection, parse_builds
+    from rig.report import RunReport, write_summary
+
+    tree = tmp_path / "build"
+    tree.mkdir()
+
+    def runner(spec, tree, run_dir, selection) -> int:  # type: ignore[no-untyped-def]
+        # What the plugin's workers write while the suites run, then the run's summary.
+        feed = BoardFeed(run_dir / BOARD_FILE)
+        feed.state("lab-1", "soaking", test="test_nmi_soak[lab-1]", soak_seconds=60.0)
+        feed.emit("lab-1", "sample", heartbeats=5, nmis={"qmp": 42}, event="")
+        time.sleep(1.2)  # the board follows the file every 0.5 s
+        feed.verdict("lab-1", "test_nmi_soak", "failed", "hang")
+        RunReport(run_dir.parent, run_dir.name)
+        write_summary(run_dir)
+        return 1
+
+    console = Console(record=True, force_terminal=True, width=140, file=open(os.devnull, "w"))  # noqa: SIM115
+    sel = Selection(["/inv"], [], [], ["/s/test_x.py"], 1.0, ["lab-1"])
+    reg = Regress(
+        parse_builds(None, [], [str(tree)]), tmp_path / "out", sel, tmp_path / "c", console, runner, live=True
+    )
+    reg.run()
+    text = console.export_text()
+    assert "rig regress: [1/1] build" in text
+    row = [line for line in text.splitlines() if "lab-1" in line and "qmp 42" in line]
+    assert row and "test_nmi_soak: hang" in row[-1], text[-2000:]
