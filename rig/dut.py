@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from rig.bmc import BmcClient
 from rig.console import ConsoleCapture
@@ -30,6 +30,9 @@ from rig.qmp import QmpClient
 from rig.shadowbox import Deployer, DeployResult, recipe_for
 from rig.ssh import SshClient
 from rig.vocab import VerdictKind
+
+if TYPE_CHECKING:
+    from rig.coordinator import PlaceLease
 
 log = logging.getLogger(__name__)
 
@@ -148,12 +151,18 @@ def _tally_raises(src: NmiSource, tally: Counter[str]) -> None:
 class Dut:
     """A connected device: SSH, console capture, power, NMI sources and a hang monitor."""
 
-    def __init__(self, device: Device, log_dir: Path, *, lock_wait: float = 0.0) -> None:
+    def __init__(self, device: Device, log_dir: Path, *, lock_wait: float = 0.0, run_id: str | None = None) -> None:
         self.device = device
         self.name = device.name
         self.log_dir = log_dir
         self.lock = DeviceLock(device)
         self.lock_wait = lock_wait
+        #: The device's labgrid place, when several controllers share it ([lab] place; rig.coordinator).
+        self.place: PlaceLease | None = None
+        if device.lab.place is not None:
+            from rig.coordinator import PlaceLease
+
+            self.place = PlaceLease(device, run_id)
         self.ssh = SshClient(device.ssh, device=device.name)
         self.console: ConsoleCapture | None = None
         if device.console is not None:
@@ -201,6 +210,8 @@ class Dut:
         """
         self.lock.acquire(self.lock_wait)  # first: a run refused here leaves nothing behind, not even a folder
         try:
+            if self.place is not None:
+                self.place.acquire()  # the other controllers' runs: DEVICE BUSY or a lab fault, before anything
             self.log_dir.mkdir(parents=True, exist_ok=True)
             if self.console is not None:
                 self.console.subscribe(self.monitor.on_line)
@@ -250,6 +261,8 @@ class Dut:
                 self.console.stop()
             if self.bmc is not None:
                 self.bmc.close()
+            if self.place is not None:
+                self.place.release()
             self.lock.release()
             self._opened = False
 

@@ -300,8 +300,10 @@ def dut(request: pytest.FixtureRequest, device: Device, _dut_pool: dict[str, Any
         pytest.fail(busy[device.name], pytrace=False)
     d: Dut | None = _dut_pool.get(device.name)
     try:
+        if d is not None:
+            _check_place(d)
         if d is None:
-            d = Dut(device, rig_run.dir / device.name)
+            d = Dut(device, rig_run.dir / device.name, run_id=rig_run.run_id)
             _board(request.config).state(device.name, "connecting")
             try:
                 d.open()
@@ -336,6 +338,21 @@ def dut(request: pytest.FixtureRequest, device: Device, _dut_pool: dict[str, Any
     with contextlib.suppress(RigError):
         state.irq_before = d.interrupts()
     yield d
+
+
+def _check_place(d: Any) -> None:
+    """Before a test on a shared device: still this run's place, or acquired again (rig.coordinator).
+
+    A place lost and now held by another controller is a lab fault for this run, not DEVICE BUSY:
+    this run did hold the device, and the tests it ran on it stand.
+    """
+    from rig.dut import DeviceBusy
+
+    if d.place is not None:
+        try:
+            d.place.ensure()
+        except DeviceBusy as exc:
+            raise LabFault(f"the labgrid place was lost during the run and is taken: {exc}") from None
 
 
 def _check_requires(request: pytest.FixtureRequest, d: Any) -> None:
@@ -481,6 +498,11 @@ def _judge(item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestRe
         from rig.monitor import Verdict
 
         verdict = Verdict(VerdictKind.LAB_FAULT, None, str(lab_error.value))
+    place_lost = d.place.lost() if d.place is not None else None
+    if place_lost is not None and verdict.kind is not VerdictKind.CRASH:
+        from rig.monitor import Verdict
+
+        verdict = Verdict(VerdictKind.LAB_FAULT, None, place_lost)  # the coordinator's fault, not the laptop's
     accepted = d.accepted_verdict is not None and d.accepted_verdict.kind is verdict.kind
     if accepted:
         pass  # the test provoked this verdict on purpose and checked it
