@@ -392,3 +392,12 @@ def test_a_coordinator_restart_mid_run_is_a_lab_fault_and_the_next_test_acquires
 
 def _read(p: Path) -> str:
     return p.read_text() if p.exists() else ""
+
+
+def test_a_bad_place_name_names_the_file_and_field(tmp_path: Path) -> None:
+    from rig.errors import InventoryError
+
+    p = inventory(tmp_path, "bench 3; rm -rf /", "127.0.0.1:1")
+    with pytest.raises(InventoryError, match=r"(?s)x1gen9\.toml.*lab\.place: place .bench 3; rm -rf /.") as exc:
+        load_device(p)
+    assert "use letters, digits" in str(exc.value)
