@@ -33,6 +33,7 @@ from rig.coordinator import PlaceLease, Session, holder_comment, parse_holder, s
 from rig.dut import DeviceBusy, Dut
 from rig.errors import ConfigError, LabFault
 from rig.inventory import load_device
+from rig.report_html import load_run
 from tests.consolepeers import free_port
 
 BIN = Path(sys.executable).parent
@@ -179,6 +180,7 @@ def inventory(folder: Path, place: str, address: str, wait: float = 0.0, name: s
 CONTROLLER = r"""
 import sys, time
 from rig.inventory import load_device
+from rig.report_html import load_run
 from rig.coordinator import PlaceLease
 from rig.dut import DeviceBusy
 lease = PlaceLease(load_device(sys.argv[1]))
@@ -401,3 +403,43 @@ def test_a_bad_place_name_names_the_file_and_field(tmp_path: Path) -> None:
     with pytest.raises(InventoryError, match=r"(?s)x1gen9\.toml.*lab\.place: place .bench 3; rm -rf /.") as exc:
         load_device(p)
     assert "use letters, digits" in str(exc.value)
+
+
+PLUGIN_SUITE = """
+def test_uses_the_laptop(dut):
+    pass
+"""
+
+
+def test_a_pytest_run_on_a_held_place_is_device_busy_and_a_dead_coordinator_a_lab_fault(
+    lg: Lab, tmp_path: Path
+) -> None:
+    """The plugin, as a second controller's nightly: one laptop held by another controller's run, one
+    whose coordinator does not answer. Neither is contacted over SSH (the place comes first)."""
+    place = new_place(lg)
+    inv = tmp_path / "inv"
+    inventory(inv, place, lg.address, name="held-x1")
+    inventory(inv, "x1gen9-bench9", f"127.0.0.1:{free_port()}", name="far-t14")
+    a = controller(tmp_path, inv / "held-x1.toml", "bench-a/ci", "hold", "night-a")
+    try:
+        assert first_line(a) == "HELD"
+        (tmp_path / "test_suite.py").write_text(PLUGIN_SUITE)
+        env = {**os.environ, "RIG_RUN_ID": "night-b", "LG_HOSTNAME": "bench-b", "RIG_LOCK_DIR": str(tmp_path / "lk")}
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", str(tmp_path / "test_suite.py"), "--rig-devices", str(inv),
+             "--rig-report-dir", str(tmp_path / "reports"), "-p", "no:cacheprovider", "-p", "no:xdist", "-rf"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        assert a.stdin is not None
+        a.stdin.write("\n")
+        a.stdin.flush()
+        a.wait(30)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert re.search(rf"DEVICE BUSY: device held-x1: labgrid place {place} .* held by bench-a/ci \(run night-a", out)
+    assert "LAB FAULT on far-t14 (not a device failure): labgrid coordinator 127.0.0.1:" in out
+    run = tmp_path / "reports" / "night-b"
+    assert not (run / "held-x1").exists()  # the holder's device: nothing written by this run
+    rep = load_run(run).device("far-t14")
+    assert rep is not None and rep.cells()["test_uses_the_laptop"].label == "lab-fault"
