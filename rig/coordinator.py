@@ -253,9 +253,15 @@ class PlaceLease:
 
     # -- the coordinator's view ------------------------------------------------------------
 
-    def _busy(self, place: Any, waited: float = 0.0) -> Exception:
+    def _busy(self, place: Any, waited: float = 0.0, refusal: str = "") -> Exception:
         from rig.dut import DeviceBusy
 
+        if not place.acquired:
+            # Refused although nobody holds the place: its resources are another place's (the coordinator says).
+            return DeviceBusy(
+                f"device {self.device.name}: labgrid place {self.name} on {self.address} refused: {refusal}; "
+                f"see labgrid-client -x {self.address} -p {self.name} show (its resources may be another place's)"
+            )
         holder = parse_holder(place.comment or "")
         who = f"{place.acquired}" + (
             f" ({holder.text()})" if holder else (f" ({place.comment})" if place.comment else "")
@@ -298,9 +304,9 @@ class PlaceLease:
                 raise self._busy(place)
         try:
             s.call("acquire", lambda c: self._acquire_rpc(c))
-        except Refused:
+        except Refused as exc:
             # Lost a race, or a reservation is for someone else: name who holds it now.
-            raise self._busy(self._place(s)) from None
+            raise self._busy(self._place(s), refusal=str(exc)) from None
         self.held = True
         comment = holder_comment(self.run_id, os.getpid(), self.host, time.time())
         s.call("set comment", lambda c: self._comment_rpc(c, comment))

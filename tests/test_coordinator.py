@@ -154,7 +154,7 @@ def lg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         yield Lab(f"127.0.0.1:{port}", root, coordinator, exporter, Admin(f"127.0.0.1:{port}"))
     finally:
         exporter.stop()
-        coordinator.stop()
+        coordinator.stop(signal.SIGKILL)  # a graceful stop waits 5 s for the clients' streams
 
 
 _places = iter(range(1, 1000))
@@ -263,6 +263,10 @@ def test_two_controllers_one_place_the_second_is_refused_naming_the_holder(lg: L
     assert b.wait(30) == 3, out
     assert out.startswith("BUSY device x1gen9: labgrid place " + place)
     assert f"held by bench-a/ci (run night-a, pid {a.pid}@" in out
+    # A second place on the same bench resources (a mistake in the lab's places): refused, and said so.
+    twin = new_place(lg)
+    with pytest.raises(DeviceBusy, match=rf"place {twin} on .* refused: Failed to acquire resources"):
+        PlaceLease(load_device(inventory(tmp_path / "twin", twin, lg.address))).acquire()
     # The holder ends: its release clears the comment, and the other controller gets the place.
     assert a.stdin is not None
     a.stdin.write("\n")
@@ -341,6 +345,7 @@ def test_a_holder_on_another_host_is_reported_with_its_age_not_cleared(lg: Lab, 
     assert "held by far-bench/ci (run night-far, pid 1@far-bench, for 3 h 5 min)" in out
     assert "another controller (far-bench)" in out
     assert place_state(lg, place).acquired == "far-bench/ci"
+    client_as(lg.address, "far-bench/ci", "-p", place, "release")  # bench3's resources are free again
 
 
 def test_an_unreachable_coordinator_is_a_lab_fault(tmp_path: Path) -> None:
@@ -360,14 +365,13 @@ def test_a_coordinator_restart_mid_run_is_a_lab_fault_and_the_next_test_acquires
     """Its own coordinator (the session's one stays up for the other tests)."""
     port = free_port()
     folder = tmp_path / "coordinator"
+    folder.mkdir()
+    # The places a coordinator keeps across restarts (it saves them every 15 s; here from a former run).
+    (folder / "places.yaml").write_text("x1gen9-bench3:\n  comment: ''\n  matches: []\n")
     c = start_coordinator(folder, port)
     address = f"127.0.0.1:{port}"
     admin = Admin(address)
     try:
-        admin.create("x1gen9-bench3")
-        end = time.monotonic() + 30  # the coordinator writes places.yaml a moment later
-        while "x1gen9-bench3" not in _read(folder / "places.yaml") and time.monotonic() < end:
-            time.sleep(0.1)
         lease = PlaceLease(load_device(inventory(tmp_path / "inv", "x1gen9-bench3", address)), "night-r")
         lease.acquire()
         assert lease.lost() is None
@@ -384,16 +388,12 @@ def test_a_coordinator_restart_mid_run_is_a_lab_fault_and_the_next_test_acquires
         assert admin.show("x1gen9-bench3").comment.startswith("rig: run night-r, pid ")
         lease.release()
         assert admin.show("x1gen9-bench3").acquired is None
-        c.stop()
+        c.stop(signal.SIGKILL)
         with pytest.raises(LabFault, match="unreachable|connection is gone"):
             lease.acquire()  # and not back: a lab fault at set-up
     finally:
-        c.stop()
+        c.stop(signal.SIGKILL)
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def _read(p: Path) -> str:
-    return p.read_text() if p.exists() else ""
 
 
 def test_a_bad_place_name_names_the_file_and_field(tmp_path: Path) -> None:
