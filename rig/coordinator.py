@@ -367,6 +367,44 @@ class PlaceLease:
                 raise self._busy(self._place(s), waited=time.monotonic() - start)
             time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
 
+    # -- the place's exported resources (issue 18, part 4: looked up here, not yet used by Dut) --
+
+    def resources(self, cls: str) -> list[dict[str, Any]]:
+        """The arguments of the held place's resources of labgrid class ``cls`` (e.g. ``NetworkSerialPort``).
+
+        Why: an exporter on the bench publishes the console server's and the PDU's addresses, so one
+        lab description could serve every controller. Read from the session's copy of the
+        coordinator's resource list; the place must be held (its acquired resources are the ones).
+        """
+        if not self.held or self.session is None:
+            raise LabFault(f"place {self.name}: not held by this run, its resources are not ours to use")
+        s = self.session
+        place = self._place(s)
+        out: list[dict[str, Any]] = []
+        for exporter, group, rcls, rname in place.acquired_resources:
+            if rcls != cls:
+                continue
+            entry = s.client.resources.get(exporter, {}).get(group, {}).get(rname)
+            if entry is None:
+                raise LabFault(
+                    f"place {self.name}: resource {exporter}/{group}/{rcls}/{rname} is gone (exporter disconnected?)",
+                    component="coordinator",
+                )
+            out.append({"name": rname, **entry.args})
+        return out
+
+    def console_url(self) -> str:
+        """The place's NetworkSerialPort as a pyserial URL (``rfc2217://`` or, for ``raw``, ``socket://``)."""
+        ports = self.resources("NetworkSerialPort")
+        if len(ports) != 1:
+            raise LabFault(
+                f"place {self.name}: {len(ports)} NetworkSerialPort resources (need exactly one for the console)",
+                component="coordinator",
+            )
+        p = ports[0]
+        scheme = "socket" if p.get("protocol") == "raw" else "rfc2217"
+        return f"{scheme}://{p['host']}:{p['port']}"
+
     # -- during the run --------------------------------------------------------------------
 
     def lost(self) -> str | None:

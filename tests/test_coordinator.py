@@ -443,3 +443,18 @@ def test_a_pytest_run_on_a_held_place_is_device_busy_and_a_dead_coordinator_a_la
     assert not (run / "held-x1").exists()  # the holder's device: nothing written by this run
     rep = load_run(run).device("far-t14")
     assert rep is not None and rep.cells()["test_uses_the_laptop"].label == "lab-fault"
+
+
+def test_the_held_places_console_and_outlet_come_from_the_exporter(lg: Lab, tmp_path: Path) -> None:
+    """Looked up through the rig's API (rig.coordinator); Dut does not use them yet (see the README)."""
+    place = new_place(lg)
+    lease = PlaceLease(load_device(inventory(tmp_path / "inv", place, lg.address)), "night-r")
+    with pytest.raises(LabFault, match="not held by this run"):
+        lease.console_url()
+    lease.acquire()
+    try:
+        assert lease.console_url() == "rfc2217://127.0.0.1:7003"
+        (outlet,) = lease.resources("NetworkPowerPort")
+        assert (outlet["model"], outlet["index"]) == ("simplerest", 3)
+    finally:
+        lease.release()
