@@ -346,3 +346,55 @@ def live_board(path: Path, console: Console, *, enabled: bool, title: str = "rig
             th.join(timeout=2)
             model.apply_all(tail.read())
             live.update(render(model, time.time(), title))
+
+
+class TerminalBoard:
+    """The board for a pytest run: drawn from the first device line on, so a run without devices
+    (the rig's own test suite, a suite that selected none) keeps pytest's output exactly as it was.
+
+    ``attach(live)`` is called once the board is up (the plugin routes pytest's writer through it),
+    ``detach()`` when it goes down.
+    """
+
+    def __init__(
+        self, path: Path, console: Console, title: str, attach: Callable[[Live], None], detach: Callable[[], None]
+    ) -> None:
+        self.model, self.tail = BoardModel(), BoardTail(path)
+        self.console, self.title = console, title
+        self.attach, self.detach = attach, detach
+        self.live: Live | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._follow, name="rig-board", daemon=True)
+
+    def start(self) -> TerminalBoard:
+        self._thread.start()
+        return self
+
+    def _step(self) -> None:
+        with self._lock:
+            self.model.apply_all(self.tail.read())
+            if self.live is None and self.model.rows and not self._stop.is_set():
+                self.live = Live(console=self.console, refresh_per_second=2, transient=False)
+                self.live.start()
+                self.attach(self.live)
+            if self.live is not None:
+                self.live.update(render(self.model, time.time(), self.title))
+
+    def _follow(self) -> None:
+        while not self._stop.wait(0.5):
+            try:
+                self._step()
+            except Exception as exc:  # noqa: BLE001 - a view never stops the run
+                log.debug("live board: %s", exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        with self._lock:
+            if self.live is not None:
+                self.model.apply_all(self.tail.read())
+                self.live.update(render(self.model, time.time(), self.title))
+                self.detach()
+                self.live.stop()
+                self.live = None

@@ -433,7 +433,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     config = session.config
     if _is_worker(config) or config.getoption("--rig-no-live"):
         return
-    from rig.board import BOARD_FILE, LiveLines, live_board, wanted
+    from rig.board import BOARD_FILE, LiveLines, TerminalBoard, wanted
 
     tr = config.pluginmanager.get_plugin("terminalreporter")
     tw = getattr(tr, "_tw", None)
@@ -442,22 +442,25 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         return
     from rich.console import Console
 
+    def attach(live: Any) -> None:
+        tw._file = LiveLines(live.console, original)  # type: ignore[union-attr]
+
+    def detach() -> None:
+        lines = tw._file  # type: ignore[union-attr]
+        if isinstance(lines, LiveLines):
+            lines.flush_partial()
+        tw._file = original  # type: ignore[union-attr]
+
     path = report_dir(config) / _run_id(config) / BOARD_FILE
-    cm = live_board(path, Console(file=original), enabled=True, title=f"rig: run {_run_id(config)}")
-    live = cm.__enter__()
-    tw._file = LiveLines(live.console, original)  # type: ignore[union-attr]
-    config.stash[LIVE_KEY] = (cm, tw, original)
+    board = TerminalBoard(path, Console(file=original), f"rig: run {_run_id(config)}", attach, detach)
+    config.stash[LIVE_KEY] = board.start()
 
 
 def _stop_live(config: pytest.Config) -> None:
-    held = config.stash.get(LIVE_KEY, None)
-    if held is None:
-        return
-    del config.stash[LIVE_KEY]
-    cm, tw, original = held
-    tw._file.flush_partial()
-    tw._file = original
-    cm.__exit__(None, None, None)
+    board = config.stash.get(LIVE_KEY, None)
+    if board is not None:
+        del config.stash[LIVE_KEY]
+        board.stop()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

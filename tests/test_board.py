@@ -291,3 +291,17 @@ def test_rig_regress_draws_the_board_of_the_build_that_is_running(tmp_path: Path
     assert "rig regress: [1/1] build" in text
     row = [line for line in text.splitlines() if "lab-1" in line and "qmp 42" in line]
     assert row and "test_nmi_soak: hang" in row[-1], text[-2000:]
+
+
+def test_a_run_without_devices_keeps_pytests_output_on_a_terminal(tmp_path: Path) -> None:
+    """The rig's own tests, or a suite that selects no device: no board, not even an empty one."""
+    (tmp_path / "test_plain.py").write_text("def test_a():\n    pass\n")
+    cmd = [
+        sys.executable, "-m", "pytest", str(tmp_path / "test_plain.py"), "--rig-report-dir", str(tmp_path / "reports"),
+        "--rig-devices", str(tmp_path / "none"), "-p", "no:cacheprovider", "-q",
+    ]  # fmt: skip
+    (tmp_path / "none").mkdir()
+    env = {**os.environ, "RIG_RUN_ID": "plain", "TERM": "xterm", "COLUMNS": "120", "LINES": "40"}
+    rc, shown = _in_pty(cmd, tmp_path, env)
+    assert rc == 0, shown
+    assert "1 passed" in shown and "rig: run" not in shown and "NMIs raised" not in shown
