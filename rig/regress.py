@@ -397,6 +397,8 @@ def fresh_boot(devices: Sequence[Device], log_root: Path, console: Console) -> d
         dut = Dut(dev, log_root / dev.name, lock_wait=60)
         try:
             dut.lock.acquire(dut.lock_wait)
+            if dut.place is not None:
+                dut.place.acquire()  # a shared laptop: never power-cycle it under another controller's run
             if _clean(dut):
                 console.print(f"  {dev.name}: answers SSH and runs no Shadow-box: no reset needed", highlight=False)
                 return None
