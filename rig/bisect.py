@@ -46,6 +46,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from rig.board import wanted as board_wanted
 from rig.errors import ConfigError, LabFault, RigError, Unavailable
 from rig.inventory import Device, load_inventory
 from rig.regress import clone_shared, fresh_boot, resolve_ref
@@ -203,6 +204,12 @@ class Oracle:
         self.interval = interval
         #: Watch the monitor's hang bound (and a second more) after a soak, so a hang at its end is seen.
         self.detect_bound = dut.device.monitor.hang_bound + 1
+        #: The live board's feed (rig.board), if one is drawn: states and verdicts of each attempt.
+        self.board: Any = None
+
+    def _show(self, state: str, **fields: Any) -> None:
+        if self.board is not None:
+            self.board.state(self.dut.name, state, **fields)
 
     def _sources(self) -> dict[str, Any]:
         ready = {n: s for n, s in self.dut.nmi_sources().items() if not isinstance(s, Unavailable)}
@@ -213,6 +220,7 @@ class Oracle:
     def _fresh_start(self) -> None:
         d = self.dut
         if d.needs_recovery or d.shadowbox_loaded:
+            self._show("recovering")
             d.recover()  # Shadow-box cannot be unloaded: every attempt gets its own boot
             d.needs_recovery = False
         else:
@@ -235,6 +243,7 @@ class Oracle:
         console = d.console
         a = Attempt(commit, seconds, started=time.time())
         first_line = console.mark() if console is not None else 0
+        self._show("deploying", test=commit[:12])
         try:
             d.deploy_shadowbox(source=tree)
         except LabFault:
@@ -250,6 +259,7 @@ class Oracle:
             else:
                 a.untestable, a.reason = True, f"deploy failed: {exc}"
             return self._close(a, first_line)
+        self._show("soaking", test=commit[:12], soak_seconds=seconds)
         soak = run_soak(d, self._sources(), seconds, interval=self.interval)
         a.raised = soak.raised
         a.soak = soak.to_json()
@@ -279,6 +289,11 @@ class Oracle:
         return self._close(a, first_line)
 
     def _close(self, a: Attempt, first_line: int) -> Attempt:
+        if self.board is not None:
+            outcome = "failed" if a.failed else ("skipped" if a.untestable else "passed")
+            self.board.verdict(
+                self.dut.name, a.commit[:12], outcome, a.verdict or ("untestable" if a.untestable else "ok")
+            )
         console = self.dut.console
         if console is not None:
             a.console_lines = (first_line + 1, console.mark())
@@ -361,6 +376,8 @@ class BisectRun:
     console: Console = field(default_factory=Console)
     #: Only this crash is bad (a substring of its title); other failures make a step 'skip'.
     crash_title: str | None = None
+    #: Draw the live board (rig.board) while soaking: on a terminal, unless --no-live.
+    live: bool = False
 
     def __post_init__(self) -> None:
         required_soak(1.0, self.confidence)  # validates the confidence
@@ -441,6 +458,15 @@ class BisectRun:
         return False
 
     def run(self) -> dict[str, Any]:
+        from rig.board import BOARD_FILE, live_board
+
+        with live_board(
+            self.out / BOARD_FILE, self.console, enabled=self.live, title=f"rig bisect: {self.device.name}"
+        ):
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
+        from rig.board import BOARD_FILE, BoardFeed, Sampler
         from rig.dut import Dut
 
         self.out.mkdir(parents=True, exist_ok=True)
@@ -451,9 +477,12 @@ class BisectRun:
         # A clean start: the device may be hung, or run an earlier build (Shadow-box cannot be unloaded).
         fresh_boot([self.device], self.out / "reset", self.console)
         dut = Dut(self.device, self.out / "console")
+        feed = BoardFeed(self.out / BOARD_FILE)
+        sampler = Sampler(feed, lambda: [dut]).start()
         try:
             dut.open()
             oracle = Oracle(dut, interval=self.interval)
+            oracle.board = feed
             rate = self._measure_bad(git, oracle)
             target = required_soak(rate, self.confidence)
             self.say(
@@ -487,6 +516,8 @@ class BisectRun:
         finally:
             self.result["finished"] = time.time()
             self.save()
+            sampler.stop()
+            feed.state(dut.name, "done")
             dut.close()
         return self.result
 
@@ -598,6 +629,7 @@ def render_steps(result: dict[str, Any]) -> Table:
               "other failures are recorded and the step is skipped.")  # fmt: skip
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Evidence folder (default <report-dir>/bisect-<time>); reuse it to resume.")  # fmt: skip
+@click.option("--no-live", is_flag=True, help="No live device board (it is drawn only on a terminal anyway).")
 @click.pass_context
 def bisect_cmd(
     ctx: click.Context,
@@ -612,6 +644,7 @@ def bisect_cmd(
     nmi_interval: float,
     crash_title: str | None,
     out: Path | None,
+    no_live: bool,
 ) -> None:
     """Find the first bad commit between --good and --bad: build, deploy, soak on one device."""
     console = Console()
@@ -622,7 +655,7 @@ def bisect_cmd(
         run = BisectRun(
             source_tree.resolve(), good, bad, device, out, confidence=confidence,
             max_soak=max_soak_minutes * 60, bad_attempts=bad_attempts, interval=nmi_interval,
-            verify_good=verify_good, console=console, crash_title=crash_title,
+            verify_good=verify_good, console=console, crash_title=crash_title, live=board_wanted(None, no_live),
         )  # fmt: skip
         result = run.run()
     except LabFault as exc:

@@ -15,10 +15,11 @@ import re
 import stat
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from rig.bmc import BmcClient
 from rig.console import ConsoleCapture, console_for
@@ -41,6 +42,9 @@ from rig.qmp import QmpClient
 from rig.shadowbox import Deployer, DeployFailed, DeployResult, recipe_for
 from rig.ssh import SshClient
 from rig.vocab import VerdictKind
+
+if TYPE_CHECKING:
+    from rig.coordinator import PlaceLease
 
 log = logging.getLogger(__name__)
 
@@ -199,15 +203,37 @@ def _names_live_process(line: str) -> bool:
     return True
 
 
+def _tally_raises(src: NmiSource, tally: Counter[str]) -> None:
+    """Count what ``src.raise_`` raised into ``tally`` (``deliver`` goes through ``raise_`` too).
+
+    Why on the instance: every source class has its own ``raise_``; the Dut that built the source
+    is the one place that sees all of them, so the count needs no change in any source.
+    """
+    inner = src.raise_
+
+    def raise_(count: int = 1, interval: float = 0.0) -> int:
+        n = inner(count, interval)
+        tally[src.name] += n
+        return n
+
+    setattr(src, "raise_", raise_)  # noqa: B010 - an instance attribute shadows the method on purpose
+
+
 class Dut:
     """A connected device: SSH, console capture, power, NMI sources and a hang monitor."""
 
-    def __init__(self, device: Device, log_dir: Path, *, lock_wait: float = 0.0) -> None:
+    def __init__(self, device: Device, log_dir: Path, *, lock_wait: float = 0.0, run_id: str | None = None) -> None:
         self.device = device
         self.name = device.name
         self.log_dir = log_dir
         self.lock = DeviceLock(device)
         self.lock_wait = lock_wait
+        #: The device's labgrid place, when several controllers share it ([lab] place; rig.coordinator).
+        self.place: PlaceLease | None = None
+        if device.lab.place is not None:
+            from rig.coordinator import PlaceLease
+
+            self.place = PlaceLease(device, run_id)
         self.ssh = SshClient(device.ssh, device=device.name)
         self.console: ConsoleCapture | None = None
         #: The dynamic netconsole target the rig sets up on the device ([console.netconsole] configure).
@@ -271,6 +297,8 @@ class Dut:
         #: (monitor verdict, verdict after asking the power control): asked once per verdict.
         self._power_judged: tuple[Verdict, Verdict] | None = None
         self._opened = False
+        #: NMIs raised per source through this Dut's sources (the live board shows them: rig.board).
+        self.nmi_raised: Counter[str] = Counter()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -282,6 +310,8 @@ class Dut:
         """
         self.lock.acquire(self.lock_wait)  # first: a run refused here leaves nothing behind, not even a folder
         try:
+            if self.place is not None:
+                self.place.acquire()  # the other controllers' runs: DEVICE BUSY or a lab fault, before anything
             self.log_dir.mkdir(parents=True, exist_ok=True)
             if self.console is not None:
                 self.console.subscribe(self.monitor.on_line)
@@ -386,6 +416,8 @@ class Dut:
                 self.console.stop()
             if self.bmc is not None:
                 self.bmc.close()
+            if self.place is not None:
+                self.place.release()
             self.lock.release()
             self._opened = False
 
@@ -402,7 +434,9 @@ class Dut:
         make = SOURCES.get(name)
         if make is None:
             raise DeviceError(f"device {self.name}: unknown NMI source {name!r} (known: {', '.join(SOURCES)})")
-        return make(NmiMeans(self.ssh, bmc=self.bmc, qmp=self.qmp, sudo=self.device.ssh.sudo))
+        src = make(NmiMeans(self.ssh, bmc=self.bmc, qmp=self.qmp, sudo=self.device.ssh.sudo))
+        _tally_raises(src, self.nmi_raised)
+        return src
 
     def nmi_sources(self) -> dict[str, NmiSource | Unavailable]:
         """Every source the inventory lists: a ready source, or :class:`Unavailable` with its reason."""

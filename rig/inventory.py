@@ -536,6 +536,29 @@ class MonitorConfig(_Strict):
         return 3 * self.heartbeat_interval + 2
 
 
+class LabPlace(_Strict):
+    """The device as a place of a labgrid coordinator shared by several controllers (rig.coordinator).
+
+    Without ``place`` the device is this controller's alone (the local lock only).
+    """
+
+    place: str | None = Field(default=None, description="labgrid place name, e.g. 'x1gen9-bench3'.")
+    coordinator: str | None = Field(
+        default=None, description="HOST:PORT of the labgrid coordinator; default: $LG_COORDINATOR."
+    )
+    place_wait: float = Field(
+        default=0.0, ge=0, description="Seconds to wait (a reservation in the coordinator's queue) for a held place."
+    )
+    connect_timeout: float = Field(default=10.0, gt=0, description="Seconds to reach the coordinator.")
+
+    @field_validator("place")
+    @classmethod
+    def _place_shape(cls, v: str | None) -> str | None:
+        if v is not None and not NAME_RE.match(v):
+            raise ValueError(f"place {v!r}: use letters, digits, '.', '_' or '-' (max 63), starting alnum")
+        return v
+
+
 class Device(_Strict):
     """One laptop (or virtual laptop) as the rig knows it."""
 
@@ -550,6 +573,7 @@ class Device(_Strict):
     kernel: KernelExpectations = Field(default_factory=KernelExpectations)
     shadowbox: ShadowboxConfig = Field(default_factory=ShadowboxConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    lab: LabPlace = Field(default_factory=LabPlace)
     #: Where the file came from (set by the loader, not written in the file).
     source_file: Path | None = Field(default=None, exclude=True)
 

@@ -47,6 +47,9 @@ BUSY_KEY = pytest.StashKey[dict[str, str]]()
 #: This run's id (the controller's; a worker reads it from workerinput) and its selected devices.
 RUN_ID_KEY = pytest.StashKey[str]()
 DEVICES_KEY = pytest.StashKey[list[Device]]()
+#: This process's board feed (rig.board.BoardFeed) and, on the controller, the live board drawn.
+BOARD_KEY = pytest.StashKey[Any]()
+LIVE_KEY = pytest.StashKey[Any]()
 
 
 @dataclass
@@ -94,6 +97,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         default=False,
         help="go past a failed deploy preflight (recorded in the report as forced)",
+    )
+    g.addoption(
+        "--rig-no-live", action="store_true", default=False, help="no live device board on the terminal (rig.board)"
     )
     parser.addini("rig_devices", "inventory folders/files", type="paths", default=[])
     parser.addini("rig_report_dir", "report folder", default="reports")
@@ -264,8 +270,13 @@ def rig_run(request: pytest.FixtureRequest) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def _dut_pool(request: pytest.FixtureRequest, rig_run: Any) -> Iterator[dict[str, Any]]:
     pool: dict[str, Any] = request.config.stash[DUTS_KEY]
+    from rig.board import Sampler
+
+    sampler = Sampler(_board(request.config), lambda: list(pool.values())).start()
     yield pool
+    sampler.stop()
     for dut in pool.values():
+        _board(request.config).state(dut.name, "done")
         try:
             dut.close()
         except Exception as exc:  # noqa: BLE001 - closing is best effort at the end of a run
@@ -310,14 +321,18 @@ def dut(request: pytest.FixtureRequest, device: Device, _dut_pool: dict[str, Any
         pytest.fail(busy[device.name], pytrace=False)
     d: Dut | None = _dut_pool.get(device.name)
     try:
+        if d is not None:
+            _check_place(d)
         if d is None:
-            d = Dut(device, rig_run.dir / device.name)
+            d = Dut(device, rig_run.dir / device.name, run_id=rig_run.run_id)
+            _board(request.config).state(device.name, "connecting")
             try:
                 d.open()
             except DeviceBusy as exc:
                 # Nothing is written for a device this run does not hold: its folder (if two runs
                 # share a run id) and its report.json belong to the holder.
                 busy[device.name] = f"DEVICE BUSY: {exc}; this run does not use {device.name}"
+                _board(request.config).state(device.name, "busy", detail=str(exc))
                 pytest.fail(busy[device.name], pytrace=False)
             _dut_pool[device.name] = d
             dev_report = rig_run.device(device)
@@ -326,6 +341,7 @@ def dut(request: pytest.FixtureRequest, device: Device, _dut_pool: dict[str, Any
             _report_last_words(d, dev_report)
             d.caps = _capabilities(d)
         elif d.needs_recovery:
+            _board(request.config).state(device.name, "recovering")
             took = d.recover()
             how = d.last_recovery or {}
             rig_run.device(device).event(
@@ -340,6 +356,7 @@ def dut(request: pytest.FixtureRequest, device: Device, _dut_pool: dict[str, Any
             d.monitor.start()
     except LabFault as exc:
         rig_run.device(device).event("lab-fault", str(exc))
+        _board(request.config).state(device.name, "lab-fault", detail=str(exc))
         _state(request.node).setup_fault = (device, str(exc))  # a lab-fault row (pytest_runtest_makereport)
         pytest.fail(f"LAB FAULT on {device.name} (not a device failure): {exc}", pytrace=False)
     d.accepted_verdict = None
@@ -364,6 +381,21 @@ def _report_last_words(d: Any, dev_report: Any) -> None:
     """The pstore harvests the Dut made since the last call (run start, recoveries) into report.json."""
     for h in d.take_pstore_harvests():
         dev_report.last_words(h)
+
+
+def _check_place(d: Any) -> None:
+    """Before a test on a shared device: still this run's place, or acquired again (rig.coordinator).
+
+    A place lost and now held by another controller is a lab fault for this run, not DEVICE BUSY:
+    this run did hold the device, and the tests it ran on it stand.
+    """
+    from rig.dut import DeviceBusy
+
+    if d.place is not None:
+        try:
+            d.place.ensure()
+        except DeviceBusy as exc:
+            raise LabFault(f"the labgrid place was lost during the run and is taken: {exc}") from None
 
 
 def _check_requires(request: pytest.FixtureRequest, d: Any) -> None:
@@ -403,6 +435,7 @@ def shadowbox(request: pytest.FixtureRequest, dut: Any, rig_run: Any) -> Any:
     from rig.shadowbox import DeployFailed
 
     dev_report = rig_run.device(dut.device)
+    _board(request.config).state(dut.name, "deploying")
     earlier = dut.deploy_failures.get(dut.deploy_key())
     if earlier is not None:
         pytest.skip(f"Shadow-box deploy failed earlier on {dut.name}: {earlier.summary()}")
@@ -447,6 +480,74 @@ def deploy_failure_text(device: str, exc: Any, lines: int = 12) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# the live board (rig.board): every process feeds <run>/board.jsonl, the controller draws it
+
+
+def _board(config: pytest.Config) -> Any:
+    """This process's feed of the run's board file (created on first use)."""
+    feed = config.stash.get(BOARD_KEY, None)
+    if feed is None:
+        from rig.board import BOARD_FILE, BoardFeed
+
+        feed = config.stash[BOARD_KEY] = BoardFeed(report_dir(config) / _run_id(config) / BOARD_FILE)
+    return feed
+
+
+def pytest_runtest_call(item: pytest.Item) -> None:
+    """The board's "testing X" / "soaking 7/20 min" (a device-parametrized test is about to run)."""
+    callspec = getattr(item, "callspec", None)
+    device = callspec.params.get("device") if callspec is not None else None
+    if not isinstance(device, Device):
+        return
+    if item.get_closest_marker("soak") is not None:
+        _board(item.config).state(
+            device.name, "soaking", test=item.name, soak_seconds=soak_minutes_of(item.config) * 60
+        )
+    else:
+        _board(item.config).state(device.name, "testing", test=getattr(item, "originalname", item.name))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """On the controller, on a terminal: draw the board above pytest's own lines until the end."""
+    config = session.config
+    if _is_worker(config) or config.getoption("--rig-no-live"):
+        return
+    from rig.board import BOARD_FILE, LiveLines, TerminalBoard, wanted
+
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    tw = getattr(tr, "_tw", None)
+    original = getattr(tw, "_file", None)  # pytest's TerminalWriter keeps its stream here
+    if original is None or not wanted(original, disabled=False):
+        return
+    from rich.console import Console
+
+    def attach(live: Any) -> None:
+        tw._file = LiveLines(live.console, original)  # type: ignore[union-attr]
+
+    def detach() -> None:
+        lines = tw._file  # type: ignore[union-attr]
+        if isinstance(lines, LiveLines):
+            lines.flush_partial()
+        tw._file = original  # type: ignore[union-attr]
+
+    path = report_dir(config) / _run_id(config) / BOARD_FILE
+    board = TerminalBoard(path, Console(file=original), f"rig: run {_run_id(config)}", attach, detach)
+    config.stash[LIVE_KEY] = board.start()
+
+
+def _stop_live(config: pytest.Config) -> None:
+    board = config.stash.get(LIVE_KEY, None)
+    if board is not None:
+        del config.stash[LIVE_KEY]
+        board.stop()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _stop_live(config)  # a run that ended before sessionfinish (usage error, ^C in collection)
+
+
+# ---------------------------------------------------------------------------------------------
 # verdicts
 
 
@@ -482,6 +583,11 @@ def _judge(item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestRe
         from rig.monitor import Verdict
 
         verdict = Verdict(VerdictKind.LAB_FAULT, None, str(lab_error.value))
+    place_lost = d.place.lost() if d.place is not None else None
+    if place_lost is not None and verdict.kind is not VerdictKind.CRASH:
+        from rig.monitor import Verdict
+
+        verdict = Verdict(VerdictKind.LAB_FAULT, None, place_lost)  # the coordinator's fault, not the laptop's
     accepted = d.accepted_verdict is not None and d.accepted_verdict.kind is verdict.kind
     if accepted:
         pass  # the test provoked this verdict on purpose and checked it
@@ -570,11 +676,12 @@ def _record(
         longrepr = str(report.longrepr)
     elif report.skipped and isinstance(report.longrepr, tuple):
         longrepr = str(report.longrepr[2])  # the skip reason
-    d = getattr(item, "_rig_dut", None)
+    d = _state(item).dut
     if d is not None:
         _report_last_words(d, run.device(device))  # recoveries the test made itself (a redeploy reboots)
         if d.console is not None:
             run.device(device).console_stats(d.console.stats())
+    _board(item.config).verdict(device.name, label, report.outcome, getattr(verdict, "text", str(verdict)))
     run.device(device).test_result(
         nodeid=item.nodeid,
         name=label,
@@ -610,6 +717,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     from rig.report import write_summary
 
     config = session.config
+    _stop_live(config)  # before pytest's summary lines
     run_dir = report_dir(config) / _run_id(config)
     if not _is_worker(config) and run_dir.is_dir() and any(run_dir.glob("*/report.json")):
         write_summary(run_dir)

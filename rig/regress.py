@@ -45,6 +45,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from rig.board import BOARD_FILE, live_board
+from rig.board import wanted as board_wanted
 from rig.errors import ConfigError, RigError
 from rig.inventory import Device, load_inventory
 from rig.report import write_json_atomic
@@ -424,6 +426,8 @@ def fresh_boot(devices: Sequence[Device], log_root: Path, console: Console) -> d
         dut = Dut(dev, log_root / dev.name, lock_wait=60)
         try:
             dut.lock.acquire(dut.lock_wait)
+            if dut.place is not None:
+                dut.place.acquire()  # a shared laptop: never power-cycle it under another controller's run
             if _clean(dut):
                 console.print(f"  {dev.name}: answers SSH and runs no Shadow-box: no reset needed", highlight=False)
                 return None
@@ -507,6 +511,8 @@ class Regress:
     console: Console = field(default_factory=Console)
     runner: Runner = run_pytest
     reset: Reset | None = None
+    #: Draw the live board (rig.board) of each build's run while it runs: on a terminal, unless --no-live.
+    live: bool = False
 
     def prepare(self, spec: BuildSpec) -> tuple[Path, str, str | None]:
         """(tree to deploy, identity for the fingerprint, commit or None)."""
@@ -544,7 +550,8 @@ class Regress:
                     self.reset(spec)
                 self.console.print(f"{what}: running the suites (log {self.out / (spec.label + '.log')})",
                                    highlight=False)  # fmt: skip
-                rc = self.runner(spec, tree, run_dir, self.selection)
+                with live_board(run_dir / BOARD_FILE, self.console, enabled=self.live, title=f"rig regress: {what}"):
+                    rc = self.runner(spec, tree, run_dir, self.selection)
                 finished = (run_dir / "summary.json").exists()
                 state.update(spec.label, status="done" if finished else "failed", pytest_exit=rc, finished=time.time())
                 if not finished:
@@ -696,6 +703,7 @@ def detail_lines(results: list[BuildResult]) -> list[str]:
     help="Checked-out refs (default <out>/trees).",
 )
 @click.option("--force-deploy", is_flag=True, help="Deploy past a failed preflight (each report records it as forced).")
+@click.option("--no-live", is_flag=True, help="No live device board (it is drawn only on a terminal anyway).")
 @click.pass_context
 def regress_cmd(
     ctx: click.Context,
@@ -709,6 +717,7 @@ def regress_cmd(
     out: Path | None,
     cache: Path | None,
     force_deploy: bool,
+    no_live: bool,
 ) -> None:
     """Run the suites for several Shadow-box builds and line them up per device.
 
@@ -739,7 +748,7 @@ def regress_cmd(
         if spec.kind == "tree":
             for warning in sorted({w for d in devices if (w := _mismatch(d, spec.source))}):
                 console.print(f"[yellow]{escape(spec.label)}: {escape(warning)}[/]", highlight=False, soft_wrap=True)
-    reg = Regress(specs, out, selection, (cache or out / "trees").resolve(), console)
+    reg = Regress(specs, out, selection, (cache or out / "trees").resolve(), console, live=board_wanted(None, no_live))
 
     def reset(spec: BuildSpec) -> None:
         fresh_boot(devices, out / "resets" / spec.label, console)

@@ -64,3 +64,22 @@ def diff_cmd(ctx: click.Context, run_a: Path, run_b: Path) -> None:
         raise click.ClickException(str(exc)) from None
     click.echo(diff.text())
     ctx.exit(1 if diff.regressions else 0)
+
+
+@report.command("merge")
+@click.argument("run_dirs", metavar="RUN_DIR...", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="The merged run folder (new).")
+@click.pass_context
+def merge_cmd(ctx: click.Context, run_dirs: tuple[Path, ...], out: Path) -> None:
+    """Join runs made on several controllers into one run (one matrix, one summary.json).
+
+    A device found in two runs, or runs of different builds, stop the merge with both named.
+    """
+    from rig.report_merge import merge_runs
+
+    try:
+        summary = merge_runs([_resolve(ctx, r) for r in run_dirs], out)
+        page = render_run(out)
+    except RigError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"merged {len(run_dirs)} runs, {len(summary['devices'])} devices: {page}")
