@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TextIO
 
 from rig.bmc import BmcClient
-from rig.console import ConsoleCapture
+from rig.console import ConsoleCapture, ConsoleLine
 from rig.errors import ConfigError, DeviceError, LabFault, RigError, Unavailable
 from rig.inventory import Device, IpmiPower
 from rig.monitor import HangMonitor, Verdict
@@ -179,6 +179,9 @@ class Dut:
         #: (monitor verdict, verdict after asking the power control): asked once per verdict.
         self._power_judged: tuple[Verdict, Verdict] | None = None
         self._opened = False
+        #: Shadow-box host callbacks per CPU since open, counted as the lines arrive (not from the
+        #: bounded console tail, which a 20-minute soak of callback lines would overrun).
+        self._callback_totals: dict[int, int] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -193,6 +196,7 @@ class Dut:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             if self.console is not None:
                 self.console.subscribe(self.monitor.on_line)
+                self.console.subscribe(self._count_callback)
                 self.console.start()
                 if monitor:
                     self._wait_console()
@@ -276,6 +280,17 @@ class Dut:
             except Unavailable as exc:
                 out[name] = exc
         return out
+
+    def _count_callback(self, line: ConsoleLine) -> None:
+        """Console subscriber (reader thread): one more host NMI callback for the CPU the line names."""
+        m = CALLBACK_RE.search(line.text)
+        if m:
+            cpu = int(m.group(1))
+            self._callback_totals[cpu] = self._callback_totals.get(cpu, 0) + 1
+
+    def callback_totals(self) -> dict[int, int]:
+        """Host NMI callbacks per CPU since :meth:`open` (a copy): take one before and one after a test."""
+        return dict(self._callback_totals)
 
     def shadowbox_callbacks(self, since: int) -> dict[int, int]:
         """Shadow-box host-side NMI callbacks (``VM [n] INT NMI callback``) per CPU since a console mark."""

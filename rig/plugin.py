@@ -299,6 +299,7 @@ def dut(request: pytest.FixtureRequest, device: Device, _dut_pool: dict[str, Any
     _check_requires(request, d)
     request.node._rig_started = time.time()
     request.node._rig_irq_before = None
+    request.node._rig_callbacks_before = d.callback_totals()
     with contextlib.suppress(RigError):
         request.node._rig_irq_before = d.interrupts()
     yield d
@@ -409,7 +410,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if verdict.ok:
         with contextlib.suppress(RigError):
             after = d.interrupts()
-    _record(item, d.device, report, verdict, after)
+    before_cb = getattr(item, "_rig_callbacks_before", None)
+    callbacks = None
+    if before_cb is not None and d.console is not None:
+        now_cb = d.callback_totals()
+        callbacks = {cpu: n - before_cb.get(cpu, 0) for cpu, n in now_cb.items() if n > before_cb.get(cpu, 0)}
+    _record(item, d.device, report, verdict, after, callbacks=callbacks)
 
 
 def _record_setup_error(item: pytest.Item, d: Any, report: pytest.TestReport, call: pytest.CallInfo[None]) -> None:
@@ -438,7 +444,13 @@ def _record_setup_error(item: pytest.Item, d: Any, report: pytest.TestReport, ca
 
 
 def _record(
-    item: pytest.Item, device: Device, report: pytest.TestReport, verdict: Any, after: Any, failure: str | None = None
+    item: pytest.Item,
+    device: Device,
+    report: pytest.TestReport,
+    verdict: Any,
+    after: Any,
+    failure: str | None = None,
+    callbacks: dict[int, int] | None = None,
 ) -> None:
     """One test's line in the device's report.json (outcome, verdict, NMI counts before/after)."""
     run = item.config.stash.get(RUN_KEY, None)
@@ -462,6 +474,7 @@ def _record(
         verdict=verdict,
         irq_before=getattr(item, "_rig_irq_before", None),
         irq_after=after,
+        host_callbacks=callbacks,
         longrepr=longrepr,
     )
 
