@@ -100,11 +100,11 @@ static int stall_secs = 30;
 module_param(stall_secs, int, 0644);
 MODULE_PARM_DESC(stall_secs, "How long trigger=softlockup and trigger=rcu_stall spin (default 30 s)");
 
-static int host_residency_pct;
-module_param(host_residency_pct, int, 0444);
+static char *host_residency_pct = "0";
+module_param(host_residency_pct, charp, 0444);
 MODULE_PARM_DESC(host_residency_pct,
-		 "Per-CPU host section (imitated VMX root): percent of the time each CPU spends in it, 1..50. "
-		 "0 = off (default): every NMI is treated as before");
+		 "Per-CPU host section (imitated VMX root): percent of the time each CPU spends in it, "
+		 "0.0001..50, up to 4 decimals (e.g. 2 or 0.05). 0 = off (default): every NMI is treated as before");
 
 static int host_window_us = 200;
 module_param(host_window_us, int, 0444);
@@ -215,19 +215,50 @@ static void sbsim_host_start_this_cpu(void *unused)
 	hrtimer_start(t, ns_to_ktime(sbsim_host_gap()), HRTIMER_MODE_REL_PINNED_HARD);
 }
 
+/* "N" or "N.DDDD" percent -> parts per million (0.0001 % = 1 ppm); -EINVAL for anything else. */
+static int sbsim_parse_pct_ppm(const char *text, u32 *ppm)
+{
+	u32 whole = 0, frac = 0, scale = 10000;
+	const char *c = text;
+
+	if (!*c)
+		return -EINVAL;
+	for (; *c >= '0' && *c <= '9'; c++) {
+		whole = whole * 10 + (*c - '0');
+		if (whole > 100)
+			return -EINVAL;
+	}
+	if (*c == '.') {
+		for (c++; *c >= '0' && *c <= '9'; c++) {
+			if (scale == 1)
+				return -EINVAL; /* more than 4 decimals */
+			scale /= 10;
+			frac += (*c - '0') * scale;
+		}
+	}
+	if (*c == '\n')
+		c++;
+	if (*c)
+		return -EINVAL;
+	*ppm = whole * 10000 + frac;
+	return 0;
+}
+
 static int sbsim_host_setup(void)
 {
+	u32 ppm = 0;
 	int cpu;
 
-	if (host_residency_pct == 0)
-		return 0;
-	if (host_residency_pct < 1 || host_residency_pct > 50 || host_window_us < 10 || host_window_us > 10000) {
-		pr_err("host_residency_pct=%d host_window_us=%d: give 1..50 %% and 10..10000 us\n",
-		       host_residency_pct, host_window_us);
+	if (host_residency_pct && !sbsim_parse_pct_ppm(host_residency_pct, &ppm) && ppm == 0)
+		return 0; /* off: nothing changes */
+	if (!host_residency_pct || sbsim_parse_pct_ppm(host_residency_pct, &ppm) ||
+	    ppm > 500000 || host_window_us < 10 || host_window_us > 10000) {
+		pr_err("host_residency_pct=%s host_window_us=%d: give 0..50 %% (up to 4 decimals) and 10..10000 us\n",
+		       host_residency_pct ? host_residency_pct : "(null)", host_window_us);
 		return -EINVAL;
 	}
 	sbsim_host_window_ns = (u64)host_window_us * NSEC_PER_USEC;
-	sbsim_host_gap_ns = div_u64(sbsim_host_window_ns * (100 - host_residency_pct), host_residency_pct);
+	sbsim_host_gap_ns = div_u64(sbsim_host_window_ns * (1000000 - ppm), ppm);
 	for_each_online_cpu(cpu)
 		hrtimer_init(per_cpu_ptr(&sbsim_host_timer, cpu), CLOCK_MONOTONIC, HRTIMER_MODE_REL_PINNED_HARD);
 	for_each_online_cpu(cpu)
@@ -235,7 +266,7 @@ static int sbsim_host_setup(void)
 	sbsim_host_since_ns = ktime_get_mono_fast_ns();
 	sbsim_host_on = true;
 	on_each_cpu(sbsim_host_start_this_cpu, NULL, 1);
-	pr_info("host residency %d%% in sections of %d us (sbsim imitation of VMX root)%s\n",
+	pr_info("host residency %s%% in sections of %d us (sbsim imitation of VMX root)%s\n",
 		host_residency_pct, host_window_us, hang_on_host_nmi ? ", hang_on_host_nmi=1" : "");
 	return 0;
 }
