@@ -65,6 +65,10 @@ def public_device_fields(dev: Device) -> dict[str, Any]:
     }
 
 
+#: A test that delivered fewer NMIs than this is not a soak: no host NMI there is expected, not a warning.
+HOST_CLAIM_MIN_NMIS = 100
+
+
 def host_attribution(
     delivered: dict[int, int] | None, callbacks: dict[int, int] | None
 ) -> dict[str, Any] | None:
@@ -72,8 +76,10 @@ def host_attribution(
 
     Why: the original bug lived in the host (an NMI arriving while a CPU ran in VMX root). A soak
     whose NMIs all reached Linux never exercised that path, so its pass proves little; the report
-    says so (``warning``). ``delivered`` is None when the device could not be read after the test
-    (a hang): the callbacks are still shown, the share is not. None when the console was not watched.
+    says so (``warning``, from HOST_CLAIM_MIN_NMIS NMIs on: a delivery check of a few NMIs is not
+    expected to hit a host that runs a few % of the time). ``delivered`` is None when the device
+    could not be read after the test (a hang): the callbacks are still shown, the share is not.
+    None when the console was not watched.
     """
     if callbacks is None:
         return None
@@ -93,7 +99,7 @@ def host_attribution(
         "host_share": None if not total_delivered else round(min(1.0, total_cb / total_delivered), 4),
         "warning": None,
     }
-    if total_delivered and total_cb == 0:
+    if total_delivered is not None and total_delivered >= HOST_CLAIM_MIN_NMIS and total_cb == 0:
         out["warning"] = (
             f"none of the {total_delivered} NMIs delivered hit the host (no Shadow-box callback line): "
             "the host-side NMI path was never exercised, so a pass proves little (is the debug build's "

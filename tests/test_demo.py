@@ -35,8 +35,8 @@ def test_demo_inventory_gives_each_device_its_build_as_valid_toml(tmp_path: Path
 
 
 def test_host_share_line_sums_the_tests_that_counted_both() -> None:
-    def test(per_cpu: list[dict[str, object]] | None, delivered: int | None) -> dict[str, object]:
-        return {"host_nmi": None if per_cpu is None else {"per_cpu": per_cpu, "delivered": delivered}}
+    def test(per_cpu: list[dict[str, object]] | None, delivered: int | None, name: str = "t") -> dict[str, object]:
+        return {"name": name, "host_nmi": None if per_cpu is None else {"per_cpu": per_cpu, "delivered": delivered}}
 
     def cpu(n: int, delivered: int | None, host: int) -> dict[str, object]:
         return {"cpu": n, "delivered": delivered, "host_callbacks": host}
@@ -44,9 +44,10 @@ def test_host_share_line_sums_the_tests_that_counted_both() -> None:
     report = {"tests": [
         test([cpu(0, 300, 2), cpu(1, 300, 1)], 600),
         test([cpu(0, 100, 0), cpu(1, 100, 3)], 200),
-        test([cpu(1, None, 0)], None),  # a hung soak: left out
+        test([cpu(1, None, 0)], None, "test_nmi_soak"),  # a hung soak: left out, and said so
         test(None, None),
     ]}  # fmt: skip
     line = host_share_line(report)
-    assert line == "NMIs that hit the host (callbacks/delivered): cpu0 2/400 (0.5 %), cpu1 4/400 (1.0 %)"
+    assert line == ("NMIs that hit the host (callbacks/delivered): cpu0 2/400 (0.5 %), cpu1 4/400 (1.0 %); "
+                    "left out (not readable after the hang): test_nmi_soak")
     assert "not measured" in host_share_line({"tests": [test(None, None)]})

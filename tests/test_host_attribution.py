@@ -38,6 +38,8 @@ def test_a_soak_that_never_reached_the_host_says_a_pass_proves_little() -> None:
     assert h is not None and h["host_share"] == 0.0
     assert "none of the 1200 NMIs" in h["warning"] and "proves little" in h["warning"]
     assert host_attribution({0: 0, 1: 0}, {})["warning"] is None  # type: ignore[index]  # no NMI: nothing to say
+    assert host_attribution({0: 3, 1: 3}, {})["warning"] is None  # type: ignore[index]  # a delivery check, not a soak
+    assert host_attribution({0: 50, 1: 50}, {})["warning"] is not None  # type: ignore[index]  # HOST_CLAIM_MIN_NMIS
 
 
 def test_after_a_hang_the_callbacks_stay_and_the_share_is_unknown() -> None:
