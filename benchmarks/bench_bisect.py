@@ -43,6 +43,7 @@ from benchmarks.machine import describe
 from rig.bisect import BisectRun, GitBisect, Oracle
 from rig.lab.manager import Lab, checkout_dir
 from rig.lab.sbsim_history import History, intermittent_history
+from rig.ttf import fit_rate
 
 MD = checkout_dir() / "BENCHMARKS.md"
 BEGIN, END = "<!-- bench:bisect -->", "<!-- /bench:bisect -->"
@@ -92,6 +93,7 @@ def one(run: BisectRun, h: History) -> dict[str, Any]:
         "soak_s": round(_soak_seconds(result), 1),
         "wall_s": round(time.monotonic() - t0, 1),
         "steps": len(result.get("steps", [])),
+        "verdicts": [st.get("verdict") for st in result.get("steps", [])],
         "rate": result.get("rate"),
     }
 
@@ -200,6 +202,23 @@ def render(r: dict[str, Any], smoke: bool) -> str:
         lines += ["", "Bad ref, adaptive runs: " + "; ".join(
             f"times to failure {t['times_to_failure']} s, censored {t['censored_seconds']}, MTTF "
             f"{t['mean_time_to_failure']} s, 'good' soak {t['soak_for_good_seconds']} s" for t in ttf) + "."]
+    pooled = [(t, True) for x in ttf for t in x["times_to_failure"]] + [
+        (t, False) for x in ttf for t in x["censored_seconds"]]
+    rate = fit_rate(pooled) if pooled else None
+    if rate:
+        survive = math.exp(-rate * r["fixed_soak_s"])
+        bad_steps = sum(1 for x in runs for s in (x["fixed"].get("verdicts") or []) if s == "bad")
+        reading = (
+            f"Reading: the bad ref's pooled mean time to failure was {1 / rate:.0f} s, so a commit as bad "
+            f"survives the baseline's {r['fixed_soak_s']:g} s soak with probability {100 * survive:.0f} % "
+            f"(each such survival is a wrong 'good'; the adaptive soak keeps that at "
+            f"{100 * (1 - r['confidence']):.0f} %). The fixed soak was cheaper here because the hand-picked "
+            "length happened to be close to what this bug needs; with the real 20-minute bug, or a 30 s soak "
+            "on a slower-failing laptop, it calls bad commits good, while the adaptive soak grows with the "
+            "measured time to failure. Its cost: the bad-ref measurement (two soaks to failure) and a longer "
+            "'good' soak per step."
+        )
+        lines += ["", reading + (f" The baseline judged {bad_steps} step(s) bad." if bad_steps else "")]
     lines += [
         "",
         "Method: `benchmarks/bench_bisect.py`. Both methods run the shipped `rig.bisect.BisectRun` (real `git "
