@@ -33,7 +33,6 @@ blamed on a commit. git bisect trusts the good ref; ``--verify-good`` soaks it f
 from __future__ import annotations
 
 import json
-import math
 import re
 import subprocess
 import sys
@@ -52,6 +51,7 @@ from rig.inventory import Device, load_inventory
 from rig.regress import clone_shared, fresh_boot, resolve_ref
 from rig.report import write_json_atomic
 from rig.soak import NMI_INTERVAL, run_soak
+from rig.ttf import analyse, fit_rate, required_soak, survival_confidence
 from rig.vocab import NOT_DEVICE_KINDS, VerdictKind
 
 RESULT_FILE = "bisect.json"
@@ -60,34 +60,7 @@ EXIT_INCONCLUSIVE = 3
 
 
 # ---------------------------------------------------------------------------------------------
-# the statistics (pure)
-
-
-def fit_rate(attempts: list[tuple[float, bool]]) -> float | None:
-    """Exponential MLE of the failure rate from ``(exposure seconds, failed)`` pairs; None without a failure.
-
-    Survivors are right-censored: they add exposure, not failures. A failure at 0 s (a crash while
-    loading) still needs some exposure to give a finite rate: at least one second is counted.
-    """
-    failures = sum(1 for _, failed in attempts if failed)
-    if failures == 0:
-        return None
-    exposure = max(sum(max(0.0, e) for e, _ in attempts), 1.0)
-    return failures / exposure
-
-
-def required_soak(rate: float, confidence: float) -> float:
-    """Seconds ``T`` with ``exp(-rate*T) = 1 - confidence``: a commit as bad as the bad ref survives that rarely."""
-    if not 0.0 < confidence < 1.0:
-        raise ConfigError(f"--confidence {confidence}: give a probability between 0 and 1, e.g. 0.95")
-    if rate <= 0:
-        raise ConfigError("failure rate must be positive")
-    return -math.log(1.0 - confidence) / rate
-
-
-def survival_confidence(rate: float, seconds: float) -> float:
-    """Confidence in 'good' after surviving ``seconds``: 1 - P(a commit as bad as the bad ref survives that long)."""
-    return 1.0 - math.exp(-rate * max(0.0, seconds))
+# the statistics: one owner, rig.ttf (fit_rate, required_soak, survival_confidence are re-exported here)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -580,16 +553,16 @@ class BisectRun:
                 f"{self.device.name}: no failure rate to bisect with; raise --max-soak-minutes or "
                 "--bad-attempts, or check that the ref really fails"
             )
-        failures = sum(f for _, f in pairs)
-        exposure = sum(e for e, _ in pairs)
+        ttf = analyse(pairs, self.confidence)
         self.result["rate"] = {
-            "failures": failures,
-            "exposure_seconds": round(exposure, 1),
+            "failures": ttf.failures,
+            "exposure_seconds": round(ttf.exposure, 1),
             "per_second": rate,
             "mean_time_to_failure": round(1 / rate, 1),
             "model": "exponential, MLE: failures / total exposure (survivors censored)",
+            "time_to_failure": ttf.to_json(),  # times, censored survivors, exact interval (rig.ttf)
         }
-        self.say(f"bad ref: {failures} failure(s) in {exposure:.0f} s of NMIs: mean time to failure {1 / rate:.0f} s")
+        self.say(f"bad ref: {ttf.summary()}")
         return rate
 
 

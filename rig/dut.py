@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from rig.bmc import BmcClient
-from rig.console import ConsoleCapture, console_for
+from rig.console import ConsoleCapture, ConsoleLine, console_for
 from rig.errors import ConfigError, DeviceError, LabFault, RigError, Unavailable
 from rig.inventory import Device, IpmiPower
 from rig.monitor import HangMonitor, Verdict
@@ -299,6 +299,9 @@ class Dut:
         self._opened = False
         #: NMIs raised per source through this Dut's sources (the live board shows them: rig.board).
         self.nmi_raised: Counter[str] = Counter()
+        #: Shadow-box host callbacks per CPU since open, counted as the lines arrive (not from the
+        #: bounded console tail, which a 20-minute soak of callback lines would overrun).
+        self._callback_totals: dict[int, int] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -315,6 +318,7 @@ class Dut:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             if self.console is not None:
                 self.console.subscribe(self.monitor.on_line)
+                self.console.subscribe(self._count_callback)
                 self.console.start()
                 if monitor:
                     self._wait_console()
@@ -451,6 +455,17 @@ class Dut:
             except Unavailable as exc:
                 out[name] = exc
         return out
+
+    def _count_callback(self, line: ConsoleLine) -> None:
+        """Console subscriber (reader thread): one more host NMI callback for the CPU the line names."""
+        m = CALLBACK_RE.search(line.text)
+        if m:
+            cpu = int(m.group(1))
+            self._callback_totals[cpu] = self._callback_totals.get(cpu, 0) + 1
+
+    def callback_totals(self) -> dict[int, int]:
+        """Host NMI callbacks per CPU since :meth:`open` (a copy): take one before and one after a test."""
+        return dict(self._callback_totals)
 
     def shadowbox_callbacks(self, since: int) -> dict[int, int]:
         """Shadow-box host-side NMI callbacks (``VM [n] INT NMI callback``) per CPU since a console mark."""

@@ -61,6 +61,8 @@ class TestState:
     setup_fault: tuple[Device, str] | None = None
     #: /proc/interrupts before the test (per-CPU NMI deltas in the report).
     irq_before: Any = None
+    #: Shadow-box host callbacks per CPU counted before the test (Dut.callback_totals).
+    callbacks_before: dict[int, int] | None = None
     #: The deploy failure (rig.shadowbox.DeployFailed) that failed this test's set-up.
     deploy_failed: Any = None
 
@@ -364,6 +366,7 @@ def dut(request: pytest.FixtureRequest, device: Device, _dut_pool: dict[str, Any
     state = _state(request.node)
     state.dut = d
     _check_requires(request, d)
+    state.callbacks_before = d.callback_totals()
     with contextlib.suppress(RigError):
         state.irq_before = d.interrupts()
     stall = None
@@ -623,7 +626,12 @@ def _judge(item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestRe
     if verdict.ok:
         with contextlib.suppress(RigError):
             after = d.interrupts()
-    _record(item, d.device, report, verdict, after)
+    before_cb = _state(item).callbacks_before
+    callbacks = None
+    if before_cb is not None and d.console is not None:
+        now_cb = d.callback_totals()
+        callbacks = {cpu: n - before_cb.get(cpu, 0) for cpu, n in now_cb.items() if n > before_cb.get(cpu, 0)}
+    _record(item, d.device, report, verdict, after, callbacks=callbacks)
 
 
 def _record_setup_error(item: pytest.Item, d: Any, report: pytest.TestReport, call: pytest.CallInfo[None]) -> None:
@@ -660,7 +668,13 @@ def _record_setup_error(item: pytest.Item, d: Any, report: pytest.TestReport, ca
 
 
 def _record(
-    item: pytest.Item, device: Device, report: pytest.TestReport, verdict: Any, after: Any, failure: str | None = None
+    item: pytest.Item,
+    device: Device,
+    report: pytest.TestReport,
+    verdict: Any,
+    after: Any,
+    failure: str | None = None,
+    callbacks: dict[int, int] | None = None,
 ) -> None:
     """One test's line in the device's report.json (outcome, verdict, NMI counts before/after)."""
     run = item.config.stash.get(RUN_KEY, None)
@@ -690,6 +704,7 @@ def _record(
         verdict=verdict,
         irq_before=_state(item).irq_before,
         irq_after=after,
+        host_callbacks=callbacks,
         longrepr=longrepr,
     )
 

@@ -35,6 +35,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from rig import __version__
 from rig.errors import ConfigError
 from rig.report import write_atomic
+from rig.ttf import analyse
 from rig.vocab import VerdictKind
 
 log = logging.getLogger(__name__)
@@ -158,6 +159,19 @@ class DeviceRun:
             return None
         ttf = ends[-1].get("time_to_failure")
         return None if ttf is None else float(ttf)
+
+    def soak_attempts(self) -> list[tuple[float, bool]]:
+        """Every soak-end event as ``(seconds of NMIs, failed)``: the input of the time-to-hang statistics."""
+        out: list[tuple[float, bool]] = []
+        for e in self.timeline:
+            if e.get("kind") != "soak-end":
+                continue
+            try:
+                ttf = e.get("time_to_failure")
+                out.append((float(ttf), True) if ttf is not None else (float(e.get("seconds") or 0.0), False))
+            except (TypeError, ValueError):
+                continue  # a hand-edited or damaged event: the statistics skip it, the page still renders
+        return out
 
     def test_events(self) -> dict[str, list[dict[str, Any]]]:
         """Test name -> the timeline events recorded while it ran.
@@ -822,7 +836,11 @@ def _device_context(run: RunView, dev: DeviceRun) -> dict[str, Any]:
         )
     deliveries = [{"d": d, "chart": delivery_chart(d)} for d in dev.data.get("nmi_deliveries", [])]
     callbacks = dev.data.get("shadowbox_callbacks") or {}
+    soaks = dev.soak_attempts()
+    # time to hang across this device's soaks (rig.ttf): shown once there is a failure or several soaks
+    ttf_stats = analyse(soaks) if soaks and (len(soaks) > 1 or any(f for _, f in soaks)) else None
     return {
+        "ttf_stats": ttf_stats,
         "run": run,
         "dev": dev,
         "data": dev.data,

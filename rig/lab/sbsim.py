@@ -34,6 +34,9 @@ PARAMETERS: tuple[str, ...] = (
     "fail_start",
     "stall_secs",
     "hung_secs",
+    "host_residency_pct",
+    "host_window_us",
+    "hang_on_host_nmi",
     "trigger",
 )
 

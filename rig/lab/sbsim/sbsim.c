@@ -17,6 +17,11 @@
  *   panic_after_nmi=N  panic from the Nth NMI
  *   nmi_delay_us=N     a slow NMI handler
  *   fail_start=1       refuse to start as Shadow-box does without VT-x
+ *   host_residency_pct=P, host_window_us=W
+ *                      a per-CPU "host section" (a pinned hrtimer whose hard-IRQ callback
+ *                      busy-waits W us with a per-CPU flag set, P % of the time), imitating
+ *                      VM exits handled in VMX root: an NMI that lands there is a HOST NMI
+ *   hang_on_host_nmi=1 the original bug, intermittent: a host NMI never returns
  *   trigger=<what>     (runtime) oops, gpf, bug, warn, panic, softlockup, rcu_stall, hung_task,
  *                      alert[:name], hang_banner[:reason]
  *                      (gpf: a load from the non-canonical address 0xdead000000000100, so the
@@ -31,8 +36,10 @@
 #include <linux/bug.h>
 #include <linux/cpumask.h>
 #include <linux/delay.h>
+#include <linux/hrtimer.h>
 #include <linux/kernel.h>
 #include <linux/kthread.h>
+#include <linux/math64.h>
 #include <linux/module.h>
 #include <linux/moduleparam.h>
 #include <linux/version.h>
@@ -41,6 +48,7 @@
 #endif
 #include <linux/percpu.h>
 #include <linux/proc_fs.h>
+#include <linux/random.h>
 #include <linux/ratelimit.h>
 #include <linux/rcupdate.h>
 #include <linux/sched.h>
@@ -92,12 +100,30 @@ static int stall_secs = 30;
 module_param(stall_secs, int, 0644);
 MODULE_PARM_DESC(stall_secs, "How long trigger=softlockup and trigger=rcu_stall spin (default 30 s)");
 
+static char *host_residency_pct = "0";
+module_param(host_residency_pct, charp, 0444);
+MODULE_PARM_DESC(host_residency_pct,
+		 "Per-CPU host section (imitated VMX root): percent of the time each CPU spends in it, "
+		 "0.0001..50, up to 4 decimals (e.g. 2 or 0.05). 0 = off (default): every NMI is treated as before");
+
+static int host_window_us = 200;
+module_param(host_window_us, int, 0444);
+MODULE_PARM_DESC(host_window_us,
+		 "Length of one host section in microseconds (default 200, 10..10000); the gaps between "
+		 "sections are random with the mean that gives host_residency_pct");
+
+static int hang_on_host_nmi;
+module_param(hang_on_host_nmi, int, 0644);
+MODULE_PARM_DESC(hang_on_host_nmi,
+		 "The original bug, intermittent: an NMI that arrives in a host section never returns and "
+		 "the machine goes silent. 0 = off (the fixed build: log the callback, drop the NMI)");
+
 static int hung_secs = 150;
 module_param(hung_secs, int, 0644);
 MODULE_PARM_DESC(hung_secs,
 		 "How long trigger=hung_task sleeps uninterruptibly (default 150 s, above Debian's 120 s)");
 
-/* ---- NMI handler ---------------------------------------------------------------------- */
+/* ---- NMI state ------------------------------------------------------------------------ */
 
 static DEFINE_PER_CPU(unsigned long, sbsim_nmi_count);
 static atomic_t sbsim_nmi_total = ATOMIC_INIT(0);
@@ -118,22 +144,170 @@ static noinline notrace void sbsim_spin_forever(void)
 		cpu_relax();
 }
 
+/* ---- host residency (imitated VMX root) ------------------------------------------------ */
+
+/*
+ * Real Shadow-box runs Linux as its guest; on every VM exit a CPU runs briefly in the host
+ * (VMX root) with interrupts off. The original bug: an NMI arriving there ran Linux's NMI
+ * handler in the host's environment and never came back -- so the hang struck at random,
+ * at a rate of (NMIs per second) x (share of time in the host). sbsim imitates the host by a
+ * pinned hrtimer per CPU: its callback runs in hard-IRQ context with interrupts off (like an
+ * exit handler), sets sbsim_in_host, busy-waits host_window_us and clears it. The gap to the
+ * next section is drawn uniformly from [0.5, 1.5] x the mean gap, so the schedule does not
+ * beat against a periodic NMI source.
+ */
+static DEFINE_PER_CPU(struct hrtimer, sbsim_host_timer);
+static DEFINE_PER_CPU(int, sbsim_in_host);
+static DEFINE_PER_CPU(u32, sbsim_host_rng);
+static DEFINE_PER_CPU(unsigned long, sbsim_host_nmi_count);
+static DEFINE_PER_CPU(u64, sbsim_host_ns);
+static u64 sbsim_host_window_ns;
+static u64 sbsim_host_gap_ns; /* mean gap between two host sections */
+static u64 sbsim_host_since_ns;
+static bool sbsim_host_on;
+
+/* xorshift32: cheap and safe in hard-IRQ context; seeded per CPU from get_random_u32() at load. */
+static u32 sbsim_host_next_rand(void)
+{
+	u32 x = this_cpu_read(sbsim_host_rng);
+
+	x ^= x << 13;
+	x ^= x >> 17;
+	x ^= x << 5;
+	this_cpu_write(sbsim_host_rng, x);
+	return x;
+}
+
+static u64 sbsim_host_gap(void)
+{
+	/* uniform in [gap/2, 3*gap/2): mean gap */
+	return sbsim_host_gap_ns / 2 + div_u64(sbsim_host_gap_ns * (sbsim_host_next_rand() >> 16), 65536);
+}
+
+static enum hrtimer_restart sbsim_host_timer_fn(struct hrtimer *timer)
+{
+	u64 start = ktime_get_mono_fast_ns();
+	u64 now = start;
+
+	this_cpu_write(sbsim_in_host, 1);
+	barrier();
+	while (now - start < sbsim_host_window_ns) {
+		cpu_relax();
+		now = ktime_get_mono_fast_ns();
+	}
+	barrier();
+	this_cpu_write(sbsim_in_host, 0);
+	this_cpu_add(sbsim_host_ns, now - start);
+	/*
+	 * The next section starts one gap after this one ENDED (not hrtimer_forward_now(), which
+	 * steps from the old expiry: the period would then be one gap, and the residency
+	 * W/gap = P/(100-P) instead of P %).
+	 */
+	hrtimer_set_expires(timer, ns_to_ktime(ktime_get_ns() + sbsim_host_gap()));
+	return HRTIMER_RESTART;
+}
+
+static void sbsim_host_start_this_cpu(void *unused)
+{
+	struct hrtimer *t = this_cpu_ptr(&sbsim_host_timer);
+
+	this_cpu_write(sbsim_host_rng, get_random_u32() | 1);
+	hrtimer_start(t, ns_to_ktime(sbsim_host_gap()), HRTIMER_MODE_REL_PINNED_HARD);
+}
+
+/* "N" or "N.DDDD" percent -> parts per million (0.0001 % = 1 ppm); -EINVAL for anything else. */
+static int sbsim_parse_pct_ppm(const char *text, u32 *ppm)
+{
+	u32 whole = 0, frac = 0, scale = 10000;
+	const char *c = text;
+
+	if (!*c)
+		return -EINVAL;
+	for (; *c >= '0' && *c <= '9'; c++) {
+		whole = whole * 10 + (*c - '0');
+		if (whole > 100)
+			return -EINVAL;
+	}
+	if (*c == '.') {
+		for (c++; *c >= '0' && *c <= '9'; c++) {
+			if (scale == 1)
+				return -EINVAL; /* more than 4 decimals */
+			scale /= 10;
+			frac += (*c - '0') * scale;
+		}
+	}
+	if (*c == '\n')
+		c++;
+	if (*c)
+		return -EINVAL;
+	*ppm = whole * 10000 + frac;
+	return 0;
+}
+
+static int sbsim_host_setup(void)
+{
+	u32 ppm = 0;
+	int cpu;
+
+	if (host_residency_pct && !sbsim_parse_pct_ppm(host_residency_pct, &ppm) && ppm == 0)
+		return 0; /* off: nothing changes */
+	if (!host_residency_pct || sbsim_parse_pct_ppm(host_residency_pct, &ppm) ||
+	    ppm > 500000 || host_window_us < 10 || host_window_us > 10000) {
+		pr_err("host_residency_pct=%s host_window_us=%d: give 0..50 %% (up to 4 decimals) and 10..10000 us\n",
+		       host_residency_pct ? host_residency_pct : "(null)", host_window_us);
+		return -EINVAL;
+	}
+	sbsim_host_window_ns = (u64)host_window_us * NSEC_PER_USEC;
+	sbsim_host_gap_ns = div_u64(sbsim_host_window_ns * (1000000 - ppm), ppm);
+	for_each_online_cpu(cpu)
+		hrtimer_init(per_cpu_ptr(&sbsim_host_timer, cpu), CLOCK_MONOTONIC, HRTIMER_MODE_REL_PINNED_HARD);
+	for_each_online_cpu(cpu)
+		per_cpu_ptr(&sbsim_host_timer, cpu)->function = sbsim_host_timer_fn;
+	sbsim_host_since_ns = ktime_get_mono_fast_ns();
+	sbsim_host_on = true;
+	on_each_cpu(sbsim_host_start_this_cpu, NULL, 1);
+	pr_info("host residency %s%% in sections of %d us (sbsim imitation of VMX root)%s\n",
+		host_residency_pct, host_window_us, hang_on_host_nmi ? ", hang_on_host_nmi=1" : "");
+	return 0;
+}
+
+static void sbsim_host_teardown(void)
+{
+	int cpu;
+
+	if (!sbsim_host_on)
+		return;
+	for_each_online_cpu(cpu)
+		hrtimer_cancel(per_cpu_ptr(&sbsim_host_timer, cpu));
+	sbsim_host_on = false;
+}
+
+/* ---- NMI handler ---------------------------------------------------------------------- */
+
 /*
  * NMI_LOCAL because Linux's default_do_nmi() runs the NMI_LOCAL list for EVERY NMI before
  * it looks at the reason port: that list sees LINT1 NMIs (QMP inject-nmi, IPMI diag) and the
  * NMI IPIs of sysrq-l / RCU stall backtraces alike. NMI_UNKNOWN would only see unclaimed
  * ones (never sysrq backtraces, which the arch_bt NMI_LOCAL handler claims).
  *
- * Returns NMI_DONE (never NMI_HANDLED): sbsim claims nothing, so Linux's accounting stays
- * what it would be without sbsim -- an injected LINT1 NMI still prints "Uhhuh. NMI received
- * for unknown reason ..." and still counts as unknown, and the other NMI_LOCAL handlers
- * (the backtrace one) run as before. Returning NMI_HANDLED would swallow those unknown-NMI
- * messages and make the lab look quieter than a machine without sbsim.
+ * Returns NMI_DONE for every NMI that is not a host NMI: sbsim claims nothing, so Linux's
+ * accounting stays what it would be without sbsim -- an injected LINT1 NMI still prints
+ * "Uhhuh. NMI received for unknown reason ..." and still counts as unknown, and the other
+ * NMI_LOCAL handlers (the backtrace one) run as before. Returning NMI_HANDLED would swallow
+ * those unknown-NMI messages and make the lab look quieter than a machine without sbsim.
+ *
+ * A host NMI (host residency on, the CPU inside a host section) is what the fixed Shadow-box
+ * drops in its own IDT after logging "VM [n] INT NMI callback": sbsim returns NMI_HANDLED for
+ * it, so Linux prints no "Uhhuh" for that one (the other NMI_LOCAL handlers still run: a
+ * sysrq-l backtrace still prints). Each external NMI thus leaves exactly one line: a callback
+ * when it hit the host, an "Uhhuh" when it reached Linux. With residency on, only host NMIs
+ * log the callback line (as on the real fixed build); with it off, every NMI does (as before).
  */
 static int sbsim_nmi_handler(unsigned int type, struct pt_regs *regs)
 {
 	int cpu = smp_processor_id();
 	int total, limit, delay, mode;
+	bool host = false;
 
 	this_cpu_inc(sbsim_nmi_count);
 	total = atomic_inc_return(&sbsim_nmi_total);
@@ -141,8 +315,13 @@ static int sbsim_nmi_handler(unsigned int type, struct pt_regs *regs)
 	if (atomic_read(&sbsim_hanging))
 		sbsim_spin_forever();
 
+	if (sbsim_host_on && this_cpu_read(sbsim_in_host)) {
+		host = true;
+		this_cpu_inc(sbsim_host_nmi_count);
+	}
+
 	limit = READ_ONCE(hang_after_nmi);
-	if (limit > 0 && total >= limit) {
+	if ((limit > 0 && total >= limit) || (host && READ_ONCE(hang_on_host_nmi))) {
 		/*
 		 * The seed bug, silently: no log line. The first CPU here pulls every other CPU
 		 * into this handler with an NMI IPI, where they see sbsim_hanging and spin too.
@@ -167,7 +346,7 @@ static int sbsim_nmi_handler(unsigned int type, struct pt_regs *regs)
 		nmi_panic(regs, sbsim_panic_msg);
 
 	mode = READ_ONCE(log_nmi);
-	if (mode == 1 || (mode == 2 && __ratelimit(&sbsim_nmi_rs)))
+	if ((host || !sbsim_host_on) && (mode == 1 || (mode == 2 && __ratelimit(&sbsim_nmi_rs))))
 		pr_info("VM [%d] INT NMI callback\n", cpu);
 
 	delay = READ_ONCE(nmi_delay_us);
@@ -177,7 +356,7 @@ static int sbsim_nmi_handler(unsigned int type, struct pt_regs *regs)
 		udelay(step);
 		delay -= step;
 	}
-	return NMI_DONE;
+	return host ? NMI_HANDLED : NMI_DONE;
 }
 
 /* ---- /proc/sbsim: per-CPU NMI counts ---------------------------------------------------- */
@@ -188,6 +367,16 @@ static int sbsim_proc_show(struct seq_file *m, void *v)
 
 	for_each_online_cpu(cpu)
 		seq_printf(m, "cpu%d %lu\n", cpu, per_cpu(sbsim_nmi_count, cpu));
+	if (!sbsim_host_on)
+		return 0;
+	/* host residency: host NMIs, and the share of time measured in host sections (ppm) */
+	for_each_online_cpu(cpu) {
+		u64 elapsed = ktime_get_mono_fast_ns() - sbsim_host_since_ns;
+
+		seq_printf(m, "host cpu%d nmis %lu residency_ppm %llu\n", cpu,
+			   per_cpu(sbsim_host_nmi_count, cpu),
+			   elapsed ? div64_u64(per_cpu(sbsim_host_ns, cpu) * 1000000ULL, elapsed) : 0ULL);
+	}
 	return 0;
 }
 
@@ -413,6 +602,13 @@ static int __init sbsim_init(void)
 		pr_err("Execution Fail [%d]\n", ret);
 		return ret;
 	}
+	ret = sbsim_host_setup();
+	if (ret) {
+		unregister_nmi_handler(NMI_LOCAL, SBSIM_NMI_NAME);
+		remove_proc_entry("sbsim", NULL);
+		pr_err("Execution Fail [%d]\n", ret);
+		return ret;
+	}
 	pr_info("Framework Initailize\n");
 	pr_info("Execution Complete\n");
 	pr_info("errorcode=0\n");
@@ -425,6 +621,7 @@ static int __init sbsim_init(void)
  */
 static void __exit sbsim_exit(void)
 {
+	sbsim_host_teardown();
 	unregister_nmi_handler(NMI_LOCAL, SBSIM_NMI_NAME);
 	remove_proc_entry("sbsim", NULL);
 	pr_info("sbsim unloaded (real Shadow-box cannot be unloaded)\n");
