@@ -33,7 +33,7 @@ from rig.bisect import (
     survival_confidence,
 )
 from rig.errors import ConfigError
-from tests.test_regress import commit_all, git, restore_guests, sbsim_variant
+from tests.helpers import commit_all, git, restore_guests, sbsim_variant
 
 # ---------------------------------------------------------------------------------------------
 # statistics

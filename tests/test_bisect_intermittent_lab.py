@@ -20,7 +20,7 @@ from rig.bisect import BisectRun
 from rig.inventory import load_inventory
 from rig.lab.sbsim import sbsim_source_dir
 from rig.lab.sbsim_history import intermittent_history, with_defaults
-from tests.test_regress import restore_guests
+from tests.helpers import restore_guests
 
 
 def test_history_rewrites_one_default_per_interesting_commit(tmp_path: Path) -> None:

@@ -32,19 +32,13 @@ from test_qmp import QemuPeer, qemu  # noqa: F401  (the fixture is used by name)
 from rig.bmc import BmcClient
 from rig.errors import LabFault, Unavailable
 from rig.qmp import QmpClient
+from tests.helpers import free_udp_port
 
 IPMITOOL = shutil.which("ipmitool") or "/usr/bin/ipmitool"
 IPMI_SIM = shutil.which("ipmi_sim") or "/usr/bin/ipmi_sim"
 VBMC_PASSWORD = "vbmc-Secret-4711"
 
 pytestmark = pytest.mark.lab
-
-
-def free_udp_port() -> int:
-    """A UDP port on 127.0.0.1 that was free a moment ago (bind to port 0, read it, close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _secret_file(directory: Path, value: str) -> Path:

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from rig.lab.manager import Lab
+from tests.helpers import CHECKOUT
 from tests.sbtrees import TREES
-from tests.test_plugin_lab import CHECKOUT
 
 pytestmark = pytest.mark.lab
 

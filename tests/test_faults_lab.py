@@ -48,6 +48,7 @@ from rig.ssh import SshClient
 from rig.vocab import VerdictKind
 from tests.conftest import wait_lab_guest_ready
 from tests.consolepeers import wait_for
+from tests.helpers import assert_contiguous_in_serial_log, match_serial_log
 
 pytestmark = pytest.mark.lab
 
@@ -70,58 +71,6 @@ def _rss_bytes() -> int:
     raise AssertionError("no VmRSS in /proc/self/status")
 
 
-def match_serial_log(raw: bytes, serial: bytes, *, start: int = 0) -> tuple[int, int]:
-    """Check that ``raw`` (console.raw or a piece of it) is one contiguous piece of QEMU's serial log.
-
-    Returns (offset in the serial log, bytes QEMU logged twice). Why the second number: QEMU 7.2's
-    chardev logfile sometimes writes a byte twice when the pty pushes back (seen under a console
-    flood: the log had ``foox`` where the guest printed -- and the rig received -- ``fox``). Such a
-    repeat is allowed on QEMU's side only; any other difference fails, saying where it is.
-    Every place the start of ``raw`` occurs is tried (boots print the same first lines each time).
-    """
-    assert raw, "console.raw (this piece) is empty: the rig captured nothing"
-    head = raw[:64]
-    best: tuple[int, str] = (-1, f"the first bytes of console.raw {head!r} are not in QEMU's serial log after {start}")
-    at = serial.find(head, start)
-    while at >= 0:
-        matched, dups, why = _walk(raw, serial, at)
-        if not why:
-            return at, dups
-        if matched > best[0]:
-            best = (matched, why)
-        at = serial.find(head, at + 1)
-    raise AssertionError(best[1])
-
-
-def _walk(raw: bytes, serial: bytes, at: int) -> tuple[int, int, str]:
-    """Compare from serial[at]: (bytes of raw matched, QEMU repeats skipped, "" or why they differ)."""
-    i, j, dups, n, m = 0, at, 0, len(raw), len(serial)
-    chunk = 4096
-    while i < n:
-        k = min(chunk, n - i)
-        if raw[i : i + k] == serial[j : j + k]:
-            i, j = i + k, j + k
-            continue
-        end = i + k
-        while i < end:
-            if j < m and raw[i] == serial[j]:
-                i, j = i + 1, j + 1
-            elif 0 < j < m and serial[j] == serial[j - 1]:
-                dups, j = dups + 1, j + 1
-            else:
-                why = (
-                    f"console.raw differs from QEMU's serial log at console.raw offset {i} (serial log offset {j}): "
-                    f"the rig has {raw[max(0, i - 20) : i + 20]!r}, QEMU logged {serial[max(0, j - 20) : j + 20]!r}"
-                )
-                return i, dups, why
-    return i, dups, ""
-
-
-def assert_contiguous_in_serial_log(raw: bytes, serial: bytes, *, start: int = 0) -> int:
-    """No console byte lost or added (see match_serial_log); returns where ``raw`` starts in the serial log."""
-    at, dups = match_serial_log(raw, serial, start=start)
-    assert dups <= max(8, len(raw) // 10_000), f"QEMU's serial log repeats {dups} of {len(raw)} bytes: look closer"
-    return at
 
 
 def window(data: bytes, start_marker: bytes, end_marker: bytes) -> bytes:

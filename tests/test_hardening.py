@@ -27,8 +27,8 @@ from rig.monitor import HangMonitor
 from rig.shadowbox import RECIPES, Deployer, DeployFailed
 from rig.ssh import SshClient
 from rig.vocab import VerdictKind
+from tests.helpers import free_udp_port
 from tests.sshpeers import SshPeer, free_port, ssh_keygen
-from tests.test_bmc import free_udp_port
 
 EVIL_KEY = "x=1; touch /tmp/PWNED; #"
 

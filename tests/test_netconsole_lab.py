@@ -26,8 +26,8 @@ from rig.inventory import NetconsoleSetup, load_device
 from rig.lab.manager import SLIRP_HOST, Lab
 from rig.netconsole import NetconsoleCapture, NetconsoleSetupError, NetconsoleTarget
 from rig.ssh import SshClient
+from tests.helpers import run_suites
 from tests.netconsolepeer import free_udp_port
-from tests.test_plugin_lab import run_suites
 
 pytestmark = pytest.mark.lab
 

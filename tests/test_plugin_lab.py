@@ -19,23 +19,9 @@ from typing import Any
 import pytest
 
 from rig.lab.manager import Lab
-from tests.test_faults_lab import assert_contiguous_in_serial_log
+from tests.helpers import CHECKOUT, assert_contiguous_in_serial_log, run_suites
 
 pytestmark = pytest.mark.lab
-
-CHECKOUT = Path(__file__).resolve().parent.parent
-
-
-def run_suites(
-    lab: Lab, report_dir: Path, run_id: str, *args: str, timeout: float = 900
-) -> subprocess.CompletedProcess[str]:
-    cmd = [
-        sys.executable, "-m", "pytest", *args,
-        "--rig-devices", str(lab.inventory_dir), "--rig-report-dir", str(report_dir),
-        "-p", "no:cacheprovider", "-q", "-rs",
-    ]  # fmt: skip
-    env = {**os.environ, "RIG_RUN_ID": run_id}
-    return subprocess.run(cmd, cwd=CHECKOUT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def load(path: Path) -> Any:
@@ -121,7 +107,7 @@ def test_a_deploy_that_fails_in_set_up_still_gets_its_row(lab: Lab, tmp_path: Pa
     """A build Shadow-box refuses to start on fails every test that needs it *in set-up* (the
     ``shadowbox`` fixture). Those tests must still be rows of the device's report, or the report
     of the most important failure of all shows a device with no tests."""
-    from tests.test_regress import sbsim_variant
+    from tests.helpers import sbsim_variant
 
     refuses = sbsim_variant(tmp_path / "refuses", fail_start=1)
     suite = tmp_path / "test_needs_shadowbox.py"

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rig.plugin import SOAK_TIMEOUT_MARGIN_S
-from tests.test_regress import run_plugin
+from tests.helpers import run_plugin
 
 SUITE = """
 import pytest

@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -25,7 +24,6 @@ import pytest
 from rich.console import Console
 
 from rig.errors import ConfigError
-from rig.lab.sbsim import sbsim_source_dir
 from rig.regress import (
     EXIT_NOTHING_JUDGED,
     EXIT_OK,
@@ -50,49 +48,13 @@ from rig.regress import (
     safe_label,
     summary_json,
 )
+from tests.helpers import commit_all, git, restore_guests, run_plugin, sbsim_variant
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 
 
 # ---------------------------------------------------------------------------------------------
 # helpers shared with test_bisect.py
-
-
-def sbsim_variant(dest: Path, **defaults: int) -> Path:
-    """A copy of the shipped sbsim tree whose module parameters default to ``defaults``.
-
-    This is how a "build" with a bug is made: the same source with one default changed (e.g.
-    ``hang_after_nmi=40``), as a commit of a real tree would change it. The shipped sbsim.c is
-    never edited. A parameter whose declaration is not found fails loudly.
-    """
-    shutil.copytree(sbsim_source_dir(), dest, ignore=shutil.ignore_patterns("*.o", "*.ko", ".*.cmd", "*.mod*"))
-    src = dest / "sbsim.c"
-    text = src.read_text()
-    for name, value in defaults.items():
-        text, n = re.subn(
-            rf"^static (int|bool) {name}( = -?\d+)?;", rf"static \g<1> {name} = {int(value)};", text, flags=re.M
-        )
-        assert n == 1, f"sbsim.c has no 'static int/bool {name};' declaration any more: update sbsim_variant"
-    src.write_text(text)
-    return dest
-
-
-def git(repo: Path, *args: str) -> str:
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "rig test",
-        "GIT_AUTHOR_EMAIL": "rig@example.invalid",
-        "GIT_COMMITTER_NAME": "rig test",
-        "GIT_COMMITTER_EMAIL": "rig@example.invalid",
-    }
-    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, env=env, check=True)
-    return proc.stdout.strip()
-
-
-def commit_all(repo: Path, message: str) -> str:
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", message)
-    return git(repo, "rev-parse", "HEAD")
 
 
 @pytest.fixture
@@ -398,24 +360,6 @@ def lab_restored(lab: Any, tmp_path: Path) -> Any:
     restore_guests(lab, tmp_path / "restore")
 
 
-def restore_guests(lab: Any, log_dir: Path) -> None:
-    """Power-cycle (side by side, the rig's way) every lab guest that does not answer SSH."""
-    from rig.inventory import load_inventory
-    from rig.lab.manager import ssh_login_check
-    from rig.regress import fresh_boot
-
-    dead = []
-    for dev in load_inventory([lab.inventory_dir]):
-        g = lab.guest(dev.name)
-        try:
-            ssh_login_check(g.ssh_port, g.key_file, g.known_hosts)
-        except Exception:  # noqa: BLE001 - not answering, whatever the reason
-            dead.append(dev)
-    if dead:
-        failed = {k: v for k, v in fresh_boot(dead, log_dir, Console(quiet=True)).items() if v}
-        assert not failed, f"could not restore lab guests: {failed}"
-
-
 def slow_heartbeat_inventory(lab: Any, dest: Path, heartbeat: float) -> Path:
     """Copies of the lab's inventory files with a longer heartbeat interval H.
 
@@ -487,33 +431,6 @@ def test_regress_lines_up_fixed_hanging_and_panicking_builds(lab_restored: Any, 
 
 # ---------------------------------------------------------------------------------------------
 # the plugin options regress drives (no device is contacted: the tests only read the inventory)
-
-PLUGIN_SUITE = """
-import json, os
-
-def test_source_and_build(device, rig_run):
-    rig_run.device(device)  # writes this device's report.json
-    with open(os.environ["RIG_TEST_OUT"], "a") as fh:
-        fh.write(json.dumps({"device": device.name, "source": str(device.shadowbox.source)}) + "\\n")
-"""
-
-
-def run_plugin(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    inv = tmp_path / "devices"
-    inv.mkdir(exist_ok=True)
-    for name in ("a", "b"):
-        (inv / f"{name}.toml").write_text(
-            f'name = "{name}"\n[ssh]\nhost = "192.0.2.1"\nuser = "root"\nknown_hosts = "{inv / "known_hosts"}"\n'
-            f'key_file = "{inv / "key"}"\n'
-            f'[shadowbox]\nrecipe = "sbsim"\nsource = "/nonexistent/original-{name}"\n'
-        )
-    (tmp_path / "test_suite.py").write_text(PLUGIN_SUITE)
-    cmd = [
-        sys.executable, "-m", "pytest", str(tmp_path / "test_suite.py"), "--rig-devices", str(inv),
-        "--rig-report-dir", str(tmp_path / "reports"), "-p", "no:cacheprovider", "-p", "no:xdist", "-q", *args,
-    ]  # fmt: skip
-    env = {**os.environ, "RIG_RUN_ID": "run", "RIG_TEST_OUT": str(tmp_path / "seen.jsonl")}
-    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_plugin_deploys_one_tree_everywhere_and_records_the_build(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from rig.lab.manager import Lab
 from rig.nmi import read_interrupts
 from rig.vocab import VerdictKind
 from tests.consolepeers import wait_for
-from tests.test_faults_lab import assert_contiguous_in_serial_log
+from tests.helpers import assert_contiguous_in_serial_log
 
 pytestmark = pytest.mark.lab
 

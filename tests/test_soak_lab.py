@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from rig.lab.manager import Lab
-from tests.test_plugin_lab import run_suites
+from tests.helpers import run_suites
 
 pytestmark = pytest.mark.lab
 
