@@ -34,53 +34,18 @@ Added keys (``console_transport``, ``last_words``) are optional for readers: ver
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import socket
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from rig import __version__
+from rig.files import write_atomic
 from rig.inventory import Device
 from rig.pstore import NOTHING_AFTER_HANG
 
 SCHEMA_VERSION = 1
-
-
-def _umask() -> int:
-    """This process's umask, read without changing it (``os.umask`` would, for every thread)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0o022
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` so a reader (or a crash) never sees half a file; one owner for every report file.
-
-    A unique temp file next to ``path`` (two renders at once never share one), given the mode any
-    file of this process gets (0666 minus the umask, like console.log: ``mkstemp``'s 0600 made
-    report.json unreadable to the team while its console log was not), removed if anything fails.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def write_json_atomic(path: Path, data: object) -> None:

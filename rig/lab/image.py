@@ -35,6 +35,7 @@ from importlib import resources
 from pathlib import Path
 
 from rig.errors import LabFault
+from rig.files import write_atomic
 from rig.lab import kernels
 from rig.lab.kernels import LabKernel
 
@@ -301,10 +302,7 @@ def write_cpio(root: Path, out: Path) -> None:
             "is the `cpio` package installed? (make deps)",
             component="image",
         )
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(gzip.compress(archive.stdout, compresslevel=6, mtime=0))
-    os.replace(tmp, out)
+    write_atomic(out, gzip.compress(archive.stdout, compresslevel=6, mtime=0))
 
 
 def _stage_rootfs(stage: Path, kernel: LabKernel) -> None:
@@ -450,9 +448,5 @@ def guest_initrd(image: Image, guest_dir: Path, hostname: str, authorized_key: s
         identity = Path(tmp) / "identity.cpio.gz"
         write_cpio(root, identity)
         out = guest_dir / "initrd"
-        tmp_out = guest_dir / "initrd.tmp"
-        with open(tmp_out, "wb") as f:
-            f.write(image.initramfs.read_bytes())
-            f.write(identity.read_bytes())
-        os.replace(tmp_out, out)
+        write_atomic(out, image.initramfs.read_bytes() + identity.read_bytes())
     return out

@@ -45,6 +45,7 @@ import paramiko
 import tomli_w
 
 from rig.errors import ConfigError, LabFault
+from rig.files import write_atomic
 from rig.inventory import Device
 from rig.lab import consoleserver, guest, image, kernels, vpdu, vpower
 from rig.lab.ports import (
@@ -350,9 +351,7 @@ class Lab:
         return self.guest_dir(name) / "state.json"
 
     def _save(self, info: GuestInfo) -> None:
-        tmp = self._state_file(info.name).with_suffix(".tmp")
-        tmp.write_text(json.dumps(info.to_json(), indent=2) + "\n")
-        os.replace(tmp, self._state_file(info.name))
+        write_atomic(self._state_file(info.name), json.dumps(info.to_json(), indent=2) + "\n")
 
     def _load(self, name: str) -> GuestInfo | None:
         try:
@@ -856,9 +855,7 @@ build_on = "controller"
 kernel_headers = {q(headers)}
 """
         self.inventory_dir.mkdir(parents=True, exist_ok=True)
-        tmp = info.inventory_file.with_suffix(".toml.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, info.inventory_file)
+        write_atomic(info.inventory_file, text)
         return info.inventory_file
 
     def laptop_device(self, info: GuestInfo) -> Device:
@@ -900,9 +897,7 @@ kernel_headers = {q(headers)}
                 "# Do not edit: `rig lab up` rewrites this file and `rig lab down` deletes it.\n"
                 "# Written from rig.inventory's schema (Lab.laptop_device).\n" + body)
         self.inventory_dir.mkdir(parents=True, exist_ok=True)
-        tmp = info.inventory_file.with_suffix(".toml.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, info.inventory_file)
+        write_atomic(info.inventory_file, text)
         return info.inventory_file
 
     # --- down --------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from pathlib import Path
 from types import FrameType
 
 from rig.errors import RigError
+from rig.files import write_atomic
 from rig.lab import consoleserver, guest, vpdu
 from rig.lab.ports import is_ours, read_pid
 
@@ -166,9 +167,7 @@ class GuestPower:
         except (OSError, ValueError):
             return
         data.update(qemu_pid=pid, pty=pty, started_at=time.time())
-        tmp = state.with_suffix(".vpower.tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, state)
+        write_atomic(state, json.dumps(data, indent=2) + "\n")
 
     # -- the loop ----------------------------------------------------------------------------
 
