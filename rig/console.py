@@ -109,6 +109,25 @@ def format_log_line(wall: float, text: str) -> str:
     return f"{stamp[:-6]}Z {text}"
 
 
+_LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z (.*)$", re.S)
+
+
+def parse_log_line(line: str) -> tuple[float, str, str] | None:
+    """A ``console.log`` line -> (wall time, ``HH:MM:SS.mmm``, text); None if it is not in the format.
+
+    The reader of :func:`format_log_line`'s lines, so the format has one owner (the HTML report reads
+    console.log through it; rig.detect strips this stamp among others from any saved console).
+    """
+    m = _LOG_LINE.match(line)
+    if m is None:
+        return None
+    try:
+        wall = datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=UTC).timestamp()
+    except ValueError:  # e.g. month 13: not a line the rig wrote
+        return None
+    return wall, m.group(1)[11:], m.group(2)
+
+
 def _clean(raw: bytes) -> str:
     s = raw.decode("utf-8", errors="replace")
     if "\x1b" in s:

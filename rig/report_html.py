@@ -33,6 +33,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from rig import __version__
+from rig.console import parse_log_line
 from rig.errors import ConfigError
 from rig.report import write_atomic
 from rig.ttf import analyse
@@ -53,7 +54,6 @@ EXCERPT_MAX_LINES = 160
 CRASH_TAIL_SECONDS = 10.0
 CRASH_TAIL_LINES = 25
 
-_LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z (.*)$")
 _FAILING_KINDS = {VerdictKind.CRASH, VerdictKind.HANG, VerdictKind.REBOOT, VerdictKind.LOST_CONNECTION}
 
 
@@ -546,18 +546,14 @@ class LogLine:
     mark: str = ""  # css class: "heartbeat", "event", "after"
 
 
-def _parse_stamp(stamp: str) -> float:
-    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=UTC).timestamp()
-
-
 def iter_console(path: Path) -> Iterator[LogLine]:
     """``console.log`` lines with their wall time (``None`` for a line not in the rig's format)."""
     with path.open(encoding="utf-8", errors="replace") as fh:
         for n, raw in enumerate(fh, 1):
             line = raw.rstrip("\n")
-            m = _LOG_LINE.match(line)
-            if m:
-                yield LogLine(n, _parse_stamp(m.group(1)), m.group(1)[11:], m.group(2))
+            parsed = parse_log_line(line)
+            if parsed is not None:
+                yield LogLine(n, *parsed)
             else:
                 yield LogLine(n, None, "", line)
 

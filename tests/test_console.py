@@ -309,6 +309,17 @@ def test_format_log_line() -> None:
     assert format_log_line(1735787045.678, "x") == "2025-01-02T03:04:05.678Z x"
 
 
+def test_parse_log_line_reads_what_format_log_line_writes() -> None:
+    from rig.console import parse_log_line
+
+    line = format_log_line(1735787045.678, "shadow-box: VM [1] INT NMI callback")
+    wall, hms, text = parse_log_line(line) or (0.0, "", "")
+    assert abs(wall - 1735787045.678) < 0.001 and hms == "03:04:05.678"
+    assert text == "shadow-box: VM [1] INT NMI callback"
+    assert parse_log_line("[   1.0] not the rig's format") is None
+    assert parse_log_line("2025-13-02T03:04:05.678Z month 13") is None
+
+
 BUSYBOX = Path("/bin/busybox")
 CRASH_INIT = """#!/bin/busybox sh
 /bin/busybox mount -t proc proc /proc
