@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -186,6 +186,28 @@ _GOOROOM_START_LOGGING = (
     "fcntl.ioctl(fd, 0, bytearray(8)); os.close(fd)'"
 )
 
+#: gooroom master (v2.x, 4.9/4.19-era): the buildable tree is Source/.
+_GOOROOM = Recipe(
+    name="gooroom",
+    build="make",
+    build_dir="Source",
+    modules=("Source/shadow_box_helper/shadow_box_helper.ko", "Source/shadow_box/shadow_box.ko"),
+    result_code=r"GRMCODE=(\d+)",
+    result_ok="020008",
+    failures=_GOOROOM_FAILURES,
+    result_codes=_GOOROOM_CODES,
+    needs_system_map=True,
+    system_map_dir="Source/shadow_box/system.map",
+    tools=("make", "gcc", "nasm", "python2"),
+    builds_for_uname=True,
+    kernels=("4.9.", "4.19."),
+    start_logging=_GOOROOM_START_LOGGING,
+    shape=TreeShape(
+        ("Source/Makefile", "Source/shadow_box/Makefile", "Source/shadow_box/shadow_box.h"),
+        ("Source/shadow_box/Makefile", r"make_symtable\.py", "Source/shadow_box/Makefile runs make_symtable.py"),
+    ),
+)
+
 RECIPES: dict[str, Recipe] = {
     "upstream": Recipe(
         name="upstream",
@@ -201,39 +223,16 @@ RECIPES: dict[str, Recipe] = {
             ("shadow_box.h", r'SHADOWBOX_VERSION\s+"2\.', "SHADOWBOX_VERSION 2.x"),
         ),
     ),
-    "gooroom": Recipe(
-        name="gooroom",
-        build="make",
-        build_dir="Source",
-        modules=("Source/shadow_box_helper/shadow_box_helper.ko", "Source/shadow_box/shadow_box.ko"),
-        result_code=r"GRMCODE=(\d+)",
-        result_ok="020008",
-        failures=_GOOROOM_FAILURES,
-        result_codes=_GOOROOM_CODES,
-        needs_system_map=True,
-        system_map_dir="Source/shadow_box/system.map",
-        tools=("make", "gcc", "nasm", "python2"),
-        builds_for_uname=True,
-        kernels=("4.9.", "4.19."),
-        start_logging=_GOOROOM_START_LOGGING,
-        shape=TreeShape(
-            ("Source/Makefile", "Source/shadow_box/Makefile", "Source/shadow_box/shadow_box.h"),
-            ("Source/shadow_box/Makefile", r"make_symtable\.py", "Source/shadow_box/Makefile runs make_symtable.py"),
-        ),
-    ),
-    "gooroom-3.0": Recipe(
+    "gooroom": _GOOROOM,
+    # branch gooroom-3.0 (v3.1.0): the same layout and markers, no System.map (kallsyms through a
+    # kprobe), no Python 2 step, and 5.10 among its kernels.
+    "gooroom-3.0": replace(
+        _GOOROOM,
         name="gooroom-3.0",
-        build="make",
-        build_dir="Source",
-        modules=("Source/shadow_box_helper/shadow_box_helper.ko", "Source/shadow_box/shadow_box.ko"),
-        result_code=r"GRMCODE=(\d+)",
-        result_ok="020008",
-        failures=_GOOROOM_FAILURES,
-        result_codes=_GOOROOM_CODES,
+        needs_system_map=False,
+        system_map_dir=None,
         tools=("make", "gcc", "nasm"),
-        builds_for_uname=True,
         kernels=("4.9.", "4.19.", "5.10."),
-        start_logging=_GOOROOM_START_LOGGING,
         shape=TreeShape(
             ("Source/Makefile", "Source/shadow_box/Makefile", "Source/shadow_box/shadow_box.h"),
             (
