@@ -794,111 +794,74 @@ class Lab:
     # --- inventory ---------------------------------------------------------------------------------
 
     def _write_inventory(self, info: GuestInfo) -> Path:
-        """devices/lab/<name>.toml in rig.inventory's schema (absolute paths)."""
-        if info.laptop_like:
-            return self._write_laptop_inventory(info)
-        major_minor = info.kernel_series
-        headers = info.kernel_headers or image.headers_dir(info.kernel_version)
-        origin = "" if info.kernel_origin == "host" else f" ({info.kernel_origin})"
+        """devices/lab/<name>.toml, built through rig.inventory's schema (:meth:`guest_device`), absolute paths.
 
-        def q(v: object) -> str:
-            return json.dumps(str(v))  # a TOML basic string: same escapes as JSON for our values
-
+        Built, never templated: the lab can never write a file the rig refuses, and a schema change
+        reaches the lab's files by itself.
+        """
+        dev = self.guest_device(info)
+        body = tomli_w.dumps(dev.model_dump(mode="json", exclude_none=True, exclude_defaults=True))
+        notes = [
+            f"{INVENTORY_HEADER} for lab folder {self.root}.",
+            "# Do not edit: `rig lab up` rewrites this file and `rig lab down` deletes it.",
+            "# Written from rig.inventory's schema (Lab.guest_device).",
+            "# perf is listed on purpose: under TCG there is no PMU and the rig must report it unavailable.",
+            "# sbsim is the lab's stand-in for Shadow-box (a test payload, not Shadow-box): on a physical laptop",
+            "# point [shadowbox] source at a real tree and recipe at upstream / gooroom / gooroom-3.0.",
+        ]
         if info.console_kind == "netconsole":
-            console = (
-                "[console]\n# No serial port: the kernel sends its log over UDP (boot parameter "
-                f"netconsole=+@/eth0,{info.console_port}@{SLIRP_HOST}/{SLIRP_GATEWAY_MAC}).\n"
-                f"url = {q(info.console_url)}\n"
+            notes.append(
+                "# No serial port: the kernel sends its log over UDP (boot parameter "
+                f"netconsole=+@/eth0,{info.console_port}@{SLIRP_HOST}/{SLIRP_GATEWAY_MAC})."
             )
-        else:
-            console = f"[console]\nurl = {q(info.console_url)}\nbaud = 115200\n"
-
-        text = f"""{INVENTORY_HEADER} for lab folder {self.root}.
-# Do not edit: `rig lab up` rewrites this file and `rig lab down` deletes it.
-name = {q(info.name)}
-tags = ["lab", "virtual", {q("kernel-" + major_minor)}]
-description = {q(f"Virtual laptop {info.name}: QEMU {info.accel.upper()}, 2 vCPUs, "
-                 f"Debian kernel {info.kernel_version}{origin}, "
-                 + ("only console netconsole (UDP)" if info.console_kind == "netconsole" else "console via ser2net")
-                 + (", ramoops pstore" if info.pstore else "") + ", virtual BMC")}
-# perf is listed on purpose: under TCG there is no PMU and the rig must report it unavailable.
-nmi_sources = ["ipmi", "sysrq", "qmp", "perf"]
-
-[ssh]
-host = "127.0.0.1"
-port = {info.ssh_port}
-user = "root"
-key_file = {q(info.key_file)}
-known_hosts = {q(info.known_hosts)}
-
-{console}
-[power]
-kind = "ipmi"
-host = "127.0.0.1"
-port = {info.bmc_port}
-user = {q(info.bmc_user)}
-password_file = {q(info.bmc_password_file)}
-
-[qmp]
-socket = {q(info.qmp_socket)}
-
-[kernel]
-cmdline_requires = ["apic_extnmi=all"]
-version_prefix = {q(major_minor + ".")}
-
-[shadowbox]
-# sbsim: the lab's stand-in for Shadow-box (a test payload, not Shadow-box). Point source at a
-# real tree and recipe at "upstream"/"gooroom" to deploy the real thing on a physical laptop.
-recipe = "sbsim"
-source = {q(sbsim_source_dir())}
-build_on = "controller"
-kernel_headers = {q(headers)}
-"""
         self.inventory_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(info.inventory_file, text)
+        write_atomic(info.inventory_file, "\n".join(notes) + "\n" + body)
         return info.inventory_file
 
-    def laptop_device(self, info: GuestInfo) -> Device:
-        """A laptop-like guest as a rig.inventory.Device: SSH, console and its power; no BMC, no QMP.
+    def guest_device(self, info: GuestInfo) -> Device:
+        """A lab guest as a rig.inventory.Device: what a laptop's inventory would say of it.
 
-        Built through the schema (so the lab can never write a file the rig refuses), then written
-        as TOML by :meth:`_write_laptop_inventory`.
+        A guest with a virtual BMC gets [power] ipmi and [qmp]; a laptop-like one (no BMC, no QMP)
+        gets its PDU outlet or power-button relay. The console is ser2net's RFC 2217 port, or
+        netconsole's UDP port for a guest without a serial console.
         """
-        power: dict[str, object]
-        if info.power_kind == "pdu":
-            power = {"kind": "pdu", "model": "apc", "host": "127.0.0.1", "port": info.pdu_port,
-                     "outlet": info.pdu_outlet, "timeout": LAB_PDU_TIMEOUT, "cycle_pause": 1.0}
-        else:
-            power = {"kind": "relay", "driver": "command", "close": ["touch", str(info.button_file)],
-                     "open": ["rm", "-f", str(info.button_file)], "force_off_seconds": 6.0, "press_seconds": 0.5,
-                     "cycle_pause": 1.0}
-        how = "an outlet of a virtual APC PDU (snmpd)" if info.power_kind == "pdu" else "a power-button relay"
-        data = {
+        origin = "" if info.kernel_origin == "host" else f" ({info.kernel_origin})"
+        console: dict[str, object] = {"url": info.console_url}
+        if info.console_kind != "netconsole":
+            console["baud"] = 115200
+        how_console = "only console netconsole (UDP)" if info.console_kind == "netconsole" else "console via ser2net"
+        data: dict[str, object] = {
             "name": info.name,
-            "tags": ["lab", "virtual", "laptop-like", f"power-{info.power_kind}", f"kernel-{info.kernel_series}"],
-            "description": f"Laptop-like virtual laptop {info.name}: QEMU {info.accel.upper()}, Debian kernel "
-                           f"{info.kernel_version}, console via ser2net, no BMC: powered through {how}",
-            # perf is listed on purpose: under TCG there is no PMU and the rig must report it unavailable.
-            "nmi_sources": ["sysrq", "perf"],
             "ssh": {"host": "127.0.0.1", "port": info.ssh_port, "user": "root", "key_file": str(info.key_file),
                     "known_hosts": str(info.known_hosts)},
-            "console": {"url": info.console_url, "baud": 115200},
-            "power": power,
+            "console": console,
             "kernel": {"cmdline_requires": ["apic_extnmi=all"], "version_prefix": info.kernel_series + "."},
             "shadowbox": {"recipe": "sbsim", "source": str(sbsim_source_dir()), "build_on": "controller",
                           "kernel_headers": str(info.kernel_headers or image.headers_dir(info.kernel_version))},
         }
+        if info.laptop_like:
+            if info.power_kind == "pdu":
+                data["power"] = {"kind": "pdu", "model": "apc", "host": "127.0.0.1", "port": info.pdu_port,
+                                 "outlet": info.pdu_outlet, "timeout": LAB_PDU_TIMEOUT, "cycle_pause": 1.0}
+            else:
+                data["power"] = {"kind": "relay", "driver": "command", "close": ["touch", str(info.button_file)],
+                                 "open": ["rm", "-f", str(info.button_file)], "force_off_seconds": 6.0,
+                                 "press_seconds": 0.5, "cycle_pause": 1.0}
+            how = "an outlet of a virtual APC PDU (snmpd)" if info.power_kind == "pdu" else "a power-button relay"
+            data["tags"] = ["lab", "virtual", "laptop-like", f"power-{info.power_kind}", f"kernel-{info.kernel_series}"]
+            data["description"] = (f"Laptop-like virtual laptop {info.name}: QEMU {info.accel.upper()}, Debian kernel "
+                                   f"{info.kernel_version}, {how_console}, no BMC: powered through {how}")
+            data["nmi_sources"] = ["sysrq", "perf"]
+        else:
+            data["power"] = {"kind": "ipmi", "host": "127.0.0.1", "port": info.bmc_port, "user": info.bmc_user,
+                             "password_file": str(info.bmc_password_file)}
+            data["qmp"] = {"socket": str(info.qmp_socket)}
+            data["tags"] = ["lab", "virtual", f"kernel-{info.kernel_series}"]
+            data["description"] = (f"Virtual laptop {info.name}: QEMU {info.accel.upper()}, 2 vCPUs, Debian kernel "
+                                   f"{info.kernel_version}{origin}, {how_console}"
+                                   + (", ramoops pstore" if info.pstore else "") + ", virtual BMC")
+            data["nmi_sources"] = ["ipmi", "sysrq", "qmp", "perf"]
         return Device.model_validate(data)
-
-    def _write_laptop_inventory(self, info: GuestInfo) -> Path:
-        dev = self.laptop_device(info)
-        body = tomli_w.dumps(dev.model_dump(mode="json", exclude_none=True, exclude_defaults=True))
-        text = (f"{INVENTORY_HEADER} for lab folder {self.root}.\n"
-                "# Do not edit: `rig lab up` rewrites this file and `rig lab down` deletes it.\n"
-                "# Written from rig.inventory's schema (Lab.laptop_device).\n" + body)
-        self.inventory_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(info.inventory_file, text)
-        return info.inventory_file
 
     # --- down --------------------------------------------------------------------------------------
 
