@@ -190,9 +190,16 @@ def test_relay_opens_the_contact_even_when_interrupted(recorder: tuple[Path, Pat
 
         _thread.interrupt_main()
 
-    threading.Thread(target=interrupt, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt):
-        relay.off()
+    # ^C is a SIGINT: pytest-xdist's workers ignore it, and interrupt_main() then does nothing.
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Thread(target=interrupt, daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            relay.off()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert calls(recorder[1]) == [["close"], ["open"]]
 
 
