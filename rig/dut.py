@@ -579,9 +579,10 @@ class Dut:
         if offers_warm_reset(self.power):
             mark = self.console.mark() if self.console is not None else 0
             reset_wait = min(timeout, self.device.monitor.reset_timeout)
+            boot_before = self._boot_id()
             try:
                 self.power.reset()
-                self._wait_ready(mark, reset_wait)
+                self._wait_new_boot(mark, reset_wait, boot_before)
                 method, why, done = "warm-reset", "warm reset (RAM kept)", True
             except (LabFault, Unavailable):
                 raise  # the power control itself failed: a cycle through it would fail the same way
@@ -607,6 +608,38 @@ class Dut:
                               "power": self.power.describe()}
         log.info("%s: recovered by %s in %.1f s", self.name, method, took)
         return took
+
+    def _boot_id(self) -> str | None:
+        """This boot's id (``/proc/sys/kernel/random/boot_id``), or None when the device does not answer now.
+
+        Short deadline: before a recovery the device is usually hung, and the answer is then "none".
+        """
+        try:
+            if not self.ssh.alive(timeout=3.0):
+                return None
+            return self.ssh.run("cat /proc/sys/kernel/random/boot_id", timeout=5).out.strip() or None
+        except RigError:
+            return None
+
+    def _wait_new_boot(self, mark: int, timeout: float, boot_before: str | None) -> None:
+        """Ready again (:meth:`_wait_ready`) *and*, if the old boot's id is known, booted anew.
+
+        Why: a device that answered before the reset answers at once after a reset that did nothing
+        (a wrong command, a relay that is not wired), or before a slow reset takes effect; ready alone
+        would call that a recovery. A DeviceError at the deadline sends the rig to the power cut.
+        """
+        end = time.monotonic() + timeout
+        while True:
+            self._wait_ready(mark, max(5.0, end - time.monotonic()))
+            now = self._boot_id() if boot_before is not None else None
+            if boot_before is None or (now is not None and now != boot_before):
+                return
+            if time.monotonic() >= end:
+                raise DeviceError(
+                    f"device {self.name}: still the same boot {timeout:g} s after the reset (boot_id unchanged): "
+                    "the reset did not restart it"
+                )
+            time.sleep(1.0)
 
     def _wait_ready(self, mark: int, timeout: float) -> None:
         """Console ready line (if the console is connected), then SSH, within ``timeout`` in all."""
