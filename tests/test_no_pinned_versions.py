@@ -83,13 +83,14 @@ def find_pins(root: Path, files: list[str]) -> list[Pin]:
 
 def test_a_planted_pin_is_named_by_file_and_line(tmp_path: Path) -> None:
     (tmp_path / "tests").mkdir()
-    (tmp_path / "tests/test_x.py").write_text('import os\nKERNEL = "/boot/vmlinuz-6.1.0-56-amd64"\n')
+    pinned = "/boot/" + "vmlinuz-6.1.0-56-amd64"  # spelled in two pieces: this file must not pin one itself
+    (tmp_path / "tests/test_x.py").write_text(f'import os\nKERNEL = "{pinned}"\n')
     (tmp_path / "Makefile").write_text("deps:\n\tapt-get install -y linux-image-6.1.0-57-amd64\n")
     (tmp_path / "tools").mkdir()
     (tmp_path / "tools/x.sh").write_text("make -C /lib/modules/5.10.0-46-amd64/build M=$PWD\n")
     pins = find_pins(tmp_path, ["tests/test_x.py", "Makefile", "tools/x.sh"])
     assert [(p.path, p.line) for p in pins] == [("tests/test_x.py", 2), ("Makefile", 2), ("tools/x.sh", 1)]
-    assert str(pins[0]) == 'tests/test_x.py:2: KERNEL = "/boot/vmlinuz-6.1.0-56-amd64"'
+    assert str(pins[0]) == f'tests/test_x.py:2: KERNEL = "{pinned}"'
 
 
 def test_what_is_not_a_pin(tmp_path: Path) -> None:
