@@ -807,7 +807,7 @@ class Lab:
             "# Written from rig.inventory's schema (Lab.guest_device).",
             "# perf is listed on purpose: under TCG there is no PMU and the rig must report it unavailable.",
             "# sbsim is the lab's stand-in for Shadow-box (a test payload, not Shadow-box): on a physical laptop",
-            "# point [shadowbox] source at a real tree and recipe at upstream / gooroom / gooroom-3.0.",
+            "# set the shadowbox section's source to a real tree and its recipe to upstream / gooroom / gooroom-3.0.",
         ]
         if info.console_kind == "netconsole":
             notes.append(
