@@ -22,6 +22,7 @@ from typing import Any
 
 from rich.console import Console
 
+from rig.inventory import Device
 from rig.lab.manager import Lab
 from rig.lab.sbsim import sbsim_source_dir
 
@@ -183,3 +184,8 @@ def free_udp_port() -> int:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
+
+
+def lab_device(lab_devices: list[Device], name: str) -> Device:
+    """One lab guest's inventory entry by name (from the ``lab_devices`` fixture)."""
+    return next(d for d in lab_devices if d.name == name)

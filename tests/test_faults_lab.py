@@ -48,7 +48,7 @@ from rig.ssh import SshClient
 from rig.vocab import VerdictKind
 from tests.conftest import wait_lab_guest_ready
 from tests.consolepeers import wait_for
-from tests.helpers import assert_contiguous_in_serial_log, match_serial_log
+from tests.helpers import assert_contiguous_in_serial_log, lab_device, match_serial_log
 
 pytestmark = pytest.mark.lab
 
@@ -57,10 +57,6 @@ CHECKOUT = Path(__file__).resolve().parent.parent
 
 # ---------------------------------------------------------------------------------------------
 # helpers
-
-
-def _device(lab_devices: list[Device], name: str) -> Device:
-    return next(d for d in lab_devices if d.name == name)
 
 
 def _rss_bytes() -> int:
@@ -253,7 +249,7 @@ def held_with_relay(dev: Device, lab: Lab, relay: Any) -> Iterator[tuple[SshClie
 def test_ssh_dropped_once_mid_upload_is_retried_and_the_tree_arrives_whole(
     lab: Lab, lab_devices: list[Device], relay_factory: Any, tmp_path: Path
 ) -> None:
-    dev = _device(lab_devices, "lab-1")
+    dev = lab_device(lab_devices, "lab-1")
     want = make_tree(tmp_path / "tree")
     relay = relay_factory("lab-1", cut_after=300_000, cuts=1)
     with held_with_relay(dev, lab, relay) as (direct, cut_ssh):
@@ -270,7 +266,7 @@ def test_ssh_that_keeps_dropping_fails_the_deploy_as_a_lab_fault_naming_device_a
 ) -> None:
     from rig.lab.sbsim import sbsim_source_dir
 
-    dev = _device(lab_devices, "lab-1")
+    dev = lab_device(lab_devices, "lab-1")
     tree = tmp_path / "sbsim"
     tree.mkdir()
     for f in sbsim_source_dir().iterdir():
@@ -320,7 +316,7 @@ def test_power_off_behind_the_rigs_back_is_powered_off_not_a_hang(
     of a pytest run: test_power_off_during_a_suite_fails_as_powered_off_and_the_next_test_recovers.)"""
     from rig.lab import guest as lab_guest
 
-    dev = _device(lab_devices, "lab-2")
+    dev = lab_device(lab_devices, "lab-2")
     g = lab.guest("lab-2")
     serial_before = g.serial_log.stat().st_size
     dut = Dut(dev, tmp_path / "lab-2").open()
@@ -519,7 +515,7 @@ def test_console_flood_keeps_every_byte_and_the_verdict_ok(
     slow = request.node.get_closest_marker("slow") is not None
     if slow and "slow" not in (request.config.option.markexpr or ""):
         pytest.skip("the 10 MB flood takes about four minutes on the lab console: select it with -m slow")
-    dev = _device(lab_devices, "lab-1")
+    dev = lab_device(lab_devices, "lab-1")
     g = lab.guest("lab-1")
     log_dir = tmp_path / "lab-1"
     with Dut(dev, log_dir) as dut:

@@ -22,19 +22,15 @@ from rig.lab.manager import Lab
 from rig.nmi import read_interrupts
 from rig.vocab import VerdictKind
 from tests.consolepeers import wait_for
-from tests.helpers import assert_contiguous_in_serial_log
+from tests.helpers import assert_contiguous_in_serial_log, lab_device
 
 pytestmark = pytest.mark.lab
-
-
-def _device(lab_devices: list[Device], name: str) -> Device:
-    return next(d for d in lab_devices if d.name == name)
 
 
 @pytest.fixture
 def dut1(lab_devices: list[Device], tmp_path: Path) -> Iterator[Dut]:
     """lab-1, opened with its hang monitor running; closed (and the lock released) after the test."""
-    d = Dut(_device(lab_devices, "lab-1"), tmp_path / "lab-1").open()
+    d = Dut(lab_device(lab_devices, "lab-1"), tmp_path / "lab-1").open()
     try:
         yield d
     finally:
@@ -43,7 +39,7 @@ def dut1(lab_devices: list[Device], tmp_path: Path) -> Iterator[Dut]:
 
 @pytest.fixture
 def dut2(lab_devices: list[Device], tmp_path: Path) -> Iterator[Dut]:
-    d = Dut(_device(lab_devices, "lab-2"), tmp_path / "lab-2").open()
+    d = Dut(lab_device(lab_devices, "lab-2"), tmp_path / "lab-2").open()
     try:
         yield d
     finally:

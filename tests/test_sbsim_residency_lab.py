@@ -27,6 +27,7 @@ from rig.inventory import Device
 from rig.ttf import poisson_mean_interval, rate_interval
 from rig.vocab import VerdictKind
 from tests.consolepeers import wait_for
+from tests.helpers import lab_device
 
 pytestmark = pytest.mark.lab
 
@@ -39,13 +40,9 @@ LEVEL = 0.999
 _HOST_LINE = re.compile(r"^host cpu(\d+) nmis (\d+) residency_ppm (\d+)$", re.M)
 
 
-def _device(lab_devices: list[Device], name: str) -> Device:
-    return next(d for d in lab_devices if d.name == name)
-
-
 @pytest.fixture
 def dut1(lab_devices: list[Device], tmp_path: Path) -> Iterator[Dut]:
-    d = Dut(_device(lab_devices, "lab-1"), tmp_path / "lab-1").open()
+    d = Dut(lab_device(lab_devices, "lab-1"), tmp_path / "lab-1").open()
     try:
         yield d
     finally:
@@ -56,7 +53,7 @@ def dut1(lab_devices: list[Device], tmp_path: Path) -> Iterator[Dut]:
 
 @pytest.fixture
 def dut2(lab_devices: list[Device], tmp_path: Path) -> Iterator[Dut]:
-    d = Dut(_device(lab_devices, "lab-2"), tmp_path / "lab-2").open()
+    d = Dut(lab_device(lab_devices, "lab-2"), tmp_path / "lab-2").open()
     try:
         yield d
     finally:
