@@ -85,7 +85,7 @@ def devices_cmd(ctx: click.Context, tags: Sequence[str]) -> None:
                     d.name,
                     ",".join(d.tags),
                     f"{d.ssh.user}@{d.ssh.host}:{d.ssh.port}",
-                    d.console.url if d.console else "-",
+                    d.console.where if d.console else "-",
                     d.power.kind,
                     ",".join(d.nmi_sources),
                     str(d.source_file or ""),
@@ -356,6 +356,18 @@ def console_cmd(ctx: click.Context, name: str, seconds: float) -> None:
     if device.console.url == "ssh://kmsg":
         raise click.ClickException(f"device {name}'s console is its kernel log over SSH: ssh in and run dmesg --follow")
     log_dir = _adhoc_dir(ctx.obj["report_dir"], "console") / name
+    lease = None
+    if device.console.from_place:  # the place's NetworkSerialPort: only its holder may use it
+        from rig.coordinator import PlaceLease, place_device
+
+        lease = PlaceLease(device)
+        try:
+            lease.acquire()
+            device = place_device(device, lease)
+        except RigError as exc:
+            lease.release()
+            raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+    assert device.console is not None and device.console.url is not None
     # netconsole: listens on the device's port (only the boot parameter's target sends without a run).
     cap = console_for(device.console.url, log_dir, name=name, baudrate=device.console.baud)
     cap.subscribe(lambda line: out.print(line.text, markup=False, highlight=False))
@@ -369,6 +381,8 @@ def console_cmd(ctx: click.Context, name: str, seconds: float) -> None:
         pass
     finally:
         cap.stop()
+        if lease is not None:
+            lease.release()
 
 
 @main.command()

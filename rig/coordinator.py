@@ -104,6 +104,18 @@ def stale_here(holder: Holder | None, host: str) -> bool:
     return holder is not None and holder.host == host and not pid_alive(holder.pid)
 
 
+@dataclass(frozen=True)
+class PlaceResource:
+    """One exported resource of a held place: its name (the match's rename, else the exporter's),
+    ``exporter/group/class/name`` and labgrid's arguments (host, port, model, index...)."""
+
+    name: str
+    path: str
+    args: dict[str, Any]
+    #: Why it cannot be used now (its exporter is offline, or says it is unavailable), else None.
+    offline: str | None = None
+
+
 def coordinator_address(device: Device) -> str:
     addr = device.lab.coordinator or os.environ.get("LG_COORDINATOR")
     if not addr:
@@ -367,43 +379,104 @@ class PlaceLease:
                 raise self._busy(self._place(s), waited=time.monotonic() - start)
             time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
 
-    # -- the place's exported resources (issue 18, part 4: looked up here, not yet used by Dut) --
+    # -- the place's exported resources ---------------------------------------------------
 
-    def resources(self, cls: str) -> list[dict[str, Any]]:
-        """The arguments of the held place's resources of labgrid class ``cls`` (e.g. ``NetworkSerialPort``).
+    def resources(self, cls: str) -> list[PlaceResource]:
+        """The held place's acquired resources of labgrid class ``cls`` (e.g. ``NetworkSerialPort``).
 
-        Why: an exporter on the bench publishes the console server's and the PDU's addresses, so one
-        lab description could serve every controller. Read from the session's copy of the
-        coordinator's resource list; the place must be held (its acquired resources are the ones).
+        Why from the acquired place: labgrid hands a place's resources to its holder only, and which
+        exporter resources those are is the lab's description (the place's matches), kept in one
+        place for every controller. A resource whose exporter went away (the coordinator keeps it as
+        an orphan of the place) or that its exporter calls unavailable is a lab fault naming both.
         """
         if not self.held or self.session is None:
-            raise LabFault(f"place {self.name}: not held by this run, its resources are not ours to use")
+            raise LabFault(f"place {self.name}: not held by this run, its resources are not ours to use",
+                           component="coordinator")  # fmt: skip
         s = self.session
         place = self._place(s)
-        out: list[dict[str, Any]] = []
-        for exporter, group, rcls, rname in place.acquired_resources:
+        out: list[PlaceResource] = []
+        for path in place.acquired_resources:
+            exporter, group, rcls, rname = path
             if rcls != cls:
                 continue
+            match = place.getmatch(path)
+            name = match.rename if match is not None and match.rename else rname
+            where = "/".join(path)
             entry = s.client.resources.get(exporter, {}).get(group, {}).get(rname)
-            if entry is None:
-                raise LabFault(
-                    f"place {self.name}: resource {exporter}/{group}/{rcls}/{rname} is gone (exporter disconnected?)",
-                    component="coordinator",
-                )
-            out.append({"name": rname, **entry.args})
+            # labgrid's client keeps a deleted resource as an entry with no data (its exporter left).
+            if entry is None or not entry.data:
+                out.append(PlaceResource(name, where, {}, offline=(
+                    f"exporter {exporter} is offline (disconnected from {self.address}); start it again on its "
+                    f"bench (labgrid-client -x {self.address} resources lists what is online)")))  # fmt: skip
+            elif not entry.data.get("avail"):
+                out.append(PlaceResource(name, where, dict(entry.args), offline=(
+                    f"its exporter {exporter} says so (what it exports is missing on the bench)")))  # fmt: skip
+            else:
+                out.append(PlaceResource(name, where, dict(entry.args)))
         return out
 
-    def console_url(self) -> str:
-        """The place's NetworkSerialPort as a pyserial URL (``rfc2217://`` or, for ``raw``, ``socket://``)."""
-        ports = self.resources("NetworkSerialPort")
-        if len(ports) != 1:
+    def resource(self, cls: str, wanted: str | None, field: str) -> PlaceResource:
+        """The one resource of ``cls`` the device uses: the only one, or the one named ``wanted``.
+
+        ``field`` is the inventory section that names it (``[console]``, ``[power]``), for the message.
+        """
+        found = self.resources(cls)
+        names = ", ".join(r.name for r in found)
+        inv = self.device.source_file or "the inventory file"
+        if not found:
             raise LabFault(
-                f"place {self.name}: {len(ports)} NetworkSerialPort resources (need exactly one for the console)",
+                f"device {self.device.name}: place {self.name} on {self.address} has no {cls} ({field} from_place in "
+                f"{inv}): is the bench's exporter running and does the place match its {cls}? "
+                f"(labgrid-client -x {self.address} -p {self.name} show; add-match EXPORTER/GROUP/{cls})",
                 component="coordinator",
             )
-        p = ports[0]
-        scheme = "socket" if p.get("protocol") == "raw" else "rfc2217"
-        return f"{scheme}://{p['host']}:{p['port']}"
+        if wanted is not None:
+            for r in found:
+                if r.name == wanted:
+                    return self._online(r, cls)
+            raise LabFault(
+                f"device {self.device.name}: place {self.name} on {self.address} has no {cls} named {wanted!r} "
+                f"({field} resource in {inv}); its {cls} resources: {names}",
+                component="coordinator",
+            )
+        if len(found) == 1:
+            return self._online(found[0], cls)
+        raise LabFault(
+            f"device {self.device.name}: place {self.name} on {self.address} has {len(found)} {cls} resources "
+            f"({names}): say which one with {field} resource = \"NAME\" in {inv}",
+            component="coordinator",
+        )
+
+    def _online(self, r: PlaceResource, cls: str) -> PlaceResource:
+        if r.offline is not None:
+            raise LabFault(f"device {self.device.name}: place {self.name}'s {cls} {r.name} ({r.path}) is unavailable: "
+                           f"{r.offline}", component="coordinator")  # fmt: skip
+        return r
+
+    def console_url(self, wanted: str | None = None) -> tuple[str, int]:
+        """The place's NetworkSerialPort as a pyserial URL and its speed.
+
+        ``rfc2217://host:port?ign_set_control`` (labgrid's own serial driver opens it so too: a
+        console server on a pty has no modem lines to answer for) or, for protocol ``raw``,
+        ``socket://host:port``.
+        """
+        r = self.resource("NetworkSerialPort", wanted, "[console]")
+        host, port, protocol = r.args.get("host"), r.args.get("port"), r.args.get("protocol", "rfc2217")
+        if not host or not isinstance(port, int) or protocol not in ("rfc2217", "raw"):
+            raise LabFault(
+                f"device {self.device.name}: place {self.name}'s NetworkSerialPort {r.name} ({r.path}) has host "
+                f"{host!r}, port {port!r}, protocol {protocol!r}: it needs a host, a port and protocol rfc2217 or "
+                "raw; fix the exporter's configuration",
+                component="coordinator",
+            )
+        h = f"[{host}]" if ":" in str(host) else str(host)
+        url = f"socket://{h}:{port}" if protocol == "raw" else f"rfc2217://{h}:{port}?ign_set_control"
+        speed = r.args.get("speed", 115200)
+        return url, speed if isinstance(speed, int) and speed > 0 else 115200
+
+    def power_port(self, wanted: str | None = None) -> PlaceResource:
+        """The place's NetworkPowerPort (labgrid args ``model``, ``host``, ``index``)."""
+        return self.resource("NetworkPowerPort", wanted, "[power]")
 
     # -- during the run --------------------------------------------------------------------
 
@@ -445,3 +518,51 @@ class PlaceLease:
                 self._release_from(s, s.identity)
         except RigError as exc:
             log.warning("%s: releasing place %s on %s: %s", self.device.name, self.name, self.address, exc)
+
+
+# ---------------------------------------------------------------------------------------------
+# the device as this place's resources describe it
+
+
+def place_device(device: Device, lease: PlaceLease) -> Device:
+    """``device`` with its ``from_place`` console and/or power outlet filled in from the held place.
+
+    Why a whole Device: the rest of the rig (Dut, reports, power back ends) reads the inventory's
+    schema and nothing else, so a console or outlet from an exporter is validated by the same schema
+    as one written in a file. A resource the schema refuses (an unknown PDU model, a bad address)
+    is a lab fault naming the place and the resource: the exporter's configuration is wrong, not the
+    laptop.
+    """
+    from pydantic import ValidationError
+
+    from rig.inventory import ConsoleConfig, PduPower
+
+    update: dict[str, Any] = {}
+    if device.console is not None and device.console.from_place:
+        url, speed = lease.console_url(device.console.resource)
+        update["console"] = _validated(lambda: ConsoleConfig(url=url, baud=speed), device, lease, "NetworkSerialPort",
+                                       device.console.resource, ValidationError)  # fmt: skip
+    power = device.power
+    if isinstance(power, PduPower) and power.from_place:
+        r = lease.power_port(power.resource)
+        fields = power.model_dump(exclude={"from_place", "resource"}, exclude_none=True)
+        fields.update(model=r.args.get("model"), host=r.args.get("host"), outlet=r.args.get("index"))
+        update["power"] = _validated(lambda: PduPower.model_validate(fields), device, lease, "NetworkPowerPort",
+                                     r.name, ValidationError)  # fmt: skip
+        log.info("%s: power outlet from place %s: %s (%s)", device.name, lease.name, r.path, fields["model"])
+    if "console" in update:
+        log.info("%s: console from place %s: %s", device.name, lease.name, update["console"].url)
+    return device.model_copy(update=update)
+
+
+def _validated(make: Callable[[], T], device: Device, lease: PlaceLease, cls: str, name: str | None,
+               error: type[Exception]) -> T:  # fmt: skip
+    try:
+        return make()
+    except error as exc:
+        problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())  # type: ignore[attr-defined]
+        raise LabFault(
+            f"device {device.name}: place {lease.name}'s {cls}{f' {name}' if name else ''} cannot be used: {problems}; "
+            "fix the exporter's configuration for it",
+            component="coordinator",
+        ) from None

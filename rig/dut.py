@@ -238,7 +238,10 @@ class Dut:
         self.console: ConsoleCapture | None = None
         #: The dynamic netconsole target the rig sets up on the device ([console.netconsole] configure).
         self.netconsole_target: NetconsoleTarget | None = None
-        if device.console is not None:
+        #: The inventory's entry as written. With ``from_place`` its console and/or outlet are the
+        #: place's: filled in at each open, once the place is acquired (:meth:`_take_place_resources`).
+        self.inventory_device = device
+        if device.console is not None and device.console.url is not None:
             sources: list[str] | None = None
             if device.console.is_netconsole:
                 nc = device.console.netconsole
@@ -269,7 +272,8 @@ class Dut:
             )
             self.power = IpmiPowerControl(self.bmc)
         else:
-            # The probe lets a power-button relay infer the state it cannot read back.
+            # The probe lets a power-button relay infer the state it cannot read back. A from_place
+            # outlet is a PlacePowerPending until open reads the place's (_take_place_resources).
             self.power = power_for(device, probe=lambda: self.ssh.alive(timeout=3.0))
         sock = device.qmp_socket()
         self.qmp: QmpClient | None = QmpClient(sock) if sock is not None else None
@@ -315,6 +319,7 @@ class Dut:
         try:
             if self.place is not None:
                 self.place.acquire()  # the other controllers' runs: DEVICE BUSY or a lab fault, before anything
+                self._take_place_resources()
             self.log_dir.mkdir(parents=True, exist_ok=True)
             if self.console is not None:
                 self.console.subscribe(self.monitor.on_line)
@@ -340,6 +345,30 @@ class Dut:
             raise
         self._opened = True
         return self
+
+    def _take_place_resources(self) -> None:
+        """A ``from_place`` console and/or outlet: the held place's NetworkSerialPort/NetworkPowerPort.
+
+        Why at open: only the place's holder gets its resources, and they are the bench's (its
+        exporter) at this moment, so every open reads them again. A place without them, with several
+        and none named, or whose exporter is offline is a LabFault (rig.coordinator.place_device).
+        """
+        if self.place is None or not self.inventory_device.takes_place_resources:
+            return
+        from rig.coordinator import place_device
+
+        inv = self.inventory_device
+        dev = self.device = place_device(inv, self.place)
+        if inv.console is not None and inv.console.from_place and dev.console is not None and dev.console.url:
+            if self.console is not None:
+                self.console.stop()  # an earlier open's: the place may have another console server now
+            self.console = console_for(
+                dev.console.url, self.log_dir, name=dev.name, baudrate=dev.console.baud,
+                inventory=str(dev.source_file) if dev.source_file else None,
+            )
+            self.monitor.console = self.console
+        if dev.power != inv.power:
+            self.power = power_for(dev, probe=lambda: self.ssh.alive(timeout=3.0))
 
     def _wait_console(self) -> None:
         """A watched device needs its console from the start: without it no hang can be told apart.

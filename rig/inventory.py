@@ -204,16 +204,30 @@ class NetconsoleSetup(_Strict):
 class ConsoleConfig(_Strict):
     """The console: a local tty, ``rfc2217://host:port``, ``socket://host:port`` (serial),
     ``netconsole://listen-address:port`` (the kernel log over UDP, for laptops without a serial port) or
-    ``ssh://kmsg`` (last resort: the kernel log followed over the [ssh] connection; dies with SSH)."""
+    ``ssh://kmsg`` (last resort: the kernel log followed over the [ssh] connection; dies with SSH).
 
-    url: str
-    baud: int = Field(default=115200, gt=0)
+    ``from_place = true`` instead of ``url``: the console is the ``NetworkSerialPort`` that the bench's
+    labgrid exporter publishes for the ``[lab] place`` (host, port, speed, rfc2217 or raw), read when
+    the place is acquired (rig.coordinator.place_device). Why: one lab description then serves every
+    controller, and the console server's address lives where the bench is wired, in its exporter.
+    """
+
+    url: str | None = Field(default=None, description="Where the console is; not with from_place.")
+    baud: int = Field(default=115200, gt=0, description="Serial speed; with from_place the resource's speed.")
     netconsole: NetconsoleSetup | None = None
+    from_place: bool = Field(
+        default=False, description="Take the console from the [lab] place's NetworkSerialPort resource."
+    )
+    resource: str | None = Field(
+        default=None,
+        description="With from_place, when the place has several NetworkSerialPorts: the one's name "
+        "(as labgrid-client -p PLACE show lists it).",
+    )
 
     @field_validator("url")
     @classmethod
-    def _url_shape(cls, v: str) -> str:
-        if v.startswith("/dev/") or v == "ssh://kmsg":
+    def _url_shape(cls, v: str | None) -> str | None:
+        if v is None or v.startswith("/dev/") or v == "ssh://kmsg":
             return v
         parts = urlsplit(v)
         if parts.scheme not in ("rfc2217", "socket", "netconsole"):
@@ -239,13 +253,31 @@ class ConsoleConfig(_Strict):
 
     @model_validator(mode="after")
     def _netconsole_section(self) -> ConsoleConfig:
+        if self.from_place:
+            if self.url is not None:
+                raise ValueError("give url or from_place = true, not both (which one is meant is not guessed)")
+            if "baud" in self.model_fields_set:
+                raise ValueError("with from_place the speed is the place's NetworkSerialPort's (its 'speed'): "
+                                 "remove baud, or set speed in the exporter's configuration")
+        elif self.url is None:
+            raise ValueError('give url = "rfc2217://host:port" (or a tty, socket://, netconsole://, ssh://kmsg), '
+                             "or from_place = true to take the console from the [lab] place's NetworkSerialPort")
+        elif self.resource is not None:
+            raise ValueError("resource names a place's NetworkSerialPort: it needs from_place = true")
         if self.netconsole is not None and not self.is_netconsole:
             raise ValueError("[console.netconsole] is only for a netconsole:// url")
         return self
 
     @property
     def is_netconsole(self) -> bool:
-        return self.url.startswith("netconsole:")
+        return self.url is not None and self.url.startswith("netconsole:")
+
+    @property
+    def where(self) -> str:
+        """The url, or which place resource it will be (lists and reports show this before a run)."""
+        if self.url is not None:
+            return self.url
+        return "place NetworkSerialPort" + (f" {self.resource}" if self.resource else "")
 
 
 class IpmiPower(SecretRef):
@@ -315,27 +347,53 @@ class PduPower(SecretRef):
     """
 
     kind: Literal["pdu"]
-    model: str = Field(description="labgrid.driver.power.<model>, e.g. 'apc', 'gude', 'netio', 'shelly_gen2'.")
-    host: str = Field(description="The PDU's address as labgrid's back end takes it (a name, or a URL for rest ones).")
+    model: str | None = Field(
+        default=None, description="labgrid.driver.power.<model>, e.g. 'apc', 'gude', 'netio', 'shelly_gen2'."
+    )
+    host: str | None = Field(
+        default=None, description="The PDU's address as labgrid's back end takes it (a name, or a URL for rest ones)."
+    )
     port: int | None = Field(
         default=None, ge=1, le=65535,
         description="Network port, if not the back end's default (SNMP models: the agent's UDP port).",
     )
-    outlet: int | str = Field(description="Outlet (labgrid's 'index'), as the PDU numbers or names it.")
+    outlet: int | str | None = Field(
+        default=None, description="Outlet (labgrid's 'index'), as the PDU numbers or names it."
+    )
+    from_place: bool = Field(
+        default=False,
+        description="model, host and outlet are the [lab] place's NetworkPowerPort (model, host, index), read "
+        "when the place is acquired; user/password, timeout and cycle_pause stay here.",
+    )
+    resource: str | None = Field(
+        default=None, description="With from_place, when the place has several NetworkPowerPorts: the one's name."
+    )
     user: str | None = Field(default=None, description="For back ends whose host is an http(s) URL.")
     timeout: float = Field(default=10.0, gt=0, description="Deadline of each PDU call, seconds.")
     cycle_pause: float = Field(default=5.0, ge=0, description="Seconds off during a cycle (power supply drains).")
 
     @field_validator("model")
     @classmethod
-    def _known_model(cls, v: str) -> str:
-        return _check_model(v)
+    def _known_model(cls, v: str | None) -> str | None:
+        return None if v is None else _check_model(v)
 
     @model_validator(mode="after")
     def _user_needs_secret(self) -> PduPower:
+        given = [f for f in ("model", "host", "port", "outlet") if getattr(self, f) is not None]
+        if self.from_place:
+            if given:
+                raise ValueError(f"with from_place the place's NetworkPowerPort gives model, host and outlet: remove "
+                                 f"{', '.join(given)} (or from_place)")
+        else:
+            missing = [f for f in ("model", "host", "outlet") if getattr(self, f) is None]
+            if missing:
+                raise ValueError(f"pdu power needs {', '.join(missing)} (or from_place = true to take the outlet from "
+                                 "the [lab] place's NetworkPowerPort)")
+            if self.resource is not None:
+                raise ValueError("resource names a place's NetworkPowerPort: it needs from_place = true")
         if self.user is not None and not self.has_secret():
             raise ValueError("pdu power with a user needs password_env or password_file")
-        if self.has_secret() and not self.host.startswith(("http://", "https://")):
+        if self.has_secret() and self.host is not None and not self.host.startswith(("http://", "https://")):
             raise ValueError("a PDU password can only be passed to back ends whose host is an http(s):// URL")
         return self
 
@@ -590,7 +648,20 @@ class Device(_Strict):
             raise ValueError("nmi_sources has 'ipmi' but [power] kind is not 'ipmi' (no BMC to ask)")
         if "qmp" in self.nmi_sources and self.qmp is None and not isinstance(self.power, QmpPower):
             raise ValueError("nmi_sources has 'qmp' but there is no [qmp] socket")
+        if self.takes_place_resources and self.lab.place is None:
+            which = " and ".join(w for w, on in (("[console]", self.console is not None and self.console.from_place),
+                                                 ("[power]", isinstance(self.power, PduPower)
+                                                  and self.power.from_place)) if on)  # fmt: skip
+            raise ValueError(f"{which} from_place = true needs [lab] place = \"...\" (the labgrid place whose "
+                             "exported resources they are)")
         return self
+
+    @property
+    def takes_place_resources(self) -> bool:
+        """Whether the console or the power outlet come from the [lab] place's exported resources."""
+        return (self.console is not None and self.console.from_place) or (
+            isinstance(self.power, PduPower) and self.power.from_place
+        )
 
     def qmp_socket(self) -> Path | None:
         """The QMP socket of a virtual-lab device, from [qmp] or a qmp power section."""

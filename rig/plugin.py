@@ -337,7 +337,7 @@ def dut(request: pytest.FixtureRequest, device: Device, _dut_pool: dict[str, Any
                 _board(request.config).state(device.name, "busy", detail=str(exc))
                 pytest.fail(busy[device.name], pytrace=False)
             _dut_pool[device.name] = d
-            dev_report = rig_run.device(device)
+            dev_report = rig_run.device(d.device)  # after open: a from_place console/outlet filled in
             d.on_event = dev_report.event  # the Dut's own steps (a reboot before a deploy) reach the timeline
             dev_report.set_identity(d)
             _report_last_words(d, dev_report)

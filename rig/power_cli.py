@@ -42,9 +42,18 @@ def power_cmd(ctx: click.Context, name: str, action: str) -> None:
         raise click.ClickException(str(exc)) from None
     ssh = SshClient(device.ssh, device=device.name)
     lock = DeviceLock(device)
+    lease = None
     try:
         if action != "status":
             lock.acquire(0.0)
+        if device.lab.place is not None and (action != "status" or device.takes_place_resources):
+            # Another controller's run holds the laptop: refused (DEVICE BUSY) as by the local lock.
+            # A from_place outlet is the place's NetworkPowerPort, which only its holder reads.
+            from rig.coordinator import PlaceLease, place_device
+
+            lease = PlaceLease(device)
+            lease.acquire()
+            device = place_device(device, lease)
         power = power_for(device, probe=lambda: ssh.alive(timeout=3.0))
         if action == "status":
             state = power.status()
@@ -63,5 +72,7 @@ def power_cmd(ctx: click.Context, name: str, action: str) -> None:
     except RigError as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
     finally:
+        if lease is not None:
+            lease.release()
         lock.release()
         ssh.close()

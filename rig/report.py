@@ -60,7 +60,7 @@ def public_device_fields(dev: Device) -> dict[str, Any]:
         "tags": list(dev.tags),
         "description": dev.description,
         "ssh": f"{dev.ssh.user}@{dev.ssh.host}:{dev.ssh.port}",
-        "console": dev.console.url if dev.console else None,
+        "console": dev.console.where if dev.console else None,
         "power": dev.power.kind,
         "nmi_sources": list(dev.nmi_sources),
         "shadowbox_recipe": dev.shadowbox.recipe,

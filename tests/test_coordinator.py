@@ -29,10 +29,18 @@ from typing import Any
 import pytest
 from labgrid.remote.generated import labgrid_coordinator_pb2 as pb
 
-from rig.coordinator import PlaceLease, Session, holder_comment, parse_holder, session_for, stale_here
+from rig.coordinator import (
+    PlaceLease,
+    Session,
+    holder_comment,
+    parse_holder,
+    place_device,
+    session_for,
+    stale_here,
+)
 from rig.dut import DeviceBusy, Dut
 from rig.errors import ConfigError, LabFault
-from rig.inventory import load_device
+from rig.inventory import PduPower, load_device
 from rig.report_html import load_run
 from tests.consolepeers import free_port
 
@@ -446,15 +454,157 @@ def test_a_pytest_run_on_a_held_place_is_device_busy_and_a_dead_coordinator_a_la
 
 
 def test_the_held_places_console_and_outlet_come_from_the_exporter(lg: Lab, tmp_path: Path) -> None:
-    """Looked up through the rig's API (rig.coordinator); Dut does not use them yet (see the README)."""
+    """Looked up through the rig's API (rig.coordinator), as Dut.open does for a from_place inventory."""
     place = new_place(lg)
     lease = PlaceLease(load_device(inventory(tmp_path / "inv", place, lg.address)), "night-r")
     with pytest.raises(LabFault, match="not held by this run"):
         lease.console_url()
     lease.acquire()
     try:
-        assert lease.console_url() == "rfc2217://127.0.0.1:7003"
-        (outlet,) = lease.resources("NetworkPowerPort")
-        assert (outlet["model"], outlet["index"]) == ("simplerest", 3)
+        # labgrid's own serial driver opens an rfc2217 port with ign_set_control too (no modem lines on a pty).
+        assert lease.console_url() == ("rfc2217://127.0.0.1:7003?ign_set_control", 115200)
+        outlet = lease.power_port()
+        assert (outlet.name, outlet.args["model"], outlet.args["index"]) == ("NetworkPowerPort", "simplerest", 3)
+        assert outlet.path == "bench-exporter/bench3/NetworkPowerPort/NetworkPowerPort"
     finally:
         lease.release()
+
+
+# -- console and power outlet from the place's exported resources ([console]/[power] from_place) ----------
+
+
+def from_place_inventory(folder: Path, place: str, address: str, console: str = "", name: str = "x1gen9") -> Path:
+    """An inventory with neither a console URL nor a PDU address: both are the place's."""
+    p = inventory(folder, place, address, name=name)
+    p.write_text(p.read_text() + f"[console]\nfrom_place = true\n{console}"
+                 '[power]\nkind = "pdu"\nfrom_place = true\ncycle_pause = 1\n')  # fmt: skip
+    return p
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ('[console]\nurl = "rfc2217://10.0.0.5:7001"\nfrom_place = true\n', r"console: give url or from_place"),
+        ("[console]\nbaud = 9600\n", r"console: give url = .* or from_place = true"),
+        ("[console]\nfrom_place = true\nbaud = 9600\n", r"console: with from_place the speed is the place's"),
+        ('[console]\nurl = "rfc2217://10.0.0.5:7001"\nresource = "debug"\n', r"console: resource .* needs from_pl"),
+        ('[power]\nkind = "pdu"\nfrom_place = true\nhost = "10.0.0.9"\noutlet = 2\n',
+         r"power\.pdu: with from_place .* remove host, outlet"),
+        ('[power]\nkind = "pdu"\nhost = "10.0.0.9"\n', r"power\.pdu: pdu power needs model, outlet \(or from_pl"),
+    ],
+)
+def test_a_from_place_inventory_is_checked_when_it_is_read(tmp_path: Path, body: str, problem: str) -> None:
+    from rig.errors import InventoryError
+
+    p = inventory(tmp_path, "x1gen9-bench3", "127.0.0.1:1")
+    p.write_text(p.read_text() + body)
+    with pytest.raises(InventoryError, match=rf"(?s)x1gen9\.toml: invalid device inventory.*{problem}"):
+        load_device(p)
+
+
+def test_from_place_without_a_place_names_both_sections(tmp_path: Path) -> None:
+    from rig.errors import InventoryError
+
+    p = from_place_inventory(tmp_path, "x", "127.0.0.1:1")
+    p.write_text(re.sub(r"(?s)\[lab\].*?(?=\[console\])", "", p.read_text()))
+    with pytest.raises(InventoryError, match=r"\[console\] and \[power\] from_place = true needs \[lab\] place"):
+        load_device(p)
+
+
+def test_before_its_place_is_acquired_a_from_place_device_has_no_console_and_a_pending_outlet(
+    tmp_path: Path,
+) -> None:
+    dut = Dut(load_device(from_place_inventory(tmp_path, "x1gen9-bench3", "127.0.0.1:1")), tmp_path / "logs")
+    assert dut.console is None
+    with pytest.raises(ConfigError, match=r"outlet is labgrid place x1gen9-bench3's NetworkPowerPort, known once"):
+        dut.power.cycle()
+    assert "(not acquired yet)" in dut.power.describe()
+
+
+BENCH5 = """\
+bench5:
+  console:
+    cls: NetworkSerialPort
+    host: 127.0.0.1
+    port: {console}
+  debug:
+    cls: NetworkSerialPort
+    host: 127.0.0.1
+    port: {debug}
+    protocol: raw
+    speed: 921600
+  outlet:
+    cls: NetworkPowerPort
+    model: apc
+    host: 127.0.0.1:{snmp}
+    index: 5
+"""
+
+
+def start_exporter(lg: Lab, name: str, config: str) -> Proc:
+    """Another bench's exporter on the session's coordinator (its own name and resources)."""
+    exports = lg.root / f"{name}.yaml"
+    exports.write_text(config)
+    e = Proc([str(BIN / "labgrid-exporter"), "-c", lg.address, "-n", name, "--hostname", "127.0.0.1", str(exports)],
+             lg.root)  # fmt: skip
+    e.wait_for("connected to coordinator")
+    return e
+
+
+def test_place_resources_several_of_a_kind_by_name_missing_and_exporter_offline_are_lab_faults(
+    lg: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RIG_LOCK_DIR", str(tmp_path / "locks"))
+    exporter = start_exporter(lg, "bench5-exporter", BENCH5.format(console=7105, debug=7106, snmp=16105))
+    try:
+        place = f"t14-bench5-{next(_places)}"
+        lg.admin.create(place, "bench5-exporter/bench5/*")
+        inv = tmp_path / "inv"
+        # Two NetworkSerialPorts and no name: which one is not guessed.
+        lease = PlaceLease(load_device(from_place_inventory(inv, place, lg.address)), "night-5")
+        lease.acquire()
+        try:
+            with pytest.raises(LabFault, match=rf"place {place} on .* has 2 NetworkSerialPort resources \(console, "
+                               r"debug\): say which one with \[console\] resource = \"NAME\" in .*x1gen9\.toml"):
+                place_device(lease.device, lease)
+        finally:
+            lease.release()
+        # Named: that one, with its protocol and speed; the outlet is the place's only NetworkPowerPort.
+        named = load_device(from_place_inventory(inv, place, lg.address, console='resource = "debug"\n'))
+        lease = PlaceLease(named, "night-5")
+        lease.acquire()
+        try:
+            dev = place_device(named, lease)
+            assert dev.console is not None
+            assert (dev.console.url, dev.console.baud) == ("socket://127.0.0.1:7106", 921600)
+            assert isinstance(dev.power, PduPower)
+            assert (dev.power.model, dev.power.host, dev.power.outlet, dev.power.cycle_pause) == (
+                "apc", "127.0.0.1:16105", 5, 1.0)  # fmt: skip
+            # A name the place does not have: the names it has.
+            assert named.console is not None
+            wrong = named.model_copy(update={"console": named.console.model_copy(update={"resource": "uart9"})})
+            with pytest.raises(LabFault, match=r"has no NetworkSerialPort named 'uart9' .* resources: console, debug"):
+                place_device(wrong, lease)
+            # The exporter goes offline while the place is held: the coordinator keeps its resources as orphans.
+            exporter.stop()
+            end = time.monotonic() + 30
+            while lease.session is not None and time.monotonic() < end:
+                if not lease.session.client.resources["bench5-exporter"]["bench5"]["debug"].data:
+                    break  # the coordinator told this client that the resource is gone
+                time.sleep(0.1)
+            with pytest.raises(LabFault, match=rf"place {place}'s NetworkSerialPort debug \(bench5-exporter/bench5/"
+                               r"NetworkSerialPort/debug\) is unavailable: exporter bench5-exporter is offline") as ei:
+                place_device(named, lease)
+            assert ei.value.component == "coordinator"
+        finally:
+            lease.release()
+        # Through Dut.open, the exporter still away: a lab fault before the laptop is touched, nothing left held.
+        dut = Dut(named, tmp_path / "logs", run_id="night-5")
+        with pytest.raises(LabFault, match=rf"place {place} on .* has no NetworkSerialPort \(\[console\] from_place"
+                           r" in .*\): is the bench's exporter running"):
+            dut.open()
+        assert lg.admin.show(place).acquired is None
+        dut.lock.acquire()
+        dut.lock.release()
+    finally:
+        exporter.stop()

@@ -8,7 +8,8 @@ remote-controlled. The device layer picks the back end from the inventory's ``[p
 :func:`status_is_inferred`, which every back end answers).
 
 Back ends (labgrid's ``driver/power/<model>.py`` layout): :mod:`.ipmi`, :mod:`.qmp`, :mod:`.manual`,
-:mod:`.pdu` (labgrid's PDU/plug modules), :mod:`.relay` (power-button relay), :mod:`.command`
+:mod:`.pdu` (labgrid's PDU/plug modules; :mod:`.place` stands in for a
+place's outlet until the place is acquired), :mod:`.relay` (power-button relay), :mod:`.command`
 (the site's commands), :mod:`.amt` (Intel AMT WS-Management).
 """
 
@@ -40,6 +41,7 @@ from rig.power.command import CommandPowerControl
 from rig.power.ipmi import IpmiPowerControl
 from rig.power.manual import ManualPowerControl
 from rig.power.pdu import PduPowerControl
+from rig.power.place import PlacePowerPending
 from rig.power.qmp import QMP_CYCLE_PAUSE, QmpPowerControl
 from rig.power.relay import CommandContact, Contact, PduContact, RelayPowerControl
 from rig.qmp import QmpClient
@@ -55,6 +57,7 @@ __all__ = [
     "ManualPowerControl",
     "PduContact",
     "PduPowerControl",
+    "PlacePowerPending",
     "PowerControl",
     "PowerState",
     "QmpPowerControl",
@@ -89,6 +92,8 @@ def power_for(device: Device, *, probe: Callable[[], bool] | None = None) -> Pow
     if isinstance(cfg, ManualPower):
         return ManualPowerControl(cfg.instructions)
     if isinstance(cfg, PduPower):
+        if cfg.model is None or cfg.host is None or cfg.outlet is None:  # from_place: the place's, not yet read
+            return PlacePowerPending(device)
         return PduPowerControl(
             device.name, cfg.model, cfg.host, cfg.outlet, port=cfg.port, user=cfg.user,
             password=cfg.resolve_password(what) if cfg.has_secret() else None,
