@@ -164,6 +164,16 @@ def check_device(device: Device, log_dir: Path, *, recover: bool = False, deploy
         except DeviceBusy as exc:
             row.put("lock", "FAIL", str(exc))
             return row
+        if dut.place is not None:  # another controller's run may hold it; a from_place console/outlet is its
+            try:
+                dut.place.acquire()
+                dut.take_place_resources()
+                row.put("place", "ok", f"{dut.place.name} on {dut.place.address}")
+            except DeviceBusy as exc:
+                row.put("place", "FAIL", str(exc))
+                return row
+            except RigError as exc:
+                row.put("place", "FAIL", _why(exc))
         dut.log_dir.mkdir(parents=True, exist_ok=True)
         if dut.console is not None:
             dut.console.start()

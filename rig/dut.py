@@ -239,7 +239,7 @@ class Dut:
         #: The dynamic netconsole target the rig sets up on the device ([console.netconsole] configure).
         self.netconsole_target: NetconsoleTarget | None = None
         #: The inventory's entry as written. With ``from_place`` its console and/or outlet are the
-        #: place's: filled in at each open, once the place is acquired (:meth:`_take_place_resources`).
+        #: place's: filled in at each open, once the place is acquired (:meth:`take_place_resources`).
         self.inventory_device = device
         if device.console is not None and device.console.url is not None:
             sources: list[str] | None = None
@@ -273,7 +273,7 @@ class Dut:
             self.power = IpmiPowerControl(self.bmc)
         else:
             # The probe lets a power-button relay infer the state it cannot read back. A from_place
-            # outlet is a PlacePowerPending until open reads the place's (_take_place_resources).
+            # outlet is a PlacePowerPending until open reads the place's (take_place_resources).
             self.power = power_for(device, probe=lambda: self.ssh.alive(timeout=3.0))
         sock = device.qmp_socket()
         self.qmp: QmpClient | None = QmpClient(sock) if sock is not None else None
@@ -319,7 +319,7 @@ class Dut:
         try:
             if self.place is not None:
                 self.place.acquire()  # the other controllers' runs: DEVICE BUSY or a lab fault, before anything
-                self._take_place_resources()
+                self.take_place_resources()
             self.log_dir.mkdir(parents=True, exist_ok=True)
             if self.console is not None:
                 self.console.subscribe(self.monitor.on_line)
@@ -346,7 +346,7 @@ class Dut:
         self._opened = True
         return self
 
-    def _take_place_resources(self) -> None:
+    def take_place_resources(self) -> None:
         """A ``from_place`` console and/or outlet: the held place's NetworkSerialPort/NetworkPowerPort.
 
         Why at open: only the place's holder gets its resources, and they are the bench's (its

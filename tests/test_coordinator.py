@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from labgrid.remote.generated import labgrid_coordinator_pb2 as pb
@@ -477,7 +478,7 @@ def from_place_inventory(folder: Path, place: str, address: str, console: str = 
     """An inventory with neither a console URL nor a PDU address: both are the place's."""
     p = inventory(folder, place, address, name=name)
     p.write_text(p.read_text() + f"[console]\nfrom_place = true\n{console}"
-                 '[power]\nkind = "pdu"\nfrom_place = true\ncycle_pause = 1\n')  # fmt: skip
+                 '[power]\nkind = "pdu"\nfrom_place = true\ncycle_pause = 1\ntimeout = 2\n')  # fmt: skip
     return p
 
 
@@ -571,6 +572,14 @@ def test_place_resources_several_of_a_kind_by_name_missing_and_exporter_offline_
             lease.release()
         # Named: that one, with its protocol and speed; the outlet is the place's only NetworkPowerPort.
         named = load_device(from_place_inventory(inv, place, lg.address, console='resource = "debug"\n'))
+        # rig check acquires the place and checks what the place gives (nothing listens there: named failures).
+        from rig.cli import check_device
+
+        row = check_device(named, tmp_path / "check")
+        assert row.cells["place"] == ("ok", f"{place} on {lg.address}")
+        assert row.cells["console"][0] == "FAIL" and "socket://127.0.0.1:7106" in row.cells["console"][1]
+        assert row.cells["power"][0] == "FAIL" and "PDU apc at 127.0.0.1:16105 outlet 5" in row.cells["power"][1]
+        assert lg.admin.show(place).acquired is None  # released at the end of the check
         lease = PlaceLease(named, "night-5")
         lease.acquire()
         try:
@@ -608,3 +617,96 @@ def test_place_resources_several_of_a_kind_by_name_missing_and_exporter_offline_
         dut.lock.release()
     finally:
         exporter.stop()
+
+
+LAPTOP_EXPORTS = """\
+laptop-1:
+  NetworkSerialPort:
+    host: 127.0.0.1
+    port: {console}
+    speed: 115200
+  NetworkPowerPort:
+    model: apc
+    host: 127.0.0.1:{snmp}
+    index: {outlet}
+"""
+
+
+@pytest.mark.lab
+def test_a_dut_whose_inventory_has_no_console_or_pdu_takes_both_from_the_exported_place(
+    lg: Lab, laptop_lab: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real engine end to end: an exporter publishes a laptop-like guest's real console server (ser2net)
+    and its outlet of the virtual APC PDU (snmpd, labgrid's apc back end); the rig's inventory says neither.
+    One power cycle through the exported outlet; the guest's console lines arrive through the exported port."""
+    import tomllib
+
+    import tomli_w
+
+    from rig.dut import READY_PATTERN
+    from rig.power import PowerState
+
+    g = laptop_lab.guest("laptop-1")
+    console_port = urlsplit(g.console_url).port
+    exporter = start_exporter(lg, "laptop-exporter", LAPTOP_EXPORTS.format(console=console_port, snmp=g.pdu_port,
+                                                                             outlet=g.pdu_outlet))  # fmt: skip
+    try:
+        place = f"laptop-1-bench-{next(_places)}"
+        lg.admin.create(place, "laptop-exporter/laptop-1/*")
+        data = tomllib.loads(g.inventory_file.read_text())
+        data["console"] = {"from_place": True}
+        kept = {k: v for k, v in data["power"].items() if k in ("timeout", "cycle_pause")}  # what stays in the file
+        data["power"] = {"kind": "pdu", "from_place": True, **kept}
+        data["lab"] = {"place": place, "coordinator": lg.address}
+        inv = tmp_path / "inv" / "laptop-1.toml"
+        inv.parent.mkdir()
+        inv.write_text(tomli_w.dumps(data))
+        dev = load_device(inv)
+        assert dev.console is not None and dev.console.url is None
+        assert isinstance(dev.power, PduPower) and dev.power.host is None and dev.power.outlet is None
+        monkeypatch.setenv("RIG_LOCK_DIR", str(tmp_path / "locks"))
+        events = g.dir / "power-events.log"
+        n_events = len(events.read_text().splitlines()) if events.exists() else 0
+        before = g.qemu_pid
+        with Dut(dev, tmp_path / "logs", run_id="night-lab").open() as dut:
+            assert dut.console is not None and dut.console.url == g.console_url  # the place's, not the file's
+            assert dut.power.describe() == f"pdu: PDU apc at 127.0.0.1:{g.pdu_port} outlet {g.pdu_outlet}"
+            assert dut.power.status() is PowerState.ON
+            assert lg.admin.show(place).acquired is not None
+            mark = dut.console.mark()
+            dut.recover()  # a power cut through the exported outlet; waits for the console's ready line, then SSH
+            assert dut.last_recovery is not None and dut.last_recovery["method"] == "power-cut"
+            seen = [line.text for line in dut.console.tail() if line.number > mark]
+            assert any(READY_PATTERN.search(t) for t in seen), seen[-20:]  # the new boot, through the exported port
+            assert dut.ssh.run("echo back", timeout=10).out.strip() == "back"
+        new = events.read_text().splitlines()[n_events:]
+        assert len(new) >= 2 and new[0].endswith("cut outlet off") and "start outlet on" in new[1], new
+        assert laptop_lab.guest("laptop-1").qemu_pid != before  # the QEMU process ended: the power was cut
+        assert lg.admin.show(place).acquired is None  # released with the Dut
+        assert READY_PATTERN.search((tmp_path / "logs" / "console.log").read_text())  # on disk as it arrived
+    finally:
+        exporter.stop()
+
+
+def test_rig_power_on_a_place_another_controller_holds_is_device_busy(
+    lg: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Switching off a laptop another controller's run is soaking would make its verdicts nonsense."""
+    from click.testing import CliRunner
+
+    from rig.cli import main
+
+    place = new_place(lg)
+    inv = inventory(tmp_path / "inv", place, lg.address)
+    a = controller(tmp_path, inv, "bench-a/ci", "hold", "night-a")
+    try:
+        assert first_line(a) == "HELD"
+        monkeypatch.setenv("RIG_LOCK_DIR", str(tmp_path / "locks-here"))
+        res = CliRunner().invoke(main, ["--devices", str(inv.parent), "power", "x1gen9", "off"])
+        assert res.exit_code == 1, res.output
+        assert re.search(rf"DEVICE BUSY: device x1gen9: labgrid place {place} .* held by bench-a/ci", res.output)
+    finally:
+        assert a.stdin is not None
+        a.stdin.write("\n")
+        a.stdin.flush()
+        a.wait(30)
