@@ -37,6 +37,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from pydantic import ValidationError
+
 from rig.errors import ConfigError, LabFault, RigError
 from rig.inventory import Device
 
@@ -164,8 +166,11 @@ class Session:
 
         fut = asyncio.run_coroutine_threadsafe(asyncio.wait_for(coro, timeout or self.timeout), self.loop)  # type: ignore[arg-type]
         try:
-            return fut.result()
+            # Our own deadline too: wait_for waits for a cancelled call to unwind, and a gRPC call to a
+            # coordinator that was killed can take its time doing that (seen once at a process's exit).
+            return fut.result(timeout=(timeout or self.timeout) + 5)
         except TimeoutError:
+            fut.cancel()
             raise LabFault(
                 f"labgrid coordinator {self.address}: no answer to {what} within {timeout or self.timeout:g} s",
                 component="coordinator",
@@ -533,36 +538,34 @@ def place_device(device: Device, lease: PlaceLease) -> Device:
     is a lab fault naming the place and the resource: the exporter's configuration is wrong, not the
     laptop.
     """
-    from pydantic import ValidationError
-
     from rig.inventory import ConsoleConfig, PduPower
 
     update: dict[str, Any] = {}
     if device.console is not None and device.console.from_place:
         url, speed = lease.console_url(device.console.resource)
-        update["console"] = _validated(lambda: ConsoleConfig(url=url, baud=speed), device, lease, "NetworkSerialPort",
-                                       device.console.resource, ValidationError)  # fmt: skip
+        update["console"] = _validated(lambda: ConsoleConfig(url=url, baud=speed), device, lease,
+                                       f"NetworkSerialPort {device.console.resource or ''}".rstrip())  # fmt: skip
     power = device.power
     if isinstance(power, PduPower) and power.from_place:
         r = lease.power_port(power.resource)
         fields = power.model_dump(exclude={"from_place", "resource"}, exclude_none=True)
         fields.update(model=r.args.get("model"), host=r.args.get("host"), outlet=r.args.get("index"))
-        update["power"] = _validated(lambda: PduPower.model_validate(fields), device, lease, "NetworkPowerPort",
-                                     r.name, ValidationError)  # fmt: skip
+        update["power"] = _validated(lambda: PduPower.model_validate(fields), device, lease,
+                                     f"NetworkPowerPort {r.name} ({r.path})")  # fmt: skip
         log.info("%s: power outlet from place %s: %s (%s)", device.name, lease.name, r.path, fields["model"])
     if "console" in update:
         log.info("%s: console from place %s: %s", device.name, lease.name, update["console"].url)
     return device.model_copy(update=update)
 
 
-def _validated(make: Callable[[], T], device: Device, lease: PlaceLease, cls: str, name: str | None,
-               error: type[Exception]) -> T:  # fmt: skip
+def _validated(make: Callable[[], T], device: Device, lease: PlaceLease, what: str) -> T:
+    """``make()``; the schema's refusal of what an exporter published is a lab fault naming it."""
     try:
         return make()
-    except error as exc:
-        problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())  # type: ignore[attr-defined]
+    except ValidationError as exc:
+        problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
         raise LabFault(
-            f"device {device.name}: place {lease.name}'s {cls}{f' {name}' if name else ''} cannot be used: {problems}; "
-            "fix the exporter's configuration for it",
+            f"device {device.name}: place {lease.name}'s {what} cannot be used: {problems}; fix the exporter's "
+            "configuration for it",
             component="coordinator",
         ) from None

@@ -474,11 +474,11 @@ def test_the_held_places_console_and_outlet_come_from_the_exporter(lg: Lab, tmp_
 # -- console and power outlet from the place's exported resources ([console]/[power] from_place) ----------
 
 
-def from_place_inventory(folder: Path, place: str, address: str, console: str = "", name: str = "x1gen9") -> Path:
+def from_place_inventory(folder: Path, place: str, address: str, console: str = "", power: str = "") -> Path:
     """An inventory with neither a console URL nor a PDU address: both are the place's."""
-    p = inventory(folder, place, address, name=name)
+    p = inventory(folder, place, address)
     p.write_text(p.read_text() + f"[console]\nfrom_place = true\n{console}"
-                 '[power]\nkind = "pdu"\nfrom_place = true\ncycle_pause = 1\ntimeout = 2\n')  # fmt: skip
+                 f'[power]\nkind = "pdu"\nfrom_place = true\ncycle_pause = 1\ntimeout = 2\n{power}')  # fmt: skip
     return p
 
 
@@ -539,6 +539,11 @@ bench5:
     model: apc
     host: 127.0.0.1:{snmp}
     index: 5
+  bad-outlet:
+    cls: NetworkPowerPort
+    model: nosuchpdu
+    host: 127.0.0.1
+    index: 2
 """
 
 
@@ -571,7 +576,8 @@ def test_place_resources_several_of_a_kind_by_name_missing_and_exporter_offline_
         finally:
             lease.release()
         # Named: that one, with its protocol and speed; the outlet is the place's only NetworkPowerPort.
-        named = load_device(from_place_inventory(inv, place, lg.address, console='resource = "debug"\n'))
+        named = load_device(from_place_inventory(inv, place, lg.address, console='resource = "debug"\n',
+                                                 power='resource = "outlet"\n'))  # fmt: skip
         # rig check acquires the place and checks what the place gives (nothing listens there: named failures).
         from rig.cli import check_device
 
@@ -594,6 +600,18 @@ def test_place_resources_several_of_a_kind_by_name_missing_and_exporter_offline_
             wrong = named.model_copy(update={"console": named.console.model_copy(update={"resource": "uart9"})})
             with pytest.raises(LabFault, match=r"has no NetworkSerialPort named 'uart9' .* resources: console, debug"):
                 place_device(wrong, lease)
+            # Two outlets and none named: which one is not guessed either.
+            assert isinstance(named.power, PduPower)
+            unnamed = named.model_copy(update={"power": named.power.model_copy(update={"resource": None})})
+            two = r"has 2 NetworkPowerPort resources \((outlet, bad-|bad-outlet, )outlet\): say which one with \[power"
+            with pytest.raises(LabFault, match=two):
+                place_device(unnamed, lease)
+            # What an exporter publishes is not checked by it: the rig's schema refuses a model labgrid lacks.
+            bad = named.model_copy(update={"power": named.power.model_copy(update={"resource": "bad-outlet"})})
+            with pytest.raises(LabFault, match=rf"place {place}'s NetworkPowerPort bad-outlet \(bench5-exporter/bench5/"
+                               r"NetworkPowerPort/bad-outlet\) cannot be used: unknown PDU model 'nosuchpdu'; "
+                               r"labgrid's power back ends are: .*apc"):
+                place_device(bad, lease)
             # The exporter goes offline while the place is held: the coordinator keeps its resources as orphans.
             exporter.stop()
             end = time.monotonic() + 30
