@@ -18,6 +18,12 @@ What the coordinator gives and what it does not (seen with labgrid 26, see the R
   holds what: both are a :class:`rig.errors.LabFault` (never a verdict on the device); a test running
   while the place was lost is a lab fault, and the next test re-acquires first (:meth:`PlaceLease.ensure`).
 
+Resources from exporters: with ``[console] from_place`` / ``[power] kind = "pdu"`` + ``from_place`` the
+console server and the PDU outlet are the place's ``NetworkSerialPort`` / ``NetworkPowerPort``, read
+after the acquire (:func:`place_device`, called by ``Dut.open``): one lab description for every
+controller. Only the holder may use them; one missing, several unnamed, or one whose exporter is
+offline (the coordinator keeps it as the place's orphan) is a lab fault naming place and resource.
+
 labgrid's client is asyncio; the rig is threads. One process has one session per coordinator
 (:func:`session_for`), on its own event-loop thread; calls are handed to it and waited for with a
 deadline. With xdist, each worker is one process, hence one session.
