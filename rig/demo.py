@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -183,6 +184,10 @@ def host_share_line(report: dict[str, Any]) -> str:
     return "NMIs that hit the host (callbacks/delivered): " + ", ".join(cells) + note
 
 
+#: The printk level a kmsg dump keeps at the start of each line ("<0>[  147.24] Kernel panic ...").
+_KMSG_LEVEL = re.compile(r"^<\d+>")
+
+
 def laptop_lines(report: dict[str, Any]) -> list[str]:
     """What the laptop-like device shows: how it is powered, its console, how it came back, its last words.
 
@@ -209,7 +214,8 @@ def laptop_lines(report: dict[str, Any]) -> list[str]:
         if crashes:
             r = crashes[0]
             out.append(f"last words before the reboot (pstore {r.get('type')}-{r.get('backend')}, "
-                       f"{r.get('reason') or 'dump'}, read after the recovery): {r['crash']['text'].strip()[:160]}")
+                       f"{r.get('reason') or 'dump'}, read after the recovery): "
+                       f"{_KMSG_LEVEL.sub('', r['crash']['text'].strip())[:160]}")
         else:
             out.append(f"last words before the reboot: {h.get('summary')}")
     return out

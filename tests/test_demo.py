@@ -59,7 +59,7 @@ def test_demo_device_is_validated_again() -> None:
 
 
 def test_laptop_lines_say_what_happened() -> None:
-    panic = "Kernel panic - not syncing: sbsim: panic_after_nmi"
+    panic = "[  147.240742] Kernel panic - not syncing: sbsim: panic_after_nmi=6 reached"
     report: dict[str, Any] = {
         "device": {"power": "pdu", "power_backend": "pdu: PDU apc at 127.0.0.1:16100 outlet 1, through labgrid's apc "
                    "back end", "console": "netconsole://127.0.0.1:6671"},
@@ -68,14 +68,15 @@ def test_laptop_lines_say_what_happened() -> None:
         "last_words": [
             {"when": "run start", "summary": "pstore run start: empty (backend ramoops)", "records": []},
             {"when": "after recovery", "summary": "...", "records": [
-                {"type": "dmesg", "backend": "ramoops", "reason": "Panic", "crash": {"kind": "panic", "text": panic}}]},
+                {"type": "dmesg", "backend": "ramoops", "reason": "Panic",
+                 "crash": {"kind": "panic", "text": "<0>" + panic}}]},
         ],
     }  # fmt: skip
     lines = laptop_lines(report)
     assert lines[0] == "power: pdu: PDU apc at 127.0.0.1:16100 outlet 1, through labgrid's apc back end"
     assert "812 records, none lost" in lines[1]
     assert lines[2] == "recovery (self-reboot): rebooted by itself: ready in 9.1 s"
-    assert lines[3].startswith("last words before the reboot (pstore dmesg-ramoops, Panic") and panic in lines[3]
+    assert lines[3] == f"last words before the reboot (pstore dmesg-ramoops, Panic, read after the recovery): {panic}"
     # a power cut (RAM lost) leaves an empty pstore: said as it is, never dressed up
     report["timeline"][0].update(method="power-cut", text="pdu offers no warm reset: ready in 20.0 s")
     report["last_words"][1] = {"when": "after recovery", "summary": "pstore after recovery: empty (backend ramoops)",
