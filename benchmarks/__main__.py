@@ -25,12 +25,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import bench_detect, bench_flood, bench_hang, bench_lab, bench_matrix
+from benchmarks import (
+    bench_detect,
+    bench_flood,
+    bench_hang,
+    bench_lab,
+    bench_matrix,
+    bench_netconsole,
+    bench_power,
+)
 from benchmarks.labenv import bench_root, make_lab
 from benchmarks.machine import describe
 from rig.lab.manager import Lab, checkout_dir
 
-NAMES = ("detect", "lab", "hang", "flood", "matrix")
+NAMES = ("detect", "lab", "hang", "flood", "matrix", "power", "netconsole")
+#: Benchmarks that bring up labs of their own (or none) instead of the shared one.
+OWN_LAB = ("detect", "power", "netconsole")
+#: Where bench_power's lab lives (its guests: lab-1 with a BMC, laptop-1 on a PDU, laptop-2 on a relay).
+POWER_LAB = Path(os.environ.get("RIG_BENCH_POWER_LAB", "/tmp/bench-power"))
 MD = checkout_dir() / "BENCHMARKS.md"
 
 INTRO = """# Benchmarks
@@ -41,10 +53,12 @@ controller memory), measured on the virtual lab of this repository. Goals live h
 assertions. Each section starts with a one-line verdict: **met**, **marginal** (met, but within 10 %
 of the goal, so a rerun may land on the other side) or **missed**, with why.
 
-How to run: `make bench` (everything, about 45 minutes), or `python -m benchmarks [--only NAME ...]` with
-NAME in `detect, lab, hang, flood, matrix` (each also runs alone: `python -m benchmarks.bench_hang --hangs 20`).
-Variants: `--hangs N` (default 20), `--flood-minutes M` (default 20), `--flood-devices N` (default 2),
-`--flood-rate R` (NMIs per second per device, default 10), `--detect-mb S`; `--rerender` rewrites the
+How to run: `make bench` (everything, about 60 minutes), or `python -m benchmarks [--only NAME ...]` with
+NAME in `detect, lab, hang, flood, matrix, power, netconsole` (each also runs alone:
+`python -m benchmarks.bench_hang --hangs 20`). Variants: `--hangs N` (default 20), `--flood-minutes M` (default
+20), `--flood-devices N` (default 2), `--flood-rate R` (NMIs per second per device, default 10), `--detect-mb S`,
+`--power-rounds N` (default 3), `--nc-hangs N` (default 5), `--nc-flood-records N` (default 10600); `--rerender`
+rewrites the
 sections from the last saved results (`/tmp/bench-lab/results/*.json`) without measuring. The optional
 real-pexpect cross-check runs when `import pexpect` works (it is not a rig dependency; e.g.
 `pip install --target /tmp/pexpect-lib pexpect` and `PYTHONPATH=/tmp/pexpect-lib`). The lab benchmarks use their own
@@ -361,8 +375,19 @@ def md_matrix(r: dict[str, Any], where: str) -> str:
     return "".join(out)
 
 
+def md_power(r: dict[str, Any], where: str) -> str:
+    """bench_power's own section text (it names machine, date and load itself)."""
+    return bench_power.section(r, int(r.get("rounds", len(r["lab-1"]["recover_s"]))), heading=False).rstrip("\n")
+
+
+def md_netconsole(r: dict[str, Any], where: str) -> str:
+    """bench_netconsole's own section text, with where and when it was measured."""
+    return bench_netconsole.render(r, heading=False).rstrip("\n") + f"\n\n(measured on {where})"
+
+
 RENDER: dict[str, Callable[[dict[str, Any], str], str]] = {
     "detect": md_detect, "lab": md_lab, "hang": md_hang, "flood": md_flood, "matrix": md_matrix,
+    "power": md_power, "netconsole": md_netconsole,
 }
 TITLES = {
     "detect": "Console detector throughput (issue 3)",
@@ -370,6 +395,8 @@ TITLES = {
     "hang": "Hang-detection latency and recovery (issues 2, 6)",
     "flood": "NMI soak: false verdicts and controller memory (issues 3, 6)",
     "matrix": "Matrix scaling: 1, 2 and 4 devices, wall time and controller CPU (issues 4, 6)",
+    "power": bench_power.TITLE,
+    "netconsole": bench_netconsole.TITLE,
 }
 
 
@@ -486,7 +513,7 @@ def run(names: list[str], args: argparse.Namespace) -> dict[str, str]:
     results_dir = bench_root() / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
     lab: Lab | None = None
-    needs_lab = [n for n in names if n != "detect"]
+    needs_lab = [n for n in names if n not in OWN_LAB]
     try:
         if needs_lab:
             lab = make_lab()
@@ -529,6 +556,10 @@ def rerender(names: list[str]) -> dict[str, str]:
 def measure(name: str, args: argparse.Namespace, lab: Lab | None) -> dict[str, Any]:
     if name == "detect":
         return bench_detect.main(args.detect_mb, args.baseline_mb)
+    if name == "power":
+        return {**bench_power.measure(args.power_rounds, POWER_LAB), "rounds": args.power_rounds}
+    if name == "netconsole":
+        return bench_netconsole.main(args.nc_hangs, args.nc_flood_records)
     assert lab is not None
     if name == "lab":
         return bench_lab.main(lab)
@@ -544,6 +575,7 @@ def measure(name: str, args: argparse.Namespace, lab: Lab | None) -> dict[str, A
 SUMMARY: dict[str, Callable[[dict[str, Any]], str]] = {
     "detect": bench_detect.summary, "lab": bench_lab.summary, "hang": bench_hang.summary,
     "flood": bench_flood.summary, "matrix": bench_matrix.summary,
+    "power": bench_power.summary, "netconsole": bench_netconsole.summary,
 }
 
 
@@ -556,6 +588,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--flood-rate", type=float, default=10.0, help="NMIs per second per device (default 10)")
     ap.add_argument("--detect-mb", type=float, default=16.0, help="console text for the detector, MB (default 16)")
     ap.add_argument("--baseline-mb", type=float, default=2.0, help="console text for the baselines, MB (default 2)")
+    ap.add_argument("--power-rounds", type=int, default=3, help="hangs per guest for 'power' (default 3)")
+    ap.add_argument("--nc-hangs", type=int, default=5, help="hangs per console for 'netconsole' (default 5)")
+    ap.add_argument("--nc-flood-records", type=int, default=10_600,
+                    help="1000-byte records of the netconsole flood (default 10600, about 10 MB)")
     ap.add_argument("--md", type=Path, default=MD, help=f"file to refresh (default {MD})")
     ap.add_argument("--no-write", action="store_true", help="measure and print only")
     ap.add_argument("--rerender", action="store_true",

@@ -105,7 +105,20 @@ def main(hangs: int = 5, flood_records: int = 10_600) -> dict[str, Any]:
     return {"latency": lat, "other": other, "flood": fl, "load": load_at_start, "machine": describe()}
 
 
-def render(r: dict[str, Any]) -> str:
+TITLE = "netconsole vs serial: hang-verdict latency in one run, and a 10 MB flood (issue 14)"
+
+
+def summary(r: dict[str, Any]) -> str:
+    """One line for the runner's log."""
+    lat = {k: (f"{statistics.median(v):.2f} s" if v else "none") for k, v in r["latency"].items()}
+    fl = r["flood"]
+    return (f"hang verdict median serial {lat['serial']}, netconsole {lat['netconsole']}; "
+            f"flood {fl['records']} records, {fl['lost_by_gaps']} lost by gaps")
+
+
+def render(r: dict[str, Any], heading: bool = True) -> str:
+    """The BENCHMARKS.md section; without its heading for ``python -m benchmarks``, which writes its own."""
+
     def s(xs: list[float]) -> str:
         if not xs:
             return "none"
@@ -113,8 +126,7 @@ def render(r: dict[str, Any]) -> str:
                 f"({', '.join(f'{x:.2f}' for x in xs)})")
     fl = r["flood"]
     lines = [
-        "## netconsole vs serial: hang-verdict latency, and a 10 MB flood (issue 14)",
-        "",
+        *([f"## {TITLE}", ""] if heading else []),
         "| figure | serial (ser2net RFC 2217) | netconsole (UDP, extended) |",
         "|---|---|---|",
         f"| hang verdict after the last heartbeat | {s(r['latency']['serial'])} | {s(r['latency']['netconsole'])} |",

@@ -62,11 +62,22 @@ def measure(rounds: int, lab_dir: Path) -> dict[str, Any]:
     return out
 
 
-def section(r: dict[str, Any], rounds: int) -> str:
+TITLE = "Recovery of a hung guest: PDU and relay beside IPMI (issue 13)"
+
+
+def summary(r: dict[str, Any]) -> str:
+    """One line for the runner's log: median recovery and method per guest."""
+    return "; ".join(
+        f"{n} {statistics.median(r[n]['recover_s']):.1f} s ({', '.join(sorted(set(map(str, r[n]['methods']))))})"
+        if r[n]["recover_s"] else f"{n} none" for n in GUESTS
+    )
+
+
+def section(r: dict[str, Any], rounds: int, heading: bool = True) -> str:
+    """The BENCHMARKS.md section; without its heading for ``python -m benchmarks``, which writes its own."""
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     lines = [
-        "## Recovery of a hung guest: PDU and relay beside IPMI (issue 13)",
-        "",
+        *([f"## {TITLE}", ""] if heading else []),
         "| guest | power back end | recovery `Dut.recover()`, median / max | each round | method | verdict before |",
         "|---|---|---|---|---|---|",
     ]
@@ -80,7 +91,8 @@ def section(r: dict[str, Any], rounds: int) -> str:
     lines += [
         "",
         f"Measured in one run, {rounds} rounds, guests in turn, on this 2-core VM, shared with other work "
-        f"({platform.node()}, {when}; 1-minute load at the verdicts {min(load):.1f}-{max(load):.1f}).",
+        f"({platform.node()}, {when}; 1-minute load at the verdicts "
+        + (f"{min(load):.1f}-{max(load):.1f})." if load else "not sampled)."),
         "",
         " ".join((__doc__ or "").split("\n\n")[1].split()),
         "What the figures say: the relay pays its 6 s forced-off hold and the release gap on top of a boot; the",

@@ -11,21 +11,35 @@ The suites run on both in
 parallel (pytest-xdist, one worker per device) with a short soak, and the end of the output says which device passed and
 which hung, and when -- without anyone reading a log.
 
+A third device, ``laptop-1``, is built like a laptop without a BMC or a serial port: powered
+through an outlet of the lab's virtual APC PDU (Debian's snmpd, switched by labgrid's ``apc`` back
+end), its only console netconsole, a ramoops region for pstore. It carries a build that panics from
+its 6th NMI, and its inventory turns ``panic_on_stall`` on with ``kernel.panic=2`` for the soak, so the
+kernel reboots itself (warm: RAM, and so the ramoops record, kept) and the rig reads the panic back
+from pstore after that recovery -- "last words before the reboot", in report.json and on its page.
+
 The demo does not change the lab's own inventory files: it writes a copy per device under
 ``<lab>/demo-devices/`` with the build choice added, as a lab engineer would keep one inventory
-per build.
+per build. The copies are built from the lab's :class:`rig.inventory.Device` (``Lab.guest_device``)
+and serialised (:func:`rig.inventory.device_toml`), never patched as text.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+
+from rig.files import write_atomic
+from rig.inventory import Device, device_toml
 
 #: Share of each CPU's time in sbsim's imitated host section (percent, a string: sbsim parses decimals).
 #: The soak raises ~8 QMP+IPMI NMIs per second on this lab, each reaching both CPUs: 1 - 0.995^2 = 1 %
@@ -33,34 +47,65 @@ from rich.console import Console
 #: 1-minute soak; about as many hang already in the 9-NMI delivery checks), and the fixed build logs
 #: a dozen host callbacks per minute. 0.3 % gave one hang only after 73 s (602 injects).
 HOST_RESIDENCY_PCT = "0.5"
-#: sbsim module parameters per demo device: lab-1 fixed, lab-2 with the original bug.
-BUILDS: dict[str, tuple[str, dict[str, str | int]]] = {
-    "lab-1": ("fixed build (host NMIs logged and dropped)", {"host_residency_pct": HOST_RESIDENCY_PCT}),
-    "lab-2": (
+
+
+@dataclass(frozen=True)
+class DemoBuild:
+    """What one demo device carries: a label for people, sbsim's parameters, [monitor] changes."""
+
+    label: str
+    params: dict[str, str | int]
+    monitor: dict[str, object] = field(default_factory=dict)
+
+
+#: The laptop-like device (no BMC: a virtual PDU outlet; netconsole only; ramoops pstore).
+LAPTOP = "laptop-1"
+#: sbsim's panic_after_nmi for the laptop (counted from each load of the module): its NMI delivery check
+#: brings 3, never 6; the soak raises sysrq every 5 s, which brought sbsim 2 NMIs each on this lab, so the
+#: panic comes in the soak's first 15 s or so (measured: 12 s of kernel time; later on a loaded machine).
+LAPTOP_PANIC_AFTER_NMI = 6
+#: kernel.panic during the soak: the kernel reboots itself this many seconds after the panic, warm.
+LAPTOP_PANIC_REBOOT_S = 2
+#: Per demo device: lab-1 fixed, lab-2 with the original bug, laptop-1 a build that panics.
+BUILDS: dict[str, DemoBuild] = {
+    "lab-1": DemoBuild("fixed build (host NMIs logged and dropped)", {"host_residency_pct": HOST_RESIDENCY_PCT}),
+    "lab-2": DemoBuild(
         "buggy build (an NMI that lands in the host never returns)",
         {"host_residency_pct": HOST_RESIDENCY_PCT, "hang_on_host_nmi": 1},
     ),
+    LAPTOP: DemoBuild(
+        f"panicking build (panics from its {LAPTOP_PANIC_AFTER_NMI}th NMI); kernel.panic={LAPTOP_PANIC_REBOOT_S} "
+        "for the soak (reboots itself, RAM kept)",
+        {"panic_after_nmi": LAPTOP_PANIC_AFTER_NMI},
+        {"panic_on_stall": True, "panic_reboot_seconds": LAPTOP_PANIC_REBOOT_S},
+    ),
 }
-#: Kernel per demo device (rig.lab.kernels specs): lab-1 on the host's 6.1, lab-2 on Debian 11's 5.10.
-KERNELS: dict[str, str] = {"lab-1": "6.1", "lab-2": "5.10"}
+#: Kernel per demo device (rig.lab.kernels specs), in the order Lab.up names them.
+KERNELS: dict[str, str] = {"lab-1": "6.1", "lab-2": "5.10", LAPTOP: "6.1"}
+#: The devices whose tests are meant to fail: the point of the demo is the contrast.
+EXPECTED_FAILURES = frozenset({"lab-2", LAPTOP})
 SUITES = ("suites/test_deploy.py", "suites/test_nmi_delivery.py", "suites/test_nmi_soak.py")
 
 
-def write_demo_inventory(lab_inventory: Path, out_dir: Path) -> list[Path]:
-    """Copy the lab's inventory files, adding each device's build choice to [shadowbox]."""
+def demo_device(base: Device, build: DemoBuild) -> Device:
+    """``base`` (the lab's own inventory entry) with the build's choices, validated by the schema again."""
+    data = base.model_dump(mode="json", exclude_none=True)
+    data["description"] = f"{build.label}; {base.description}" if base.description else build.label
+    data["shadowbox"] = {**data.get("shadowbox", {}), "module_params": dict(build.params)}
+    data["monitor"] = {**data.get("monitor", {}), **build.monitor}
+    return Device.model_validate(data)
+
+
+def write_demo_inventory(lab_devices: Mapping[str, Device], out_dir: Path) -> list[Path]:
+    """One inventory file per demo device in ``out_dir``: the lab's device with its build, serialised."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("*.toml"):
         old.unlink()
     written = []
-    for name, (label, params) in BUILDS.items():
-        src = lab_inventory / f"{name}.toml"
-        text = src.read_text()
-        text = text.replace('description = "', f'description = "{label}; ', 1)
-        if params:
-            inline = ", ".join(f"{k} = {json.dumps(v)}" for k, v in params.items())  # strings quoted for TOML
-            text = text.replace("[shadowbox]\n", f"[shadowbox]\nmodule_params = {{ {inline} }}\n", 1)
-        dst = out_dir / src.name
-        dst.write_text(text)
+    for name, build in BUILDS.items():
+        dev = demo_device(lab_devices[name], build)
+        dst = out_dir / f"{name}.toml"
+        write_atomic(dst, device_toml(dev, ["Written by `rig demo` from the lab's inventory entry and its build."]))
         written.append(dst)
     return written
 
@@ -73,7 +118,7 @@ def summarize(run_dir: Path, console: Console) -> int:
     for dev in summary["devices"]:
         name = dev["device"]
         report = json.loads((run_dir / name / "report.json").read_text())
-        label = BUILDS.get(name, ("", {}))[0]
+        label = BUILDS[name].label if name in BUILDS else ""
         kernel = report.get("identity", {}).get("kernel") or "kernel ?"
         name = f"{name}  {kernel:<16}"
         bad = {t: c for t, c in dev["tests"].items() if c["outcome"] == "failed"}
@@ -99,8 +144,12 @@ def summarize(run_dir: Path, console: Console) -> int:
             soft_wrap=True,
         )
     for dev in summary["devices"]:
-        line = host_share_line(json.loads((run_dir / dev["device"] / "report.json").read_text()))
-        console.print(f"        {dev['device']}  {line}", highlight=False, soft_wrap=True)
+        report = json.loads((run_dir / dev["device"] / "report.json").read_text())
+        if dev["device"] == LAPTOP:
+            for line in laptop_lines(report):
+                console.print(f"        {dev['device']}  {line}", highlight=False, soft_wrap=True)
+            continue
+        console.print(f"        {dev['device']}  {host_share_line(report)}", highlight=False, soft_wrap=True)
     console.print(f"reports: {run_dir}/  (per device: report.json, console.log; run: summary.json)", soft_wrap=True)
     console.print(
         "the lab is still up: 'rig check', 'rig nmi lab-1 --via qmp', 'rig console lab-2'; 'rig lab down' ends it",
@@ -135,6 +184,43 @@ def host_share_line(report: dict[str, Any]) -> str:
     return "NMIs that hit the host (callbacks/delivered): " + ", ".join(cells) + note
 
 
+#: The printk level a kmsg dump keeps at the start of each line ("<0>[  147.24] Kernel panic ...").
+_KMSG_LEVEL = re.compile(r"^<\d+>")
+
+
+def laptop_lines(report: dict[str, Any]) -> list[str]:
+    """What the laptop-like device shows: how it is powered, its console, how it came back, its last words.
+
+    Said as it happened: a recovery by power cut (RAM lost) or an empty pstore is printed as such.
+    """
+    dev = report.get("device") or {}
+    out = [f"power: {dev.get('power_backend') or dev.get('power') or '?'}"]
+    ct = report.get("console_transport") or {}
+    if ct.get("transport") == "netconsole":
+        lost = ct.get("lost") or 0
+        out.append(f"console: {dev.get('console')} only (kernel log over UDP): {ct.get('records', 0)} records, "
+                   + (f"{lost} lost (sequence gaps)" if lost else "none lost"))
+    else:
+        out.append(f"console: {dev.get('console') or 'none'}")
+    recoveries = [e for e in report.get("timeline") or [] if e.get("kind") == "recovery"]
+    for e in recoveries:
+        out.append(f"recovery ({e.get('method') or '?'}): {e.get('text')}")
+    after = [h for h in report.get("last_words") or [] if h.get("when") == "after recovery"]
+    if not after:
+        out.append("pstore: not read after a recovery (none happened)" if not recoveries
+                   else "pstore: not read after the recovery")
+    for h in after:
+        crashes = [r for r in h.get("records") or [] if r.get("crash")]
+        if crashes:
+            r = crashes[0]
+            out.append(f"last words before the reboot (pstore {r.get('type')}-{r.get('backend')}, "
+                       f"{r.get('reason') or 'dump'}, read after the recovery): "
+                       f"{_KMSG_LEVEL.sub('', r['crash']['text'].strip())[:160]}")
+        else:
+            out.append(f"last words before the reboot: {h.get('summary')}")
+    return out
+
+
 def run_demo(checkout: Path, soak_minutes: float, console: Console) -> int:
     from rig.lab.manager import Lab
 
@@ -144,20 +230,28 @@ def run_demo(checkout: Path, soak_minutes: float, console: Console) -> int:
             console.print(f"  {what}: {message}", highlight=False, soft_wrap=True)
 
     lab = Lab(progress=progress)
-    console.rule("[bold]1. the virtual lab: two QEMU laptops on two kernels, console server, virtual BMC")
-    guests = lab.up(count=len(KERNELS), kernels=list(KERNELS.values()))
+    console.rule("[bold]1. the virtual lab: two QEMU laptops on two kernels with a BMC, one laptop-like on a PDU")
+    # One call, so the three guests boot in parallel: laptop-1 has no BMC (an outlet of a virtual APC
+    # PDU), no serial console (netconsole) and a ramoops region.
+    guests = lab.up(count=len(KERNELS) - 1, kernels=list(KERNELS.values()), laptop_like=1,
+                    laptop_power=("pdu",), laptop_console="netconsole", laptop_pstore=True)
     kernel_of = {g.name: g.kernel_version for g in guests}
-    inventory = write_demo_inventory(lab.inventory_dir, lab.root / "demo-devices")
+    inventory = write_demo_inventory({g.name: lab.guest_device(g) for g in guests}, lab.root / "demo-devices")
     for p in inventory:
-        console.print(f"  {p.stem}: kernel {kernel_of.get(p.stem, '?')}, {BUILDS[p.stem][0]}  ({p})",
+        console.print(f"  {p.stem}: kernel {kernel_of.get(p.stem, '?')}, {BUILDS[p.stem].label}  ({p})",
                       highlight=False, soft_wrap=True)
-    console.rule("[bold]2. the suites on both laptops in parallel (pytest -n 2)")
+    laptop = next(g for g in guests if g.name == LAPTOP)
+    console.print(f"  {LAPTOP}: no BMC, powered through outlet {laptop.pdu_outlet} of a virtual APC PDU (snmpd on "
+                  f"udp 127.0.0.1:{laptop.pdu_port}, labgrid's apc back end); console netconsole only "
+                  f"({laptop.console_url}); ramoops pstore", highlight=False, soft_wrap=True)
+    workers = len(BUILDS)
+    console.rule(f"[bold]2. the suites on all three in parallel (pytest -n {workers}: one worker per device)")
     run_id = "demo-" + __import__("time").strftime("%Y%m%d-%H%M%S")
     cmd = [
         sys.executable, "-m", "pytest", *SUITES,
         "--rig-devices", str(lab.root / "demo-devices"),
         "--rig-soak-minutes", f"{soak_minutes:g}",
-        "-n", "2", "-p", "no:cacheprovider", "-q", "-rN", "--tb=no",
+        "-n", str(workers), "-p", "no:cacheprovider", "-q", "-rN", "--tb=no",
     ]  # fmt: skip
     console.print("  " + " ".join(cmd[2:]), highlight=False)
     env = {**os.environ, "RIG_RUN_ID": run_id}
@@ -167,11 +261,11 @@ def run_demo(checkout: Path, soak_minutes: float, console: Console) -> int:
         console.print(f"[red]no summary in {run_dir}: the test run did not finish; see the output above")
         return 2
     worst = summarize(run_dir, console)
-    # The demo's point is the contrast: lab-2 is supposed to hang. Exit 0 when the rig saw exactly that.
-    return 0 if worst == 1 and _only_lab2_failed(run_dir) else 1
+    # The demo's point is the contrast: lab-2 is supposed to hang, laptop-1 to panic. Exit 0 when the
+    # rig saw exactly that.
+    return 0 if worst == 1 and _failed_devices(run_dir) == EXPECTED_FAILURES else 1
 
 
-def _only_lab2_failed(run_dir: Path) -> bool:
+def _failed_devices(run_dir: Path) -> set[str]:
     summary = json.loads((run_dir / "summary.json").read_text())
-    failed = {d["device"] for d in summary["devices"] if any(c["outcome"] == "failed" for c in d["tests"].values())}
-    return failed == {"lab-2"}
+    return {d["device"] for d in summary["devices"] if any(c["outcome"] == "failed" for c in d["tests"].values())}

@@ -281,8 +281,11 @@ class Dut:
         #: Set when a test ended in a crash/hang/reboot: the next user power-cycles first.
         self.needs_recovery = False
         #: How the last recover() brought the device back (for the report's timeline): method
-        #: "warm-reset" (RAM kept) or "power-cut", why, and the seconds it took.
+        #: "self-reboot" or "warm-reset" (RAM kept) or "power-cut", why, and the seconds it took.
         self.last_recovery: dict[str, object] | None = None
+        #: (kernel.panic seconds, this boot's id) while the kernel is told to reboot itself after a panic
+        #: (:meth:`expect_self_reboot`): recover() then waits for that reboot before any power action.
+        self._self_reboot: tuple[float, str | None] | None = None
         #: capability -> None (offered) or the reason it is not; filled by the plugin.
         self.caps: dict[str, str | None] = {}
         #: Shadow-box (or sbsim) loaded since the last boot: a second deploy needs a reboot first.
@@ -405,6 +408,17 @@ class Dut:
         if self.netconsole_target is not None:
             self.netconsole_target.configure()
         self.pstore_harvests.append(harvest(self.ssh, self.name, when=when, sudo=self.device.ssh.sudo))
+
+    def expect_self_reboot(self, after_seconds: float | None) -> None:
+        """The kernel reboots itself ``after_seconds`` after a panic (``kernel.panic``, set for a soak by
+        rig.stall); None: no longer (the sysctl was restored).
+
+        Why the Dut must know: that reboot is warm (RAM kept), so the panic's ramoops record survives
+        it -- while a PDU's or a relay's power cut, the only recovery such a laptop's power control
+        offers, would lose it. :meth:`recover` after a panic waits for the reboot first. This boot's
+        id is read now, while the device answers, so the reboot can be told from the same boot.
+        """
+        self._self_reboot = None if after_seconds is None else (after_seconds, self._boot_id())
 
     def take_pstore_harvests(self) -> list[PstoreHarvest]:
         """The harvests made since the last call (run start, recoveries), each handed out once (to the report)."""
@@ -591,7 +605,9 @@ class Dut:
         keeps the machine's RAM, so what a hang left there (ramoops, the post-mortem log) survives;
         a power cut loses it. So the rig resets first where the back end offers a reset that keeps
         RAM (``warm_reset``), and cuts the power (``cycle``) only when the reset fails or the device
-        is not ready within ``reset_timeout``. :attr:`last_recovery` says which it did and why.
+        is not ready within ``reset_timeout``. Before either, a device that panicked while its kernel
+        was told to reboot itself (:meth:`expect_self_reboot`) is given that long to do so ("self-reboot":
+        no power action at all). :attr:`last_recovery` says which it did and why.
 
         Ready = a ready line on the console (login prompt / lab banner) when there is a console,
         then SSH. The monitor is paused meanwhile and starts afresh, so the next test does not
@@ -601,11 +617,22 @@ class Dut:
         """
         timeout = timeout or self.device.monitor.boot_timeout
         t0 = time.monotonic()
+        armed, self._self_reboot = self._self_reboot, None
+        panicked = self.monitor.verdict().kind is VerdictKind.CRASH
         self.monitor.stop()
         self.monitor.pause()
         method, why = "power-cut", f"{self.power.describe().split(':', 1)[0]} offers no warm reset"
         done = False
-        if offers_warm_reset(self.power):
+        if armed is not None and armed[1] is not None and panicked:
+            # The kernel reboots itself after the panic (kernel.panic): no power action, RAM kept.
+            wait = armed[0] + timeout  # a whole boot, as after a power cut (boot_timeout)
+            if self._rebooted_by_itself(armed[1], wait):
+                method, done = "self-reboot", True
+                why = f"rebooted by itself after the panic (kernel.panic={armed[0]:g}): no power action, RAM kept"
+            else:
+                why = f"did not reboot by itself within {wait:g} s of the panic (kernel.panic={armed[0]:g}); {why}"
+                log.warning("%s: %s", self.name, why)
+        if not done and offers_warm_reset(self.power):
             mark = self.console.mark() if self.console is not None else 0
             reset_wait = min(timeout, self.device.monitor.reset_timeout)
             boot_before = self._boot_id()
@@ -649,6 +676,25 @@ class Dut:
             return self.ssh.run("cat /proc/sys/kernel/random/boot_id", timeout=5).out.strip() or None
         except RigError:
             return None
+
+    def _rebooted_by_itself(self, boot_before: str, wait: float) -> bool:
+        """Whether the device answers SSH in a new boot (boot_id changed) within ``wait`` seconds.
+
+        Waits through SSH's own reconnect loop (the inventory's ``connect_timeout`` per attempt), not
+        the 3 s liveness probe: a machine that is still booting, or slow, must get a whole login.
+        """
+        end = time.monotonic() + wait
+        while (left := end - time.monotonic()) > 0:
+            try:
+                self.ssh.wait_ready(timeout=left)
+                now = self.ssh.run("cat /proc/sys/kernel/random/boot_id", timeout=max(5.0, min(30.0, left))).out
+            except DeviceError as exc:  # not back (yet): the deadline decides
+                log.debug("%s: not back by itself yet: %s", self.name, exc)
+                continue
+            if now.strip() and now.strip() != boot_before:
+                return True
+            time.sleep(1.0)
+        return False
 
     def _wait_new_boot(self, mark: int, timeout: float, boot_before: str | None) -> None:
         """Ready again (:meth:`_wait_ready`) *and*, if the old boot's id is known, booted anew.

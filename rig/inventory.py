@@ -732,6 +732,18 @@ def load_device(path: str | os.PathLike[str]) -> Device:
     return dev.model_copy(update={"source_file": p.resolve()})
 
 
+def device_toml(dev: Device, comments: Sequence[str] = ()) -> str:
+    """The inventory file of ``dev``: serialised from the schema (fields at their default left out), never
+    templated, so a file the rig writes (the lab's, the demo's) is always one :func:`load_device` accepts.
+
+    ``comments`` become ``# ...`` lines at the top (the values themselves never pass through text edits).
+    """
+    import tomli_w
+
+    head = "".join(f"# {c}\n" for line in comments for c in line.splitlines() or [""])
+    return head + tomli_w.dumps(dev.model_dump(mode="json", exclude_none=True, exclude_defaults=True))
+
+
 def inventory_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     """Expand folders (recursively, ``*.toml``) and files into a sorted list of inventory files."""
     out: list[Path] = []

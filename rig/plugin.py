@@ -343,15 +343,7 @@ def dut(request: pytest.FixtureRequest, device: Device, _dut_pool: dict[str, Any
             _report_last_words(d, dev_report)
             d.caps = _capabilities(d)
         elif d.needs_recovery:
-            _board(request.config).state(device.name, "recovering")
-            took = d.recover()
-            how = d.last_recovery or {}
-            rig_run.device(device).event(
-                "recovery", f"{how.get('why', 'power cycle')}: ready in {took:.1f} s", seconds=took,
-                method=how.get("method"), power=how.get("power"),
-            )
-            _report_last_words(d, rig_run.device(device))
-            d.needs_recovery = False
+            _recover(request.config, d, device, rig_run)
         else:
             d.monitor.stop()
             d.monitor.resume()
@@ -375,9 +367,35 @@ def dut(request: pytest.FixtureRequest, device: Device, _dut_pool: dict[str, Any
 
         stall = StallPanic(d.ssh, d.name, sudo=device.ssh.sudo, reboot_seconds=device.monitor.panic_reboot_seconds)
         rig_run.device(device).event("stall-panic", stall.apply())
+        if "kernel/panic" in stall.saved and device.monitor.panic_reboot_seconds:
+            d.expect_self_reboot(device.monitor.panic_reboot_seconds)
     yield d
-    if stall is not None and not d.needs_recovery:  # a hung or crashed device is rebooted: that resets them
+    if stall is None:
+        return
+    if not d.needs_recovery:  # a hung or crashed device is rebooted: that resets them
         stall.restore()
+    elif "kernel/panic" in stall.saved and d.verdict().kind is VerdictKind.CRASH:
+        # The kernel reboots itself after this panic, warm: bring the device back now, while RAM still
+        # holds the panic's pstore record (the next test may be far off, or there may be none: the record
+        # would then be read only by the next run, or lost to a power cut).
+        try:
+            _recover(request.config, d, device, rig_run)
+        except RigError as exc:  # the next test recovers it again, or reports the lab fault
+            rig_run.device(device).event("recovery-failed", str(exc))
+    d.expect_self_reboot(None)
+
+
+def _recover(config: pytest.Config, d: Any, device: Device, rig_run: Any) -> None:
+    """Bring a crashed or hung device back (Dut.recover: self-reboot, warm reset or power cut), into the timeline."""
+    _board(config).state(device.name, "recovering")
+    took = d.recover()
+    how = d.last_recovery or {}
+    rig_run.device(device).event(
+        "recovery", f"{how.get('why', 'power cycle')}: ready in {took:.1f} s", seconds=took,
+        method=how.get("method"), power=how.get("power"),
+    )
+    _report_last_words(d, rig_run.device(device))
+    d.needs_recovery = False
 
 
 def _report_last_words(d: Any, dev_report: Any) -> None:

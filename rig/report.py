@@ -14,7 +14,8 @@ report.json, schema version 1::
 
     {"schema": "shadowbox-rig/device-report", "version": 1, "status": "incomplete|complete",
      "run_id": str, "rig_version": str, "build": str|null (``--rig-build``, e.g. a git ref),
-     "device": {"name", "tags", "description", "ssh": "user@host:port", "console": url|null, "power": kind},
+     "device": {"name", "tags", "description", "ssh": "user@host:port", "console": url|null, "power": kind,
+                "power_backend": str (the back end in its own words, e.g. "pdu: PDU apc at H:P outlet 1, ...")},
      "identity": {"kernel", "cmdline", "cpu_model", "microcode", "cpus"},
      "deploy": {"ok": true, "forced", "recipe", "checks", "result_code", "markers", "kernel_lines", "notes", ...}
              | {"ok": false, "reason", "detail", "hint", "forced", "checks", "failed_checks",
@@ -149,7 +150,9 @@ class DeviceReport:
         self.flush()
 
     def set_identity(self, dut: Any) -> None:
-        """Kernel, command line, CPU model and microcode, read from the device."""
+        """Kernel, command line, CPU model and microcode, read from the device; how it is powered."""
+        # The back end in its own words (PDU model, address, outlet; a BMC's address): never a secret.
+        self.data["device"]["power_backend"] = dut.power.describe()
         script = (
             "uname -r; cat /proc/cmdline; grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2; "
             "grep -m1 '^microcode' /proc/cpuinfo | cut -d: -f2; grep -c ^processor /proc/cpuinfo"

@@ -42,11 +42,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import paramiko
-import tomli_w
 
 from rig.errors import ConfigError, LabFault
 from rig.files import write_atomic
-from rig.inventory import Device
+from rig.inventory import Device, device_toml
 from rig.lab import consoleserver, guest, image, kernels, vpdu, vpower
 from rig.lab.ports import (
     GuestPorts,
@@ -411,7 +410,7 @@ class Lab:
     def up(
         self, count: int = DEFAULT_COUNT, name_prefix: str = DEFAULT_PREFIX, kernels: Sequence[str] | None = None,
         *, laptop_like: int = 0, laptop_power: Sequence[str] = LAPTOP_POWER, console: str = "serial",
-        pstore: bool = False,
+        pstore: bool = False, laptop_console: str | None = None, laptop_pstore: bool | None = None,
     ) -> list[GuestInfo]:
         """Bring guests ``<prefix>-1..<prefix>-count`` up; idempotent. Returns their infos.
 
@@ -431,14 +430,17 @@ class Lab:
         ``console="netconsole"``: new guests have no console server; their only console is netconsole
         (kernel log over UDP to 127.0.0.1:<console port>, the extended format, set by the boot
         parameter). ``pstore=True``: new guests reserve a ramoops region (see :func:`lab_cmdline_extra`).
+        ``laptop_console`` / ``laptop_pstore``: the same for the laptop-like guests only (default: as
+        ``console`` / ``pstore``), so one call boots serial guests beside a netconsole laptop, in parallel.
         """
         if count < 0 or laptop_like < 0 or count + laptop_like < 1:
             raise LabFault(f"--count {count} --laptop-like {laptop_like}: need at least one guest", component="lab")
         for kind in laptop_power:
             if kind not in LAPTOP_POWER:
                 raise LabFault(f"laptop power {kind!r}: use one of {', '.join(LAPTOP_POWER)}", component="lab")
-        if console not in CONSOLE_KINDS:
-            raise LabFault(f"console {console!r}: use one of {', '.join(CONSOLE_KINDS)}", component="lab")
+        for kind in (console, laptop_console or console):
+            if kind not in CONSOLE_KINDS:
+                raise LabFault(f"console {kind!r}: use one of {', '.join(CONSOLE_KINDS)}", component="lab")
         if not PREFIX_RE.match(name_prefix):
             # It becomes folder names, QEMU's -name and ser2net's YAML: only plain name characters.
             raise ConfigError(
@@ -450,12 +452,15 @@ class Lab:
         power_of.update({n: laptop_power[i % len(laptop_power)] for i, n in enumerate(names[count:])})
         with self._locked():
             wanted = self.resolve_kernels(list(kernels), len(names)) if kernels else None
-            self._new_console, self._new_pstore = console, pstore
+            laptops = set(names[count:])
+            self._new_console = {n: (laptop_console or console) if n in laptops else console for n in names}
+            self._new_pstore = {n: (pstore if laptop_pstore is None else laptop_pstore) if n in laptops else pstore
+                                for n in names}
             return self._up(names, wanted, power_of)
 
-    #: Console kind and pstore of guests started by the current up() (set there).
-    _new_console = "serial"
-    _new_pstore = False
+    #: Console kind and pstore per guest started by the current up() (set there; default serial, none).
+    _new_console: dict[str, str] = {}
+    _new_pstore: dict[str, bool] = {}
 
     def _up(self, names: list[str], wanted: list[kernels.LabKernel] | None = None,
             power_of: dict[str, str] | None = None) -> list[GuestInfo]:
@@ -497,7 +502,7 @@ class Lab:
                 ports = {name: guest_ports(self.root, idx) for name, idx in to_start}
                 for name, p in ports.items():
                     check_port_free(p.ssh, "tcp", f"SSH forward of {name}")
-                    if self._new_console == "netconsole":
+                    if self._new_console.get(name, "serial") == "netconsole":
                         check_port_free(p.console, "udp", f"netconsole of {name}")
                     else:
                         check_port_free(p.console, "tcp", f"console server of {name}")
@@ -574,7 +579,7 @@ class Lab:
             kernel_version=img.kernel_version, accel=accel,
             kernel_headers=img.headers or image.headers_dir(img.kernel_version), kernel_origin=img.kernel_origin,
             power_kind=power_kind,
-            console_kind=self._new_console, pstore=self._new_pstore,
+            console_kind=self._new_console.get(name, "serial"), pstore=self._new_pstore.get(name, False),
         )
         self._say(name, f"starting QEMU ({accel})")
         info.started_at = time.time()
@@ -800,22 +805,21 @@ class Lab:
         reaches the lab's files by itself.
         """
         dev = self.guest_device(info)
-        body = tomli_w.dumps(dev.model_dump(mode="json", exclude_none=True, exclude_defaults=True))
         notes = [
-            f"{INVENTORY_HEADER} for lab folder {self.root}.",
-            "# Do not edit: `rig lab up` rewrites this file and `rig lab down` deletes it.",
-            "# Written from rig.inventory's schema (Lab.guest_device).",
-            "# perf is listed on purpose: under TCG there is no PMU and the rig must report it unavailable.",
-            "# sbsim is the lab's stand-in for Shadow-box (a test payload, not Shadow-box): on a physical laptop",
-            "# set the shadowbox section's source to a real tree and its recipe to upstream / gooroom / gooroom-3.0.",
+            f"{INVENTORY_HEADER.removeprefix('# ')} for lab folder {self.root}.",
+            "Do not edit: `rig lab up` rewrites this file and `rig lab down` deletes it.",
+            "Written from rig.inventory's schema (Lab.guest_device).",
+            "perf is listed on purpose: under TCG there is no PMU and the rig must report it unavailable.",
+            "sbsim is the lab's stand-in for Shadow-box (a test payload, not Shadow-box): on a physical laptop",
+            "set the shadowbox section's source to a real tree and its recipe to upstream / gooroom / gooroom-3.0.",
         ]
         if info.console_kind == "netconsole":
             notes.append(
-                "# No serial port: the kernel sends its log over UDP (boot parameter "
+                "No serial port: the kernel sends its log over UDP (boot parameter "
                 f"netconsole=+@/eth0,{info.console_port}@{SLIRP_HOST}/{SLIRP_GATEWAY_MAC})."
             )
         self.inventory_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(info.inventory_file, "\n".join(notes) + "\n" + body)
+        write_atomic(info.inventory_file, device_toml(dev, notes))
         return info.inventory_file
 
     def guest_device(self, info: GuestInfo) -> Device:
@@ -850,7 +854,8 @@ class Lab:
             how = "an outlet of a virtual APC PDU (snmpd)" if info.power_kind == "pdu" else "a power-button relay"
             data["tags"] = ["lab", "virtual", "laptop-like", f"power-{info.power_kind}", f"kernel-{info.kernel_series}"]
             data["description"] = (f"Laptop-like virtual laptop {info.name}: QEMU {info.accel.upper()}, Debian kernel "
-                                   f"{info.kernel_version}, {how_console}, no BMC: powered through {how}")
+                                   f"{info.kernel_version}, {how_console}" + (", ramoops pstore" if info.pstore else "")
+                                   + f", no BMC: powered through {how}")
             data["nmi_sources"] = ["sysrq", "perf"]
         else:
             data["power"] = {"kind": "ipmi", "host": "127.0.0.1", "port": info.bmc_port, "user": info.bmc_user,

@@ -75,7 +75,7 @@ class PduPowerControl:
         return f"PDU {self.model} at {where} outlet {self.outlet}"
 
     def describe(self) -> str:
-        return f"pdu: {self.label}"
+        return f"pdu: {self.label}, through labgrid's {self.model} back end"
 
     def _fault(self, what: str, detail: str, check: str) -> LabFault:
         text = f"device {self.device}: {self.label}: {what} failed: {detail}; check {check}"
