@@ -6,10 +6,11 @@ from Debian's signed archive into ``~/.cache/shadowbox-rig/kernels`` by tools/bo
 first use; see rig.lab.kernels). So every lab test and suite that uses both guests runs on both
 kernels, at no extra boot cost (the two guests boot in parallel as before).
 
-Why one per session: booting a TCG guest costs 10-20 s of two shared cores; every lab test of the
-session shares the same two guests. The lab is isolated from the checkout's own ``.lab`` (a user's
-``rig lab up`` is never touched): its state folder and inventory folder are temporary, its ports
-derive from that folder's path (see rig.lab.ports).
+Why one per session: booting a TCG guest costs about 12 s of CPU (10-40 s of wall on two shared
+cores); every lab test of the session (of the xdist worker, under `make test`) shares the same two
+guests. The lab is isolated from the checkout's own ``.lab`` (a user's ``rig lab up`` is never
+touched): its state folder and inventory folder are temporary, its ports derive from that folder's
+path (see rig.lab.ports).
 
 API (the fixture yields a :class:`rig.lab.manager.Lab` after ``up(count=2)``)::
 
