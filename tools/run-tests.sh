@@ -10,9 +10,9 @@
 #   pure  everything else (parsers, rules, real sockets, sshd, ser2net, git, gpg...): one process
 #         with xdist workers, at lower CPU priority, so the guests' heartbeats are never starved.
 #
-# Why: on a 2-core machine the lab tests spend most of their time waiting on guests (hang bounds,
-# soaks, boots whose CPU is only part of their wall time: measured, BENCHMARKS.md issue 11); a second
-# lab worker and the pure tests fill that time instead of queueing behind it. The cost of a second
+# Why: on a 2-core machine one lab process keeps about one core busy (boots, guest work) and waits
+# the rest of the time (hang bounds, soaks: BENCHMARKS.md, issue 11); a second lab worker and the pure
+# tests fill that time instead of queueing behind it. The cost of a second
 # lab worker is one more boot of lab-1/lab-2 (about 25 s of CPU). Extra pytest arguments go to both
 # (e.g. `make test PYTEST_ARGS="-x --durations=25"`). RIG_TEST_WORKERS sets the pure side's xdist
 # workers (default 2; 0 runs it without xdist), RIG_LAB_WORKERS the lab side's (1 or 0: one process,
