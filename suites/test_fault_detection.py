@@ -3,6 +3,11 @@
 sbsim is the lab's Shadow-box stand-in (rig/lab/sbsim). Each test provokes one failure on purpose,
 checks the verdict the monitor reached, accepts it (so the plugin does not fail the test for it),
 and leaves the device to be recovered by power cycle before the next test.
+
+Order: the oops and the #GP come first because they use the build test_deploy.py already loaded
+(the inventory's own parameters), so they need no reboot before their deploy; each crash's recovery
+then gives the hang and the panic (builds with other parameters) the clean boot they need anyway.
+With the hang first, the device was power-cycled once more per run only to change the parameters.
 """
 
 from __future__ import annotations
@@ -19,6 +24,24 @@ pytestmark = pytest.mark.rig_requires("lab")
 
 def _bound(dut) -> float:
     return dut.device.monitor.hang_bound
+
+
+def test_oops_is_an_oops(dut):
+    dut.deploy_shadowbox()
+    dut.ssh.run("echo oops > /sys/module/sbsim/parameters/trigger", timeout=10)
+    verdict = dut.monitor.wait(timeout=30)
+    assert verdict is not None and verdict.text == "crash(oops)", verdict
+    dut.accept_verdict()
+
+
+def test_gpf_is_a_gpf(dut):
+    """A #GP on a non-canonical address (sbsim dereferences 0xdead000000000100, LIST_POISON1):
+    the kernel's "general protection fault" report is its own crash class, not an oops."""
+    dut.deploy_shadowbox()
+    dut.ssh.run("echo gpf > /sys/module/sbsim/parameters/trigger", timeout=10)
+    verdict = dut.monitor.wait(timeout=30)
+    assert verdict is not None and verdict.text == "crash(gpf)", verdict
+    dut.accept_verdict()
 
 
 def test_hang_after_nmis_is_a_hang(dut, nmi_sources):
@@ -43,24 +66,6 @@ def test_panic_after_nmi_is_a_panic(dut, nmi_sources):
     src.raise_(2, interval=0.2)
     verdict = dut.monitor.wait(timeout=30)
     assert verdict is not None and verdict.text == "crash(panic)", verdict
-    dut.accept_verdict()
-
-
-def test_oops_is_an_oops(dut):
-    dut.deploy_shadowbox()
-    dut.ssh.run("echo oops > /sys/module/sbsim/parameters/trigger", timeout=10)
-    verdict = dut.monitor.wait(timeout=30)
-    assert verdict is not None and verdict.text == "crash(oops)", verdict
-    dut.accept_verdict()
-
-
-def test_gpf_is_a_gpf(dut):
-    """A #GP on a non-canonical address (sbsim dereferences 0xdead000000000100, LIST_POISON1):
-    the kernel's "general protection fault" report is its own crash class, not an oops."""
-    dut.deploy_shadowbox()
-    dut.ssh.run("echo gpf > /sys/module/sbsim/parameters/trigger", timeout=10)
-    verdict = dut.monitor.wait(timeout=30)
-    assert verdict is not None and verdict.text == "crash(gpf)", verdict
     dut.accept_verdict()
 
 

@@ -6,10 +6,11 @@ from Debian's signed archive into ``~/.cache/shadowbox-rig/kernels`` by tools/bo
 first use; see rig.lab.kernels). So every lab test and suite that uses both guests runs on both
 kernels, at no extra boot cost (the two guests boot in parallel as before).
 
-Why one per session: booting a TCG guest costs 10-20 s of two shared cores; every lab test of the
-session shares the same two guests. The lab is isolated from the checkout's own ``.lab`` (a user's
-``rig lab up`` is never touched): its state folder and inventory folder are temporary, its ports
-derive from that folder's path (see rig.lab.ports).
+Why one per session: booting a TCG guest costs about 12 s of CPU (10-40 s of wall on two shared
+cores); every lab test of the session (of the xdist worker, under `make test`) shares the same two
+guests. The lab is isolated from the checkout's own ``.lab`` (a user's ``rig lab up`` is never
+touched): its state folder and inventory folder are temporary, its ports derive from that folder's
+path (see rig.lab.ports).
 
 API (the fixture yields a :class:`rig.lab.manager.Lab` after ``up(count=2)``)::
 
@@ -34,9 +35,11 @@ Do not assume a kernel version in a test: compare with ``g.kernel_version`` / ``
 Rules for users of the fixture: the guests are shared, so a test that breaks one (kills its console
 server or BMC, powers it off, crashes or hangs its kernel) must put it back before returning --
 e.g. ``lab.start_console_server(name)``, or a power cycle and :func:`wait_lab_guest_ready` for a
-crashed guest. Mark such tests ``@pytest.mark.lab``. Under pytest-xdist each worker would boot its
-own lab: run lab tests in one worker (``-n 0``, or ``@pytest.mark.xdist_group("lab")`` with
-``--dist loadgroup``).
+crashed guest. Mark such tests ``@pytest.mark.lab``. Under pytest-xdist each worker boots its own
+lab (its own temporary folder, so its own ports, and its own device-lock folder: see
+``_session_lock_dir``); `make test` runs the lab tests with ``-n 2 --dist loadfile`` so a file's
+tests stay together, in order, on one worker (tools/run-tests.sh). A test may rely on the state an
+earlier test *of its own file* left; never on another file's.
 
 ``lab_devices`` (session scope): the two guests as rig.inventory.Device objects.
 
@@ -63,8 +66,10 @@ its inventory is ``lab.inventory_dir``. Shared by every test that needs such a g
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -75,10 +80,42 @@ from rig.lab.manager import GuestInfo, Lab, ssh_login_check
 LAB_READY_TIMEOUT = 180.0
 #: Kernel of lab-1 and lab-2 (rig.lab.kernels specs): the host's 6.1 and Debian 11's 5.10.
 LAB_KERNELS = ("6.1", "5.10")
+#: Lab test files, slowest first (seconds of the lab side in a full run: BENCHMARKS.md, issue 11).
+#: `make test` hands whole files to its lab workers in this order (``--dist loadfile``, collection
+#: order kept), so the long files start first and the short ones fill in at the end (longest-first
+#: scheduling). A file not listed runs after these; a stale list only costs balance, never a result.
+LAB_FILES_SLOWEST_FIRST = (
+    "test_bisect.py",
+    "test_bisect_intermittent_lab.py",
+    "test_plugin_lab.py",
+    "test_netconsole_lab.py",
+    "test_regress.py",
+    "test_sbsim_residency_lab.py",
+    "test_lab.py",
+    "test_faults_lab.py",
+    "test_deploy_failures_lab.py",
+    "test_power_lab.py",
+    "test_rig_lab.py",
+)
 
 
 @pytest.fixture(scope="session")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+def _session_lock_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Device locks of this session's labs in a folder of this session (``RIG_LOCK_DIR``).
+
+    Why: the rig locks a device by its name in one per-user folder, and every lab of a test run --
+    one per xdist worker -- names its guests lab-1, lab-2. Two workers' lab-1 are two guests, so
+    they must not wait for each other's lock. Set for this process and the suites it starts (a
+    test that needs another lock folder sets its own, e.g. with monkeypatch).
+    """
+    locks = tmp_path_factory.getbasetemp() / "device-locks"
+    locks.mkdir(mode=0o700, exist_ok=True)
+    os.environ["RIG_LOCK_DIR"] = str(locks)
+    return locks
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory: pytest.TempPathFactory, _session_lock_dir: Path) -> Iterator[Lab]:
     """A lab of 2 guests (lab-1 on 6.1, lab-2 on 5.10), up for the whole session, torn down at its end."""
     base = tmp_path_factory.mktemp("lab")
     the_lab = Lab(root=base / "state", inventory_dir=base / "devices")
@@ -90,7 +127,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 
 @pytest.fixture(scope="session")
-def laptop_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+def laptop_lab(tmp_path_factory: pytest.TempPathFactory, _session_lock_dir: Path) -> Iterator[Lab]:
     """A lab of 2 laptop-like guests (no BMC): laptop-1 on a virtual PDU outlet, laptop-2 on a relay."""
     base = tmp_path_factory.mktemp("laptops")
     the_lab = Lab(root=base / "state", inventory_dir=base / "devices")
@@ -102,7 +139,7 @@ def laptop_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 
 @pytest.fixture(scope="session")
-def netconsole_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+def netconsole_lab(tmp_path_factory: pytest.TempPathFactory, _session_lock_dir: Path) -> Iterator[Lab]:
     """One guest ``nc-1``: netconsole its only console, ramoops pstore; up for the session."""
     base = tmp_path_factory.mktemp("nclab")
     the_lab = Lab(root=base / "state", inventory_dir=base / "devices")
@@ -140,11 +177,15 @@ def wait_lab_guest_ready(info: GuestInfo, timeout: float = LAB_READY_TIMEOUT) ->
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A test that uses the shared lab is a lab test, whether or not it says so.
+    """A test that uses the shared lab is a lab test, whether or not it says so; slow lab files first.
 
-    `make test` (tools/run-tests.sh) runs lab tests in one process and the rest in parallel beside
-    it; a lab user left unmarked would boot a second lab in a parallel worker.
+    `make test` (tools/run-tests.sh) runs lab tests in their own workers and the rest in parallel
+    beside them; a lab user left unmarked would boot a lab in a pure-test worker.
     """
     for item in items:
         if {"lab", "lab_devices"} & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("lab"):
             item.add_marker(pytest.mark.lab)
+    # Slowest lab files first (LAB_FILES_SLOWEST_FIRST); a stable sort, so the order within a file
+    # and among the other files stays as collected.
+    rank = {name: i for i, name in enumerate(LAB_FILES_SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

@@ -11,9 +11,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -38,7 +40,19 @@ def run_suites(
         "-p", "no:cacheprovider", "-q", "-rs",
     ]  # fmt: skip
     env = {**os.environ, "RIG_RUN_ID": run_id}
-    return subprocess.run(cmd, cwd=CHECKOUT, env=env, capture_output=True, text=True, timeout=timeout)
+    # Its own process group, killed whole if this test ends early (its timeout, pytest-timeout, ^C):
+    # killing the suite's pytest alone left its xdist workers running, holding the devices' locks, and
+    # the next lab test found its device busy.
+    proc = subprocess.Popen(cmd, cwd=CHECKOUT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def _walk(raw: bytes, serial: bytes, at: int) -> tuple[int, int, str]:

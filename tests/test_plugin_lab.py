@@ -28,6 +28,7 @@ def load(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
+@pytest.mark.timeout(1200)  # 8 recoveries on two devices; 207 s on a quiet machine, 600 s was hit on a loaded one
 def test_suites_on_two_devices_in_parallel(lab: Lab, tmp_path: Path) -> None:
     junit = tmp_path / "junit.xml"
     proc = run_suites(

@@ -1,25 +1,37 @@
 #!/usr/bin/env bash
 # The rig's own tests, as `make test` runs them: two pytest processes side by side.
 #
-#   lab   tests marked `lab` (they share one session-scoped virtual lab of booted QEMU guests, which
-#         must not be booted twice, and several put a guest into a state the next test relies on):
-#         one process, in order, at normal priority;
+#   lab   tests marked `lab`: RIG_LAB_WORKERS xdist workers (default 2), each with its own
+#         session-scoped labs of booted QEMU guests (own folder, ports and device locks), whole
+#         test files per worker (`--dist loadfile`: a file's tests run in order on one worker, as
+#         several rely on the state the previous test of their file left), slowest files first
+#         (tests/conftest.py LAB_FILES_SLOWEST_FIRST; `--no-loadscope-reorder` keeps that order),
+#         at normal priority;
 #   pure  everything else (parsers, rules, real sockets, sshd, ser2net, git, gpg...): one process
 #         with xdist workers, at lower CPU priority, so the guests' heartbeats are never starved.
 #
-# Why: on a 2-core machine the lab tests spend much of their time waiting on guests (boots, timeouts,
-# soaks); the pure tests fill that time instead of queueing behind it. Extra pytest arguments go to
-# both (e.g. `make test PYTEST_ARGS="-x --durations=25"`). RIG_TEST_WORKERS sets the pure side's xdist
-# workers (default 2; 0 runs it without xdist). The exit status is the first failing side's.
+# Why: on a 2-core machine one lab process keeps about one core busy (boots, guest work) and waits
+# the rest of the time (hang bounds, soaks: BENCHMARKS.md, issue 11); a second lab worker and the pure
+# tests fill that time instead of queueing behind it. The cost of a second
+# lab worker is one more boot of lab-1/lab-2 (about 25 s of CPU). Extra pytest arguments go to both
+# (e.g. `make test PYTEST_ARGS="-x --durations=25"`). RIG_TEST_WORKERS sets the pure side's xdist
+# workers (default 2; 0 runs it without xdist), RIG_LAB_WORKERS the lab side's (1 or 0: one process,
+# one lab, in file order). The exit status is the first failing side's.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 PYTEST=${PYTEST:-.venv/bin/pytest}
 workers=${RIG_TEST_WORKERS:-2}
+lab_workers=${RIG_LAB_WORKERS:-2}
 pure_log=$(mktemp "${TMPDIR:-/tmp}/rig-pure-tests.XXXXXX.log")
 
 xdist=()
 [ "$workers" != 0 ] && xdist=(-n "$workers")
+lab_xdist=()
+case "$lab_workers" in
+  0|1) ;;
+  *) lab_xdist=(-n "$lab_workers" --dist loadfile --no-loadscope-reorder) ;;
+esac
 
 start=$(date +%s)
 nice -n 10 "$PYTEST" -m "not lab" "${xdist[@]}" "$@" >"$pure_log" 2>&1 &
@@ -27,8 +39,8 @@ pure_pid=$!
 # A ^C or a kill of this script must not leave the pure side running on its own.
 trap 'kill "$pure_pid" 2>/dev/null; wait "$pure_pid" 2>/dev/null; exit 130' INT TERM
 
-echo "== lab tests (one process; pure tests run beside it, their output follows) =="
-"$PYTEST" -m lab "$@"
+echo "== lab tests (${lab_workers} worker(s); pure tests run beside them, their output follows) =="
+"$PYTEST" -m lab "${lab_xdist[@]}" "$@"
 lab_rc=$?
 lab_end=$(date +%s)
 

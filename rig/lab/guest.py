@@ -20,6 +20,7 @@ Why these QEMU choices:
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rig.errors import LabFault
+from rig.files import write_atomic
 from rig.qmp import QmpClient
 
 KERNEL_CMDLINE: tuple[str, ...] = ("console=ttyS0,115200", "apic_extnmi=all", "panic=0")
@@ -198,19 +200,30 @@ def probe_kvm(kernel: Path, cache_file: Path, timeout: float = KVM_PROBE_TIMEOUT
 
     /dev/kvm opening is not enough (on some hosts the guest spins forever with no output). The
     answer is cached in ``cache_file`` per QEMU binary and kernel, since the probe costs up to
-    ``timeout`` seconds when KVM is broken.
+    ``timeout`` seconds (of a spinning CPU) when KVM is broken. Labs that start at once (the test
+    run's lab workers) probe once: the first holds a lock on the cache while it probes, the others
+    then read its answer.
     """
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return False
     qemu = qemu_binary()
     key = {"qemu": qemu, "qemu_mtime": os.stat(qemu).st_mtime, "kernel": str(kernel)}
-    try:
-        cached = json.loads(cache_file.read_text())
-        if cached.get("key") == key:
-            return bool(cached["kvm"])
-    except (OSError, ValueError, KeyError):
-        pass
     cache_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(cache_file.with_name(cache_file.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            cached = json.loads(cache_file.read_text())
+            if cached.get("key") == key:
+                return bool(cached["kvm"])
+        except (OSError, ValueError, KeyError):
+            pass
+        works = _probe_kvm_boot(qemu, kernel, cache_file, timeout)
+        write_atomic(cache_file, json.dumps({"key": key, "kvm": works, "probed_at": time.time()}) + "\n")
+    return works
+
+
+def _probe_kvm_boot(qemu: str, kernel: Path, cache_file: Path, timeout: float) -> bool:
+    """Boot ``kernel`` under KVM; True when it printed its banner within ``timeout``."""
     out = cache_file.with_name(cache_file.name + ".console")
     out.unlink(missing_ok=True)
     proc = subprocess.Popen(
@@ -235,7 +248,6 @@ def probe_kvm(kernel: Path, cache_file: Path, timeout: float = KVM_PROBE_TIMEOUT
         proc.kill()
         proc.wait()
         out.unlink(missing_ok=True)
-    cache_file.write_text(json.dumps({"key": key, "kvm": works, "probed_at": time.time()}) + "\n")
     return works
 
 
