@@ -187,10 +187,9 @@ def check_device(device: Device, log_dir: Path, *, recover: bool = False, deploy
                 row.put("ssh", "FAIL", _why(exc))
         if ssh_ok:
             try:
-                res = dut.ssh.run("uname -r; cat /proc/cmdline", timeout=15)
-                kernel, _, cmdline = res.out.partition("\n")
-                missing = [f for f in device.kernel.cmdline_requires if f not in cmdline.split()]
-                row.put("ssh", "ok", kernel.strip())
+                facts = dut.facts()
+                missing = [f for f in device.kernel.cmdline_requires if f not in facts.cmdline.split()]
+                row.put("ssh", "ok", facts.kernel)
                 if missing:
                     row.put("cmdline", "FAIL", f"kernel command line lacks {' '.join(missing)}")
             except RigError as exc:

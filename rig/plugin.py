@@ -36,6 +36,7 @@ import pytest
 
 from rig.errors import LabFault, RigError, Unavailable
 from rig.inventory import Device, load_inventory
+from rig.lifecycle import DeviceState
 from rig.vocab import NMI_SOURCE_NAMES, VerdictKind
 
 log = logging.getLogger(__name__)
@@ -298,11 +299,10 @@ def _capabilities(dut: Any) -> dict[str, str | None]:
             caps[name] = None
         except Unavailable as exc:
             caps[name] = exc.reason
-    caps["console"] = None if dut.console is not None else "no [console] in the inventory"
+    caps["console"] = None if dut.device.console is not None else "no [console] in the inventory"
     caps["power"] = None if dut.device.power.kind != "manual" else "manual power: no remote power control"
     caps["lab"] = None if "lab" in dut.device.tags else "not a virtual-lab device"
-    res = dut.ssh.run("grep -qw vmx /proc/cpuinfo && echo yes || echo no", timeout=10)
-    caps["vmx"] = None if res.out.strip() == "yes" else "the CPU shows no 'vmx' flag (no VT-x)"
+    caps["vmx"] = None if dut.facts().vmx else "the CPU shows no 'vmx' flag (no VT-x)"
     return caps
 
 
@@ -342,20 +342,18 @@ def dut(request: pytest.FixtureRequest, device: Device, _dut_pool: dict[str, Any
             dev_report.set_identity(d)
             _report_last_words(d, dev_report)
             d.caps = _capabilities(d)
-        elif d.needs_recovery:
+        elif d.lifecycle.state is DeviceState.FAILED:  # an earlier test left it crashed, hung or switched off
             _board(request.config).state(device.name, "recovering")
-            took = d.recover()
+            d.lifecycle.transition(DeviceState.WATCHED)  # a recovery: warm reset or power cut, then watched
             how = d.last_recovery or {}
+            took = how.get("seconds") or 0.0
             rig_run.device(device).event(
                 "recovery", f"{how.get('why', 'power cycle')}: ready in {took:.1f} s", seconds=took,
                 method=how.get("method"), power=how.get("power"),
             )
             _report_last_words(d, rig_run.device(device))
-            d.needs_recovery = False
         else:
-            d.monitor.stop()
-            d.monitor.resume()
-            d.monitor.start()
+            d.lifecycle.transition(DeviceState.WATCHED)  # a fresh watch: no verdict inherited
     except LabFault as exc:
         rig_run.device(device).event("lab-fault", str(exc))
         _board(request.config).state(device.name, "lab-fault", detail=str(exc))
@@ -376,7 +374,7 @@ def dut(request: pytest.FixtureRequest, device: Device, _dut_pool: dict[str, Any
         stall = StallPanic(d.ssh, d.name, sudo=device.ssh.sudo, reboot_seconds=device.monitor.panic_reboot_seconds)
         rig_run.device(device).event("stall-panic", stall.apply())
     yield d
-    if stall is not None and not d.needs_recovery:  # a hung or crashed device is rebooted: that resets them
+    if stall is not None and d.lifecycle.state is not DeviceState.FAILED:  # a reboot resets them
         stall.restore()
 
 
@@ -600,13 +598,13 @@ def _judge(item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestRe
         report.longrepr = f"LAB FAULT on {d.name} (not a device failure): {verdict.reason}"
     elif verdict.kind is VerdictKind.POWERED_OFF:
         # Someone or something switched the device off: not its failure, but it must be powered on.
-        d.needs_recovery = True
+        d.lifecycle.fail(verdict.text)
         report.outcome = "failed"
         report.longrepr = (
             f"POWERED OFF: {d.name} was switched off during the test (not a device failure): {verdict.reason}"
         )
     elif not verdict.ok:
-        d.needs_recovery = True
+        d.lifecycle.fail(verdict.text)
         excerpt = _wait_excerpt(d, verdict)
         report.outcome = "failed"
         report.longrepr = f"{d.name}: verdict {verdict.text}: {verdict.reason}\n--- console (last lines) ---\n{excerpt}"
@@ -628,7 +626,7 @@ def _judge(item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestRe
             after = d.interrupts()
     before_cb = _state(item).callbacks_before
     callbacks = None
-    if before_cb is not None and d.console is not None:
+    if before_cb is not None and d.device.console is not None:
         now_cb = d.callback_totals()
         callbacks = {cpu: n - before_cb.get(cpu, 0) for cpu, n in now_cb.items() if n > before_cb.get(cpu, 0)}
     _record(item, d.device, report, verdict, after, callbacks=callbacks)
@@ -693,8 +691,9 @@ def _record(
     d = _state(item).dut
     if d is not None:
         _report_last_words(d, run.device(device))  # recoveries the test made itself (a redeploy reboots)
-        if d.console is not None:
-            run.device(device).console_stats(d.console.stats())
+        stats = d.console_stats()
+        if stats is not None:
+            run.device(device).console_stats(stats)
     _board(item.config).verdict(device.name, label, report.outcome, getattr(verdict, "text", str(verdict)))
     run.device(device).test_result(
         nodeid=item.nodeid,
@@ -711,13 +710,13 @@ def _record(
 
 def _wait_excerpt(d: Any, verdict: Any, lines: int = 60) -> str:
     """Keep reading for the crash tail (the whole oops), then return the last console lines."""
-    if d.console is None:
+    if d.device.console is None:
         return "(no console)"
     if verdict.kind is VerdictKind.CRASH:
         end = verdict.at + d.device.monitor.crash_tail_seconds
         while time.time() < end:
             time.sleep(0.2)
-    return "\n".join(line.text for line in d.console.tail(lines))
+    return "\n".join(d.console_lines(lines))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,7 +31,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -48,7 +47,9 @@ from rich.table import Table
 from rig.board import BOARD_FILE, live_board
 from rig.board import wanted as board_wanted
 from rig.errors import ConfigError, RigError
+from rig.gitrepo import checkout_commit, resolve_ref
 from rig.inventory import Device, load_inventory
+from rig.lifecycle import fresh_boot
 from rig.report import write_json_atomic
 
 STATE_FILE = "regress.json"
@@ -119,60 +120,6 @@ def parse_builds(source_tree: Path | None, builds: Sequence[str], build_trees: S
         seen[s.label] = n
         out.append(s if n == 1 else BuildSpec(f"{s.label}-{n}", s.kind, s.source, s.ref))
     return out
-
-
-def _git(repo: Path, *args: str, timeout: float = 120) -> str:
-    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise ConfigError(f"git {' '.join(args)} in {repo} failed: {proc.stderr.strip()[-500:]}")
-    return proc.stdout
-
-
-def resolve_ref(repo: Path, ref: str) -> str:
-    """The full commit id of ``ref`` in ``repo``; a bad ref or a folder that is no git tree is a ConfigError."""
-    if not (repo / ".git").exists() and not _is_git_dir(repo):
-        raise ConfigError(f"--source-tree {repo} is not a git checkout (no .git): give the Shadow-box clone")
-    try:
-        return _git(repo, "rev-parse", "--verify", "--end-of-options", f"{ref}^{{commit}}").strip()
-    except ConfigError:
-        raise ConfigError(f"git ref {ref!r} not found in {repo} (try 'git -C {repo} log --oneline')") from None
-
-
-def _is_git_dir(repo: Path) -> bool:
-    proc = subprocess.run(["git", "-C", str(repo), "rev-parse", "--git-dir"], capture_output=True, text=True)
-    return proc.returncode == 0
-
-
-def clone_shared(repo: Path, dest: Path) -> Path:
-    """A clone of ``repo`` at ``dest`` that borrows its objects (``--shared``): cheap, and never writes to repo."""
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(
-        ["git", "clone", "--quiet", "--shared", "--no-checkout", str(repo), str(dest)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if proc.returncode != 0:
-        raise ConfigError(f"git clone of {repo} into {dest} failed: {proc.stderr.strip()[-500:]}")
-    return dest
-
-
-def checkout_commit(repo: Path, commit: str, cache: Path) -> Path:
-    """The tree of ``commit`` in ``<cache>/<commit>/``, made once and reused (checked, not trusted)."""
-    dest = cache / commit
-    if dest.is_dir():
-        try:
-            head = _git(dest, "rev-parse", "HEAD").strip()
-            clean = not _git(dest, "status", "--porcelain").strip()
-            if head == commit and clean:
-                return dest
-        except ConfigError:
-            pass
-    clone_shared(repo, dest)
-    _git(dest, "-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", commit)
-    return dest
 
 
 def tree_digest(path: Path) -> str:
@@ -407,55 +354,6 @@ class RegressState:
 Runner = Callable[[BuildSpec, Path, Path, Selection], int]
 #: Called before each build's run (the real one power-cycles every selected device).
 Reset = Callable[[BuildSpec], None]
-
-
-def fresh_boot(devices: Sequence[Device], log_root: Path, console: Console) -> dict[str, str | None]:
-    """Power-cycle every device (side by side) and wait until it answers SSH: device -> None or why not.
-
-    Why before every build: Shadow-box cannot be unloaded, so each build needs a fresh boot anyway
-    (the deploy step would reboot a device that still runs the previous build), and the previous
-    build may have left a device hung or panicked. Doing it here, for all devices at once, gives
-    every build the same clean start and keeps the reboot out of its first test. A device that
-    cannot be reset (manual power, a lab fault) is reported and left to the run, which says why.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from rig.dut import Dut
-
-    def one(dev: Device) -> str | None:
-        dut = Dut(dev, log_root / dev.name, lock_wait=60)
-        try:
-            dut.lock.acquire(dut.lock_wait)
-            if dut.place is not None:
-                dut.place.acquire()  # a shared laptop: never power-cycle it under another controller's run
-            if _clean(dut):
-                console.print(f"  {dev.name}: answers SSH and runs no Shadow-box: no reset needed", highlight=False)
-                return None
-            if dut.console is not None:
-                dut.console.start()
-            took = dut.recover(start_monitor=False)
-            console.print(f"  {dev.name}: power-cycled, ready in {took:.0f} s", highlight=False)
-            return None
-        except RigError as exc:
-            console.print(f"  [yellow]{dev.name}: not reset before the build: {exc}[/]", highlight=False)
-            return str(exc)
-        finally:
-            dut.close()
-
-    with ThreadPoolExecutor(max_workers=max(1, len(devices))) as pool:
-        return dict(zip([d.name for d in devices], pool.map(one, devices), strict=True))
-
-
-def _clean(dut: Any) -> bool:
-    """True if the device answers SSH and none of its recipe's modules is loaded (no reboot needed).
-
-    The same test the deploy step makes before it decides to reboot; any doubt means "not clean".
-    """
-    try:
-        dut.ssh.connect(timeout=5)
-        return not dut.runs_shadowbox()
-    except Exception:  # noqa: BLE001 - unreachable, hung, half-open: a power cycle will tell
-        return False
 
 
 def pytest_command(spec: BuildSpec, tree: Path, out: Path, selection: Selection) -> list[str]:

@@ -149,25 +149,14 @@ class DeviceReport:
         self.flush()
 
     def set_identity(self, dut: Any) -> None:
-        """Kernel, command line, CPU model and microcode, read from the device."""
-        script = (
-            "uname -r; cat /proc/cmdline; grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2; "
-            "grep -m1 '^microcode' /proc/cpuinfo | cut -d: -f2; grep -c ^processor /proc/cpuinfo"
-        )
+        """Kernel, command line, CPU model and microcode: the facts the Dut read after its boot (rig.facts)."""
         try:
-            lines = dut.ssh.run(script, timeout=15).out.splitlines()
+            facts = dut.facts()
         except Exception as exc:  # noqa: BLE001 - identity is nice to have; the run goes on
             self.event("identity-failed", str(exc))
             return
-        lines += [""] * 5
-        self.data["identity"] = {
-            "kernel": lines[0].strip(),
-            "cmdline": lines[1].strip(),
-            "cpu_model": lines[2].strip(),
-            "microcode": lines[3].strip(),
-            "cpus": lines[4].strip(),
-        }
-        self.event("connected", f"kernel {lines[0].strip()}")
+        self.data["identity"] = facts.identity()
+        self.event("connected", f"kernel {facts.kernel}")
 
     def nmi_delivery(self, test: str, delivery: Any) -> None:
         """One source's raise-and-count, with per-CPU deltas (the report's NMI evidence)."""

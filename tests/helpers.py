@@ -136,7 +136,7 @@ def restore_guests(lab: Any, log_dir: Path) -> None:
     """Power-cycle (side by side, the rig's way) every lab guest that does not answer SSH."""
     from rig.inventory import load_inventory
     from rig.lab.manager import ssh_login_check
-    from rig.regress import fresh_boot
+    from rig.lifecycle import fresh_boot
 
     dead = []
     for dev in load_inventory([lab.inventory_dir]):
