@@ -27,6 +27,8 @@ from typing import Any
 
 from rich.console import Console
 
+from rig.results import RunView, load_run
+
 #: Share of each CPU's time in sbsim's imitated host section (percent, a string: sbsim parses decimals).
 #: The soak raises ~8 QMP+IPMI NMIs per second on this lab, each reaching both CPUs: 1 - 0.995^2 = 1 %
 #: of them hit a host, so the buggy build hangs after ~13 s on average (a few % of demos survive the
@@ -67,12 +69,13 @@ def write_demo_inventory(lab_inventory: Path, out_dir: Path) -> list[Path]:
 
 def summarize(run_dir: Path, console: Console) -> int:
     """The few lines a lab engineer reads: per device, passed or hung, and when."""
-    summary = json.loads((run_dir / "summary.json").read_text())
+    view = load_run(run_dir)
+    summary = view.summary or {"devices": []}
     console.rule("[bold]shadowbox-rig demo: result")
     worst = 0
     for dev in summary["devices"]:
         name = dev["device"]
-        report = json.loads((run_dir / name / "report.json").read_text())
+        report = _report(view, name)
         label = BUILDS.get(name, ("", {}))[0]
         kernel = report.get("identity", {}).get("kernel") or "kernel ?"
         name = f"{name}  {kernel:<16}"
@@ -99,7 +102,7 @@ def summarize(run_dir: Path, console: Console) -> int:
             soft_wrap=True,
         )
     for dev in summary["devices"]:
-        line = host_share_line(json.loads((run_dir / dev["device"] / "report.json").read_text()))
+        line = host_share_line(_report(view, dev["device"]))
         console.print(f"        {dev['device']}  {line}", highlight=False, soft_wrap=True)
     console.print(f"reports: {run_dir}/  (per device: report.json, console.log; run: summary.json)", soft_wrap=True)
     console.print(
@@ -107,6 +110,13 @@ def summarize(run_dir: Path, console: Console) -> int:
         soft_wrap=True,
     )
     return worst
+
+
+def _report(view: RunView, name: str) -> dict[str, Any]:
+    """A device's report.json as rig.results read it (empty if it could not be read)."""
+    dev = view.device(name)
+    usable = dev is not None and not dev.from_summary and not dev.problem
+    return dev.data if usable and dev is not None else {"tests": [], "timeline": []}
 
 
 def host_share_line(report: dict[str, Any]) -> str:
@@ -172,6 +182,6 @@ def run_demo(checkout: Path, soak_minutes: float, console: Console) -> int:
 
 
 def _only_lab2_failed(run_dir: Path) -> bool:
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = load_run(run_dir).summary or {"devices": []}
     failed = {d["device"] for d in summary["devices"] if any(c["outcome"] == "failed" for c in d["tests"].values())}
     return failed == {"lab-2"}

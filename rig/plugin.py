@@ -30,7 +30,7 @@ import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -39,33 +39,41 @@ from rig.inventory import Device, load_inventory
 from rig.lifecycle import DeviceState
 from rig.vocab import NMI_SOURCE_NAMES, VerdictKind
 
+if TYPE_CHECKING:  # typed fixtures without importing the rig's device stack when pytest loads the plugin
+    from rig.board import BoardFeed, TerminalBoard
+    from rig.dut import Dut
+    from rig.monitor import Verdict
+    from rig.nmi import InterruptCounts, NmiSource
+    from rig.report import DeviceReport, RunReport
+    from rig.shadowbox import DeployFailed, DeployResult
+
 log = logging.getLogger(__name__)
 
-DUTS_KEY = pytest.StashKey[dict[str, Any]]()
-RUN_KEY = pytest.StashKey[Any]()
+DUTS_KEY = pytest.StashKey[dict[str, "Dut"]]()
+RUN_KEY = pytest.StashKey["RunReport"]()
 #: device name -> the refusal message, for devices another run holds (asked once per run, see ``dut``).
 BUSY_KEY = pytest.StashKey[dict[str, str]]()
 #: This run's id (the controller's; a worker reads it from workerinput) and its selected devices.
 RUN_ID_KEY = pytest.StashKey[str]()
 DEVICES_KEY = pytest.StashKey[list[Device]]()
 #: This process's board feed (rig.board.BoardFeed) and, on the controller, the live board drawn.
-BOARD_KEY = pytest.StashKey[Any]()
-LIVE_KEY = pytest.StashKey[Any]()
+BOARD_KEY = pytest.StashKey["BoardFeed"]()
+LIVE_KEY: pytest.StashKey[TerminalBoard] = pytest.StashKey()
 
 
 @dataclass
 class TestState:
     """What the ``dut`` fixture leaves on a test item for ``pytest_runtest_makereport`` to judge with."""
 
-    dut: Any = None
+    dut: Dut | None = None
     #: (device, reason) of a lab fault while setting up: recorded as a lab-fault row.
     setup_fault: tuple[Device, str] | None = None
     #: /proc/interrupts before the test (per-CPU NMI deltas in the report).
-    irq_before: Any = None
+    irq_before: InterruptCounts | None = None
     #: Shadow-box host callbacks per CPU counted before the test (Dut.callback_totals).
     callbacks_before: dict[int, int] | None = None
     #: The deploy failure (rig.shadowbox.DeployFailed) that failed this test's set-up.
-    deploy_failed: Any = None
+    deploy_failed: DeployFailed | None = None
 
 
 TEST_KEY = pytest.StashKey[TestState]()
@@ -259,7 +267,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture(scope="session")
-def rig_run(request: pytest.FixtureRequest) -> Iterator[Any]:
+def rig_run(request: pytest.FixtureRequest) -> Iterator[RunReport]:
     """The run's report writer (``reports/<run-id>/``), shared by every test of this process."""
     from rig.report import RunReport
 
@@ -271,8 +279,8 @@ def rig_run(request: pytest.FixtureRequest) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
-def _dut_pool(request: pytest.FixtureRequest, rig_run: Any) -> Iterator[dict[str, Any]]:
-    pool: dict[str, Any] = request.config.stash[DUTS_KEY]
+def _dut_pool(request: pytest.FixtureRequest, rig_run: RunReport) -> Iterator[dict[str, Dut]]:
+    pool: dict[str, Dut] = request.config.stash[DUTS_KEY]
     from rig.board import Sampler
 
     sampler = Sampler(_board(request.config), lambda: list(pool.values())).start()
@@ -287,7 +295,7 @@ def _dut_pool(request: pytest.FixtureRequest, rig_run: Any) -> Iterator[dict[str
     pool.clear()
 
 
-def _capabilities(dut: Any) -> dict[str, str | None]:
+def _capabilities(dut: Dut) -> dict[str, str | None]:
     """capability -> None if offered, else the reason it is not."""
     caps: dict[str, str | None] = {}
     for name in NMI_SOURCE_NAMES:
@@ -307,7 +315,9 @@ def _capabilities(dut: Any) -> dict[str, str | None]:
 
 
 @pytest.fixture
-def dut(request: pytest.FixtureRequest, device: Device, _dut_pool: dict[str, Any], rig_run: Any) -> Iterator[Any]:
+def dut(
+    request: pytest.FixtureRequest, device: Device, _dut_pool: dict[str, Dut], rig_run: RunReport
+) -> Iterator[Dut]:
     """The device, connected and watched. Recovered first if an earlier test left it crashed or hung.
 
     A device another run holds (rig.dut.DeviceBusy) fails every test of this run on it, at once and
@@ -378,13 +388,13 @@ def dut(request: pytest.FixtureRequest, device: Device, _dut_pool: dict[str, Any
         stall.restore()
 
 
-def _report_last_words(d: Any, dev_report: Any) -> None:
+def _report_last_words(d: Dut, dev_report: DeviceReport) -> None:
     """The pstore harvests the Dut made since the last call (run start, recoveries) into report.json."""
     for h in d.take_pstore_harvests():
         dev_report.last_words(h)
 
 
-def _check_place(d: Any) -> None:
+def _check_place(d: Dut) -> None:
     """Before a test on a shared device: still this run's place, or acquired again (rig.coordinator).
 
     A place lost and now held by another controller is a lab fault for this run, not DEVICE BUSY:
@@ -399,7 +409,7 @@ def _check_place(d: Any) -> None:
             raise LabFault(f"the labgrid place was lost during the run and is taken: {exc}") from None
 
 
-def _check_requires(request: pytest.FixtureRequest, d: Any) -> None:
+def _check_requires(request: pytest.FixtureRequest, d: Dut) -> None:
     for mark in request.node.iter_markers("rig_requires"):
         for cap in mark.args:
             reason = d.caps.get(cap, f"unknown capability {cap!r}")
@@ -414,19 +424,19 @@ def soak_minutes(request: pytest.FixtureRequest) -> float:
 
 
 @pytest.fixture
-def rig_report(dut: Any, rig_run: Any) -> Any:
+def rig_report(dut: Dut, rig_run: RunReport) -> DeviceReport:
     """This device's report page, to record evidence (NMI deliveries, callbacks, timeline events)."""
     return rig_run.device(dut.device)
 
 
 @pytest.fixture
-def nmi_sources(dut: Any) -> dict[str, Any]:
+def nmi_sources(dut: Dut) -> dict[str, NmiSource]:
     """The NMI sources this device offers: name -> ready source (unavailable ones are left out)."""
     return {k: v for k, v in dut.nmi_sources().items() if not isinstance(v, Unavailable)}
 
 
 @pytest.fixture
-def shadowbox(request: pytest.FixtureRequest, dut: Any, rig_run: Any) -> Any:
+def shadowbox(request: pytest.FixtureRequest, dut: Dut, rig_run: RunReport) -> DeployResult:
     """Shadow-box deployed on the device and verified started (a fresh boot is used if it was loaded).
 
     A deploy that fails by name (rig.shadowbox.DeployFailed) fails the set-up without a traceback,
@@ -467,7 +477,7 @@ def shadowbox(request: pytest.FixtureRequest, dut: Any, rig_run: Any) -> Any:
     return result
 
 
-def deploy_failure_text(device: str, exc: Any, lines: int = 12) -> str:
+def deploy_failure_text(device: str, exc: DeployFailed, lines: int = 12) -> str:
     """What a failed deploy says in the terminal: what happened, what to do, the tool's/kernel's own last lines."""
     text = f"DEPLOY FAILED on {device}: {exc.summary()}"
     if exc.forced:
@@ -484,7 +494,7 @@ def deploy_failure_text(device: str, exc: Any, lines: int = 12) -> str:
 # the live board (rig.board): every process feeds <run>/board.jsonl, the controller draws it
 
 
-def _board(config: pytest.Config) -> Any:
+def _board(config: pytest.Config) -> BoardFeed:
     """This process's feed of the run's board file (created on first use)."""
     feed = config.stash.get(BOARD_KEY, None)
     if feed is None:
@@ -632,7 +642,9 @@ def _judge(item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestRe
     _record(item, d.device, report, verdict, after, callbacks=callbacks)
 
 
-def _record_setup_error(item: pytest.Item, d: Any, report: pytest.TestReport, call: pytest.CallInfo[None]) -> None:
+def _record_setup_error(
+    item: pytest.Item, d: Dut | None, report: pytest.TestReport, call: pytest.CallInfo[None]
+) -> None:
     """A test whose set-up failed (a deploy that failed, a lab fault while connecting) gets its row too.
 
     Why: the row is where a lab engineer looks. Without it a build that Shadow-box refused to start
@@ -669,8 +681,8 @@ def _record(
     item: pytest.Item,
     device: Device,
     report: pytest.TestReport,
-    verdict: Any,
-    after: Any,
+    verdict: Verdict,
+    after: InterruptCounts | None,
     failure: str | None = None,
     callbacks: dict[int, int] | None = None,
 ) -> None:
@@ -708,7 +720,7 @@ def _record(
     )
 
 
-def _wait_excerpt(d: Any, verdict: Any, lines: int = 60) -> str:
+def _wait_excerpt(d: Dut, verdict: Verdict, lines: int = 60) -> str:
     """Keep reading for the crash tail (the whole oops), then return the last console lines."""
     if d.device.console is None:
         return "(no console)"
@@ -744,13 +756,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    import json
+    from rig.results import load_run
 
     run_dir = report_dir(config) / _run_id(config)
-    summary_path = run_dir / "summary.json"
-    if _is_worker(config) or not summary_path.exists():
+    if _is_worker(config) or not (run_dir / "summary.json").exists():
         return
-    summary = json.loads(summary_path.read_text())
+    summary = load_run(run_dir).summary
+    if summary is None:
+        return  # an unreadable summary.json: load_run names it on the HTML page
     tr = terminalreporter
     tr.section("rig: device verdicts")
     for dev in summary["devices"]:

@@ -51,6 +51,8 @@ from rig.gitrepo import checkout_commit, resolve_ref
 from rig.inventory import Device, load_inventory
 from rig.lifecycle import fresh_boot
 from rig.report import write_json_atomic
+from rig.results import DeviceOutcome as Cell
+from rig.results import classify_device, load_run, regressed
 
 STATE_FILE = "regress.json"
 SUMMARY_FILE = "regress-summary.json"
@@ -132,118 +134,6 @@ def tree_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-# ---------------------------------------------------------------------------------------------
-# one cell of the matrix: what one build did on one device (pure)
-
-Outcome = Literal["pass", "fail", "deploy-failed", "hang", "crash", "lab-fault", "incomplete", "missing", "no-tests"]
-#: How bad an outcome is, for "regressed against the baseline"; None = could not be judged.
-SEVERITY: dict[str, int | None] = {
-    "pass": 0,
-    "fail": 1,
-    # A build that does not deploy where the baseline ran is worse than it; two that both fail to
-    # deploy say nothing about Shadow-box (exit_code: a run of only those judged nothing).
-    "deploy-failed": 1,
-    "hang": 2,
-    "crash": 2,
-    "lab-fault": None,
-    "incomplete": None,
-    "missing": None,
-    "no-tests": None,
-}
-
-
-@dataclass
-class Cell:
-    outcome: Outcome
-    detail: str = ""  # crash kind, or the failing test / reason
-    time_to_failure: float | None = None  # seconds of NMI soak before the verdict
-    test: str = ""  # the test where it happened
-    title: str = ""  # a crash's title (rig.detect: "<report type> in <guilty function>"), to tell crashes apart
-    #: For a crash with a title: the first build (this one included) with a crash of the same
-    #: title, on any device -- this build's own label means "new crash" (set by line_up).
-    first_seen: str = ""
-    reason: str = ""  # deploy-failed: the named reason (build-failed, preflight, tree-mismatch, ...)
-
-    @property
-    def text(self) -> str:
-        if self.outcome == "deploy-failed":
-            return f"deploy-failed({self.reason or 'unknown'})"
-        if self.outcome == "crash":
-            base = f"crash({self.detail or 'unknown'})"
-            if self.title:
-                base += f" {self.title}"
-        elif self.outcome == "fail":
-            base = f"fail: {self.detail}" if self.detail else "fail"
-        else:
-            base = self.outcome
-        if self.time_to_failure is not None and self.outcome in ("hang", "crash"):
-            base += f" after {self.time_to_failure:.0f} s"
-        return base
-
-    @property
-    def severity(self) -> int | None:
-        return SEVERITY[self.outcome]
-
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "text": self.text, "time_to_failure": _round(self.time_to_failure)}
-
-
-def _round(v: float | None) -> float | None:
-    return None if v is None else round(v, 1)
-
-
-def classify_device(report: dict[str, Any] | None) -> Cell:
-    """One device's report.json -> its cell. Pure: the precedence is the point.
-
-    A hang or crash anywhere wins (that is what the build did to the laptop); then a deploy that
-    failed by name; then a plain failure (an assertion, a reboot nobody asked for); then a lab fault (the
-    lab failed, not the build: never counted as a regression); a run cut short is ``incomplete``.
-    Tests that provoke a crash on purpose pass, and are not failures here either.
-    """
-    if report is None:
-        return Cell("missing", "no report.json: the device never started")
-    tests = report.get("tests", [])
-    timeline = report.get("timeline", [])
-    ttf = next((e.get("time_to_failure") for e in reversed(timeline) if e.get("kind") == "soak-end"), None)
-    failed = [t for t in tests if t.get("outcome") == "failed"]
-    for t in failed:
-        v = t.get("verdict", {})
-        if v.get("kind") == "hang":
-            return Cell("hang", v.get("reason", ""), ttf, t.get("name", ""))
-        if v.get("kind") == "crash":
-            title = str((v.get("event") or {}).get("title") or "")
-            return Cell("crash", v.get("detail") or "unknown", ttf, t.get("name", ""), title)
-    deploy = report.get("deploy")
-    if isinstance(deploy, dict) and deploy.get("ok") is False:  # the full reason: the detail lines show it
-        what = f"{deploy.get('detail', '')}" + (f" -- do: {deploy['hint']}" if deploy.get("hint") else "")
-        return Cell("deploy-failed", what, reason=str(deploy.get("reason") or "unknown"))
-    deploy_failed = [e for e in timeline if e.get("kind") == "deploy-failed"]
-    if deploy_failed:  # before the tests' failures: the tests that needed the deploy fail in set-up with it
-        text = str(deploy_failed[0].get("text", ""))
-        return Cell("deploy-failed", text, reason=str(deploy_failed[0].get("reason") or text.split(":", 1)[0]))
-    for t in failed:
-        kind = t.get("verdict", {}).get("kind")
-        if kind != "lab-fault":
-            what = t.get("verdict", {}).get("verdict") if kind not in (None, "ok") else "assertion"
-            return Cell("fail", f"{t.get('name', '?')} ({what})", None, t.get("name", ""))
-    faults = failed + [e for e in timeline if e.get("kind") == "lab-fault"]  # the failed ones left are lab faults
-    if faults:
-        first = faults[0]
-        reason = first.get("verdict", {}).get("reason") if "verdict" in first else first.get("text")
-        return Cell("lab-fault", str(reason or "")[:160])
-    if report.get("status") != "complete":
-        return Cell("incomplete", "the run stopped before this device finished")
-    if not any(t.get("outcome") == "passed" for t in tests):
-        return Cell("no-tests", "no test passed (all skipped?)")
-    return Cell("pass")
-
-
-def regressed(baseline: Cell, cell: Cell) -> bool:
-    """Worse than the baseline on the same device; an unjudged cell on either side never counts."""
-    a, b = baseline.severity, cell.severity
-    return a is not None and b is not None and b > a
-
-
 @dataclass
 class BuildResult:
     label: str
@@ -269,21 +159,27 @@ def line_up(results: list[BuildResult]) -> list[str]:
         r.regressed_on = [
             d
             for d in devices
-            if r is not base and d in base.cells and d in r.cells and regressed(base.cells[d], r.cells[d])
+            if r is not base and d in base.cells and d in r.cells
+            and regressed(base.cells[d].severity, r.cells[d].severity)
         ]
     return devices
 
 
 def cells_of_run(run_dir: Path, devices: Sequence[str]) -> dict[str, Cell]:
-    """Read every expected device's report.json in a run folder (missing ones are cells too)."""
-    cells: dict[str, Cell] = {}
-    for name in devices:
-        path = run_dir / name / "report.json"
-        data = json.loads(path.read_text()) if path.exists() else None
-        cells[name] = classify_device(data)
-    for path in sorted(run_dir.glob("*/report.json")):
-        if path.parent.name not in cells:
-            cells[path.parent.name] = classify_device(json.loads(path.read_text()))
+    """Every expected device's cell in a run folder (rig.results reads it; missing devices are cells too)."""
+    found: dict[str, dict[str, Any] | None] = {}
+    if run_dir.is_dir():
+        try:
+            view = load_run(run_dir)
+        except ConfigError:
+            view = None  # a folder the run never wrote into
+        for dev in view.devices if view is not None else []:
+            if not dev.from_summary:  # a row of summary.json only: its report.json is missing
+                found[dev.dir.name] = dev.data
+    cells = {name: classify_device(found.get(name)) for name in devices}
+    for name in sorted(found):
+        if name not in cells:
+            cells[name] = classify_device(found[name])
     return cells
 
 

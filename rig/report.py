@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from rig import __version__
+from rig.errors import ConfigError
 from rig.files import write_atomic
 from rig.inventory import Device
 from rig.pstore import NOTHING_AFTER_HANG
@@ -319,9 +320,17 @@ def _deploy_digest(deploy: Any) -> dict[str, Any] | None:
 
 def write_summary(run_dir: Path) -> dict[str, Any]:
     """Gather every device's report.json into summary.json (devices x tests -> verdict)."""
+    from rig.results import load_run  # the one reader of run folders
+
+    try:
+        view = load_run(run_dir)
+    except ConfigError:
+        view = None  # nothing written yet: an empty summary
     devices: list[dict[str, Any]] = []
-    for rep_path in sorted(run_dir.glob("*/report.json")):
-        data = json.loads(rep_path.read_text())
+    for dev in view.devices if view is not None else []:
+        if dev.from_summary or dev.problem:
+            continue  # a row of an earlier summary.json, or a report.json that cannot be read: not summed up
+        data = dev.data
         cells = {t["name"]: {"outcome": t["outcome"], "verdict": t["verdict"]["verdict"]} for t in data["tests"]}
         devices.append(
             {
@@ -344,7 +353,9 @@ def write_summary(run_dir: Path) -> dict[str, Any]:
     write_json_atomic(run_dir / "summary.json", summary)
     run_json = run_dir / "run.json"
     if run_json.exists():
-        meta = json.loads(run_json.read_text())
+        from rig.results import read_json
+
+        meta = read_json(run_json)
         meta.update(status="complete", finished=summary["finished"])
         write_json_atomic(run_json, meta)
     return summary

@@ -17,7 +17,8 @@ from pathlib import Path
 import click
 
 from rig.errors import RigError
-from rig.report_html import diff_runs, render_run
+from rig.report_html import render_run
+from rig.results import diff_runs
 
 
 def _resolve(ctx: click.Context, run: Path) -> Path:

@@ -33,7 +33,7 @@ from rig.coordinator import PlaceLease, Session, holder_comment, parse_holder, s
 from rig.dut import DeviceBusy, Dut
 from rig.errors import ConfigError, LabFault
 from rig.inventory import load_device
-from rig.report_html import load_run
+from rig.results import load_run
 from tests.consolepeers import free_port
 
 BIN = Path(sys.executable).parent
@@ -180,7 +180,7 @@ def inventory(folder: Path, place: str, address: str, wait: float = 0.0, name: s
 CONTROLLER = r"""
 import sys, time
 from rig.inventory import load_device
-from rig.report_html import load_run
+from rig.results import load_run
 from rig.coordinator import PlaceLease
 from rig.dut import DeviceBusy
 lease = PlaceLease(load_device(sys.argv[1]))
