@@ -114,12 +114,6 @@ class CheckRow:
             self.ok = False
 
 
-def _wait_console(dut: object, timeout: float = 5.0) -> None:
-    console = getattr(dut, "console", None)
-    if console is not None:
-        console.wait_connected(timeout)
-
-
 def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
@@ -160,13 +154,10 @@ def check_device(device: Device, log_dir: Path, *, recover: bool = False, deploy
         return row
     try:
         try:
-            dut.lock.acquire(dut.lock_wait)
+            dut.hold()
         except DeviceBusy as exc:
             row.put("lock", "FAIL", str(exc))
             return row
-        dut.log_dir.mkdir(parents=True, exist_ok=True)
-        if dut.console is not None:
-            dut.console.start()
         ssh_ok = False
         if key_ok:
             try:
@@ -195,10 +186,9 @@ def check_device(device: Device, log_dir: Path, *, recover: bool = False, deploy
             except RigError as exc:
                 row.put("ssh", "FAIL", _why(exc))
                 ssh_ok = False
-        if dut.console is not None:
-            _wait_console(dut)
-            fault = dut.console.lab_fault()
-            row.put("console", "FAIL" if fault else "ok", fault or "")
+        fault = dut.console_fault()
+        if fault is not None:
+            row.put("console", "FAIL" if fault else "ok", fault)
         if "power" not in row.cells:
             _check_power(row, dut, device)
         for name in device.nmi_sources:

@@ -442,6 +442,22 @@ class Dut:
         self.monitor.resume()
         self.monitor.start()
 
+    def hold(self) -> None:
+        """Lock the device and capture its console, nothing more (state stays off): ``rig check`` then
+        checks SSH, console, power and each NMI source on its own, each with its own reason."""
+        self.lock.acquire(self.lock_wait)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        if self.console is not None:
+            self.console.start()
+
+    def console_fault(self, wait: float = 5.0) -> str | None:
+        """After waiting up to ``wait`` for the console server: its lab fault, "" when connected;
+        None without a console."""
+        if self.console is None:
+            return None
+        self.console.wait_connected(wait)
+        return self.console.lab_fault() or ""
+
     def fresh_boot(self) -> float | None:
         """A clean boot for a new build (``rig regress``, ``rig bisect``), on a device this Dut has not
         opened: the seconds the power cycle took, or None when the device answers SSH and runs no
