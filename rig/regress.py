@@ -175,7 +175,7 @@ def cells_of_run(run_dir: Path, devices: Sequence[str]) -> dict[str, Cell]:
             view = None  # a folder the run never wrote into
         for dev in view.devices if view is not None else []:
             if not dev.from_summary:  # a row of summary.json only: its report.json is missing
-                found[dev.dir.name] = dev.data
+                found[dev.dir.name] = dev.raw if dev.problem and dev.raw is not None else dev.data
     cells = {name: classify_device(found.get(name)) for name in devices}
     for name in sorted(found):
         if name not in cells:

@@ -134,6 +134,9 @@ class DeviceRun:
     data: dict[str, Any]
     from_summary: bool = False
     problem: str = ""  # why report.json could not be used, named for the reader
+    #: The JSON object of a report.json the pages cannot use (a foreign schema, a newer version), as read:
+    #: ``rig regress`` still classifies what it holds (rig.regress.cells_of_run).
+    raw: dict[str, Any] | None = None
 
     @property
     def status(self) -> str:
@@ -337,7 +340,7 @@ def load_run(run_dir: Path) -> RunView:
         except ConfigError as exc:
             data, problem = {}, str(exc)
         if problem:
-            devices.append(DeviceRun(name, rep.parent, {"status": "unreadable"}, problem=problem))
+            devices.append(DeviceRun(name, rep.parent, {"status": "unreadable"}, problem=problem, raw=data or None))
         else:
             devices.append(DeviceRun(str(data.get("device", {}).get("name") or name), rep.parent, data))
     known = {d.dir.name for d in devices}
