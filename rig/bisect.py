@@ -47,8 +47,9 @@ from rich.table import Table
 
 from rig.board import wanted as board_wanted
 from rig.errors import ConfigError, LabFault, RigError, Unavailable
+from rig.gitrepo import clone_shared, resolve_ref
 from rig.inventory import Device, load_inventory
-from rig.regress import clone_shared, fresh_boot, resolve_ref
+from rig.lifecycle import DeviceState, fresh_boot
 from rig.report import write_json_atomic
 from rig.soak import NMI_INTERVAL, run_soak
 from rig.ttf import analyse, fit_rate, required_soak, survival_confidence
@@ -192,14 +193,10 @@ class Oracle:
 
     def _fresh_start(self) -> None:
         d = self.dut
-        if d.needs_recovery or d.shadowbox_loaded:
+        if d.lifecycle.needs_fresh_boot:
             self._show("recovering")
-            d.recover()  # Shadow-box cannot be unloaded: every attempt gets its own boot
-            d.needs_recovery = False
-        else:
-            d.monitor.stop()
-            d.monitor.resume()
-            d.monitor.start()
+        # Shadow-box cannot be unloaded: every attempt gets its own clean boot (else a fresh watch).
+        d.lifecycle.transition(DeviceState.WATCHED, clean=True)
 
     def _lab_fault(self, verdict: Any, commit: str) -> LabFault:
         return LabFault(
@@ -213,16 +210,15 @@ class Oracle:
 
         d = self.dut
         self._fresh_start()
-        console = d.console
         a = Attempt(commit, seconds, started=time.time())
-        first_line = console.mark() if console is not None else 0
+        first_line = d.console_mark()
         self._show("deploying", test=commit[:12])
         try:
             d.deploy_shadowbox(source=tree)
         except LabFault:
             raise
         except (DeployFailed, RigError) as exc:
-            d.needs_recovery = True
+            d.lifecycle.fail(f"deploy failed: {exc}")
             v = d.wait_verdict(self.detect_bound)
             if v is not None and v.kind in NOT_DEVICE_KINDS:
                 raise self._lab_fault(v, commit) from None
@@ -251,10 +247,10 @@ class Oracle:
         if v.ok:
             a.exposure = soaked
         elif v.kind is VerdictKind.LOST_CONNECTION:
-            d.needs_recovery = True
+            d.lifecycle.fail(v.text)
             a.untestable, a.verdict, a.reason, a.exposure = True, v.text, v.reason, soaked
         else:
-            d.needs_recovery = True
+            d.lifecycle.fail(v.text)
             a.failed, a.verdict, a.reason = True, v.text, v.reason
             a.title = v.event.title if v.event is not None else ""
             # From the start of the NMIs to the verdict (wall clock: the verdict carries wall time).
@@ -267,11 +263,10 @@ class Oracle:
             self.board.verdict(
                 self.dut.name, a.commit[:12], outcome, a.verdict or ("untestable" if a.untestable else "ok")
             )
-        console = self.dut.console
-        if console is not None:
-            a.console_lines = (first_line + 1, console.mark())
+        if self.dut.device.console is not None:
+            a.console_lines = (first_line + 1, self.dut.console_mark())
             if a.failed or a.untestable:
-                a.excerpt = [ln.text for ln in console.tail(30)]
+                a.excerpt = self.dut.console_lines(30)
         return a
 
 

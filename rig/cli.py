@@ -114,12 +114,6 @@ class CheckRow:
             self.ok = False
 
 
-def _wait_console(dut: object, timeout: float = 5.0) -> None:
-    console = getattr(dut, "console", None)
-    if console is not None:
-        console.wait_connected(timeout)
-
-
 def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
@@ -160,23 +154,15 @@ def check_device(device: Device, log_dir: Path, *, recover: bool = False, deploy
         return row
     try:
         try:
-            dut.lock.acquire(dut.lock_wait)
-        except DeviceBusy as exc:
+            dut.hold()
+        except DeviceBusy as exc:  # this controller's lock or the labgrid place: the message names the holder
             row.put("lock", "FAIL", str(exc))
             return row
-        if dut.place is not None:  # another controller's run may hold it; a from_place console/outlet is its
-            try:
-                dut.place.acquire()
-                dut.take_place_resources()
-                row.put("place", "ok", f"{dut.place.name} on {dut.place.address}")
-            except DeviceBusy as exc:
-                row.put("place", "FAIL", str(exc))
-                return row
-            except RigError as exc:
-                row.put("place", "FAIL", _why(exc))
-        dut.log_dir.mkdir(parents=True, exist_ok=True)
-        if dut.console is not None:
-            dut.console.start()
+        except RigError as exc:  # the place's resources (none, several unnamed, exporter offline)
+            row.put("place", "FAIL", _why(exc))
+            return row
+        if dut.place is not None:  # held above (Dut.hold): another controller's run may hold it
+            row.put("place", "ok", f"{dut.place.name} on {dut.place.address}")
         ssh_ok = False
         if key_ok:
             try:
@@ -197,19 +183,17 @@ def check_device(device: Device, log_dir: Path, *, recover: bool = False, deploy
                 row.put("ssh", "FAIL", _why(exc))
         if ssh_ok:
             try:
-                res = dut.ssh.run("uname -r; cat /proc/cmdline", timeout=15)
-                kernel, _, cmdline = res.out.partition("\n")
-                missing = [f for f in device.kernel.cmdline_requires if f not in cmdline.split()]
-                row.put("ssh", "ok", kernel.strip())
+                facts = dut.facts()
+                missing = [f for f in device.kernel.cmdline_requires if f not in facts.cmdline.split()]
+                row.put("ssh", "ok", facts.kernel)
                 if missing:
                     row.put("cmdline", "FAIL", f"kernel command line lacks {' '.join(missing)}")
             except RigError as exc:
                 row.put("ssh", "FAIL", _why(exc))
                 ssh_ok = False
-        if dut.console is not None:
-            _wait_console(dut)
-            fault = dut.console.lab_fault()
-            row.put("console", "FAIL" if fault else "ok", fault or "")
+        fault = dut.console_fault()
+        if fault is not None:
+            row.put("console", "FAIL" if fault else "ok", fault)
         if "power" not in row.cells:
             _check_power(row, dut, device)
         for name in device.nmi_sources:

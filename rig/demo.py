@@ -26,7 +26,6 @@ and serialised (:func:`rig.inventory.device_toml`), never patched as text.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -40,6 +39,7 @@ from rich.console import Console
 
 from rig.files import write_atomic
 from rig.inventory import Device, device_toml
+from rig.results import RunView, load_run
 
 #: Share of each CPU's time in sbsim's imitated host section (percent, a string: sbsim parses decimals).
 #: The soak raises ~8 QMP+IPMI NMIs per second on this lab, each reaching both CPUs: 1 - 0.995^2 = 1 %
@@ -112,12 +112,13 @@ def write_demo_inventory(lab_devices: Mapping[str, Device], out_dir: Path) -> li
 
 def summarize(run_dir: Path, console: Console) -> int:
     """The few lines a lab engineer reads: per device, passed or hung, and when."""
-    summary = json.loads((run_dir / "summary.json").read_text())
+    view = load_run(run_dir)
+    summary = view.summary or {"devices": []}
     console.rule("[bold]shadowbox-rig demo: result")
     worst = 0
     for dev in summary["devices"]:
         name = dev["device"]
-        report = json.loads((run_dir / name / "report.json").read_text())
+        report = _report(view, name)
         label = BUILDS[name].label if name in BUILDS else ""
         kernel = report.get("identity", {}).get("kernel") or "kernel ?"
         name = f"{name}  {kernel:<16}"
@@ -144,7 +145,7 @@ def summarize(run_dir: Path, console: Console) -> int:
             soft_wrap=True,
         )
     for dev in summary["devices"]:
-        report = json.loads((run_dir / dev["device"] / "report.json").read_text())
+        report = _report(view, dev["device"])
         if dev["device"] == LAPTOP:
             for line in laptop_lines(report):
                 console.print(f"        {dev['device']}  {line}", highlight=False, soft_wrap=True)
@@ -156,6 +157,13 @@ def summarize(run_dir: Path, console: Console) -> int:
         soft_wrap=True,
     )
     return worst
+
+
+def _report(view: RunView, name: str) -> dict[str, Any]:
+    """A device's report.json as rig.results read it (empty if it could not be read)."""
+    dev = view.device(name)
+    usable = dev is not None and not dev.from_summary and not dev.problem
+    return dev.data if usable and dev is not None else {"tests": [], "timeline": []}
 
 
 def host_share_line(report: dict[str, Any]) -> str:
@@ -267,5 +275,5 @@ def run_demo(checkout: Path, soak_minutes: float, console: Console) -> int:
 
 
 def _failed_devices(run_dir: Path) -> set[str]:
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = load_run(run_dir).summary or {"devices": []}
     return {d["device"] for d in summary["devices"] if any(c["outcome"] == "failed" for c in d["tests"].values())}

@@ -7,6 +7,7 @@ lifecycle (lock, connect, capture, monitor, recover, close) lives in one place.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import logging
@@ -19,12 +20,14 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from rig.bmc import BmcClient
 from rig.console import ConsoleCapture, ConsoleLine, console_for
 from rig.errors import ConfigError, DeviceError, LabFault, RigError, Unavailable
+from rig.facts import DeviceFacts, read_facts
 from rig.inventory import Device, IpmiPower
+from rig.lifecycle import DeviceState, Lifecycle, Step
 from rig.monitor import HangMonitor, Verdict
 from rig.netconsole import NetconsoleTarget, parse_netconsole_url, resolve_sources
 from rig.nmi import SOURCES, InterruptCounts, NmiMeans, NmiSource, read_interrupts
@@ -278,8 +281,9 @@ class Dut:
         sock = device.qmp_socket()
         self.qmp: QmpClient | None = QmpClient(sock) if sock is not None else None
         self.monitor = HangMonitor(device.name, self.ssh, self.console, device.monitor, sudo=device.ssh.sudo)
-        #: Set when a test ended in a crash/hang/reboot: the next user power-cycles first.
-        self.needs_recovery = False
+        #: The device's state (off, booting, ready, watched, deployed, failed) and the steps between
+        #: them (rig.lifecycle): front ends ask it for a state instead of driving lock, console, monitor.
+        self.lifecycle = Lifecycle(device.name, self)
         #: How the last recover() brought the device back (for the report's timeline): method
         #: "self-reboot" or "warm-reset" (RAM kept) or "power-cut", why, and the seconds it took.
         self.last_recovery: dict[str, object] | None = None
@@ -288,15 +292,14 @@ class Dut:
         self._self_reboot: tuple[float, str | None] | None = None
         #: capability -> None (offered) or the reason it is not; filled by the plugin.
         self.caps: dict[str, str | None] = {}
-        #: Shadow-box (or sbsim) loaded since the last boot: a second deploy needs a reboot first.
-        self.shadowbox_loaded = False
         #: (settings, result) of the Shadow-box running since the last boot, if any.
         self.deployment: tuple[str, DeployResult] | None = None
         #: deploy key -> how that deploy failed (kept across reboots: the same build fails the same way).
         self.deploy_failures: dict[str, DeployFailed] = {}
         #: Timeline sink (kind, text), set by the plugin: the Dut says when it reboots before a deploy.
         self.on_event: Callable[[str, str], None] | None = None
-        self._kernel: str | None = None
+        #: Kernel, CPU, cmdline, modules, microcode of this boot (rig.facts), read once per boot.
+        self._facts: DeviceFacts | None = None
         #: A verdict a test provoked on purpose (see accept_verdict).
         self.accepted_verdict: Verdict | None = None
         #: What the test's verdict reason must also say (e.g. a soak below its asked NMI rate, rig.soak).
@@ -338,9 +341,11 @@ class Dut:
                 log.warning("%s: SSH unreachable at start (%s): power-cycling", self.name, exc)
                 self.recover(start_monitor=False)
             else:
+                self.lifecycle.apply(Step.CONNECT, "SSH answered at open")
                 self._after_boot("run start")
             if monitor:
                 self.monitor.start()
+                self.lifecycle.apply(Step.WATCH, "open")
                 if self.is_netconsole:
                     self._wait_first_heartbeat()
         except BaseException:
@@ -408,6 +413,9 @@ class Dut:
         if self.netconsole_target is not None:
             self.netconsole_target.configure()
         self.pstore_harvests.append(harvest(self.ssh, self.name, when=when, sudo=self.device.ssh.sudo))
+        self._facts = None
+        with contextlib.suppress(RigError):  # read again when asked (Dut.facts), if the device does not answer now
+            self.facts()
 
     def expect_self_reboot(self, after_seconds: float | None) -> None:
         """The kernel reboots itself ``after_seconds`` after a panic (``kernel.panic``, set for a soak by
@@ -467,6 +475,78 @@ class Dut:
                 self.place.release()
             self.lock.release()
             self._opened = False
+            self.lifecycle.apply(Step.CLOSE)
+
+    def watch(self) -> None:
+        """A fresh watch: the monitor restarted, so the next test does not inherit the last verdict
+        (the lifecycle's ``watch`` step; front ends ask ``lifecycle.transition(DeviceState.WATCHED)``)."""
+        self.lifecycle.apply(Step.WATCH, "a fresh watch")  # first: a failed device is refused, untouched
+        self.monitor.stop()
+        self.monitor.resume()
+        self.monitor.start()
+
+    def hold(self) -> None:
+        """Lock the device and capture its console, nothing more (state stays off): ``rig check`` then
+        checks SSH, console, power and each NMI source on its own, each with its own reason."""
+        self.lock.acquire(self.lock_wait)
+        if self.place is not None:  # another controller's run may hold it; a from_place console/outlet is its
+            self.place.acquire()
+            self.take_place_resources()
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        if self.console is not None:
+            self.console.start()
+
+    def console_fault(self, wait: float = 5.0) -> str | None:
+        """After waiting up to ``wait`` for the console server: its lab fault, "" when connected;
+        None without a console."""
+        if self.console is None:
+            return None
+        self.console.wait_connected(wait)
+        return self.console.lab_fault() or ""
+
+    def fresh_boot(self) -> float | None:
+        """A clean boot for a new build (``rig regress``, ``rig bisect``), on a device this Dut has not
+        opened: the seconds the power cycle took, or None when the device answers SSH and runs no
+        Shadow-box (nothing to reset). The lock (and the labgrid place) are taken first: a shared
+        laptop is never power-cycled under another run. Call :meth:`close` after it.
+        """
+        self.lock.acquire(self.lock_wait)
+        if self.place is not None:
+            self.place.acquire()  # a shared laptop: never power-cycle it under another controller's run
+        if self._clean():
+            self.lifecycle.apply(Step.CONNECT, "answers SSH, runs no Shadow-box")
+            return None
+        if self.console is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            self.console.start()
+        return self.recover(start_monitor=False)
+
+    def _clean(self) -> bool:
+        """True if the device answers SSH and none of its recipe's modules is loaded (no reboot needed).
+
+        The same test the deploy step makes before it decides to reboot; any doubt means "not clean".
+        """
+        try:
+            self.ssh.connect(timeout=5)
+            return not self.runs_shadowbox()
+        except Exception:  # noqa: BLE001 - unreachable, hung, half-open: a power cycle will tell
+            return False
+
+    @property
+    def needs_recovery(self) -> bool:
+        """A test ended in a crash, hang, reboot or power-off: the next user power-cycles first (lifecycle: failed)."""
+        return self.lifecycle.state is DeviceState.FAILED
+
+    @needs_recovery.setter
+    def needs_recovery(self, value: bool) -> None:
+        if not value:
+            raise ValueError(f"device {self.name}: only a recovery clears needs_recovery (Dut.recover)")
+        self.lifecycle.fail("marked for recovery")
+
+    @property
+    def shadowbox_loaded(self) -> bool:
+        """Something of Shadow-box (or sbsim) was insmod-ed since the last boot: a second deploy needs a reboot."""
+        return self.lifecycle.loaded
 
     def __enter__(self) -> Dut:
         return self if self._opened else self.open()
@@ -510,6 +590,18 @@ class Dut:
         """Host NMI callbacks per CPU since :meth:`open` (a copy): take one before and one after a test."""
         return dict(self._callback_totals)
 
+    def console_stats(self) -> dict[str, Any] | None:
+        """What the console transport delivered (report.json ``console_transport``), None without a console."""
+        return self.console.stats() if self.console is not None else None
+
+    def console_lines(self, lines: int = 60) -> list[str]:
+        """The last console lines (the in-memory tail), oldest first; none without a console."""
+        return [ln.text for ln in self.console.tail(lines)] if self.console is not None else []
+
+    def console_mark(self) -> int:
+        """The number of the last console line seen (0 without a console): a start for ``since``."""
+        return self.console.mark() if self.console is not None else 0
+
     def shadowbox_callbacks(self, since: int) -> dict[int, int]:
         """Shadow-box host-side NMI callbacks (``VM [n] INT NMI callback``) per CPU since a console mark."""
         counts: dict[int, int] = {}
@@ -523,15 +615,20 @@ class Dut:
                     counts[cpu] = counts.get(cpu, 0) + 1
         return counts
 
+    def facts(self) -> DeviceFacts:
+        """Kernel, command line, CPU, microcode, VT-x and modules of this boot (rig.facts): read after each
+        boot and kept until the next. A device that does not answer raises (and is asked again next time)."""
+        if self._facts is None:
+            self._facts = read_facts(self.ssh)
+        return self._facts
+
     @property
     def kernel_release(self) -> str | None:
         """``uname -r`` of the running kernel, read once per boot (None if the device does not answer)."""
-        if self._kernel is None:
-            try:
-                self._kernel = self.ssh.run("uname -r", timeout=10).out.strip() or None
-            except RigError:
-                return None
-        return self._kernel
+        try:
+            return self.facts().kernel or None
+        except RigError:
+            return None
 
     def interrupts(self) -> InterruptCounts:
         return read_interrupts(self.ssh)
@@ -592,7 +689,8 @@ class Dut:
         """
         v = self.verdict()
         self.accepted_verdict = v
-        self.needs_recovery = not v.ok
+        if not v.ok:
+            self.lifecycle.fail(v.text)
         return v
 
     # -- recovery ----------------------------------------------------------------------------
@@ -621,9 +719,26 @@ class Dut:
         panicked = self.monitor.verdict().kind is VerdictKind.CRASH
         self.monitor.stop()
         self.monitor.pause()
+        self.lifecycle.apply(Step.POWER_CYCLE, "recover")
+        self._facts = None
+        self.deployment = None
+        try:
+            took = self._reboot(timeout, t0, start_monitor, armed if panicked else None)
+        except BaseException as exc:
+            self.lifecycle.fail(f"recovery failed: {exc}")
+            raise
+        return took
+
+    def _reboot(
+        self, timeout: float, t0: float, start_monitor: bool, armed: tuple[float, str | None] | None
+    ) -> float:
+        """:meth:`recover`'s work: self-reboot, warm reset or power cut, ready, the boot's own steps, the watch.
+
+        ``armed``: (kernel.panic seconds, the boot id before) when the device panicked while told to reboot itself.
+        """
         method, why = "power-cut", f"{self.power.describe().split(':', 1)[0]} offers no warm reset"
         done = False
-        if armed is not None and armed[1] is not None and panicked:
+        if armed is not None and armed[1] is not None:
             # The kernel reboots itself after the panic (kernel.panic): no power action, RAM kept.
             wait = armed[0] + timeout  # a whole boot, as after a power cut (boot_timeout)
             if self._rebooted_by_itself(armed[1], wait):
@@ -653,12 +768,12 @@ class Dut:
                 self._wait_ready(mark, left)
             except RigError as exc:
                 raise self._silent_after_power_on(left, exc) from None
+        self.lifecycle.apply(Step.READY, method)
         self._after_boot("after recovery")
         self.monitor.resume()
         if start_monitor:
             self.monitor.start()
-        self.shadowbox_loaded = False
-        self.deployment = None
+            self.lifecycle.apply(Step.WATCH, "after recovery")
         took = time.monotonic() - t0
         self.last_recovery = {"method": method, "why": why, "seconds": round(took, 2),
                               "power": self.power.describe()}
@@ -795,9 +910,11 @@ class Dut:
         key = self.deploy_key(**overrides)
         if self.deployment is not None and self.deployment[0] == key:
             return self.deployment[1]  # already running this very build since the last boot
-        if self.shadowbox_loaded or self._modules_loaded(deployer.recipe.modules):
+        if self.lifecycle.loaded or self._modules_loaded(deployer.recipe.modules):
             self._event("reboot-before-deploy", "Shadow-box was loaded since the last boot: power-cycling first")
             self.recover()  # Shadow-box cannot be unloaded: a clean state needs a reboot
+        if not self.lifecycle.can(Step.DEPLOY):
+            self.lifecycle.apply(Step.DEPLOY)  # raises, naming the device and its state
         try:
             result = deployer.deploy(skip_preflight_failures=force)
         except DeployFailed as exc:
@@ -806,7 +923,9 @@ class Dut:
         finally:
             # Only once insmod ran may something be loaded: a refusal before it (tree, preflight,
             # build) leaves the device as it was, and the next test need not power-cycle it.
-            self.shadowbox_loaded = self.shadowbox_loaded or deployer.reached_insmod
+            if deployer.reached_insmod:
+                self.lifecycle.note_loaded()
+        self.lifecycle.apply(Step.DEPLOY, result.recipe)
         self.deployment = (key, result)
         return result
 

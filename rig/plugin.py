@@ -30,41 +30,50 @@ import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from rig.errors import LabFault, RigError, Unavailable
 from rig.inventory import Device, load_inventory
+from rig.lifecycle import DeviceState
 from rig.vocab import NMI_SOURCE_NAMES, VerdictKind
+
+if TYPE_CHECKING:  # typed fixtures without importing the rig's device stack when pytest loads the plugin
+    from rig.board import BoardFeed, TerminalBoard
+    from rig.dut import Dut
+    from rig.monitor import Verdict
+    from rig.nmi import InterruptCounts, NmiSource
+    from rig.report import DeviceReport, RunReport
+    from rig.shadowbox import DeployFailed, DeployResult
 
 log = logging.getLogger(__name__)
 
-DUTS_KEY = pytest.StashKey[dict[str, Any]]()
-RUN_KEY = pytest.StashKey[Any]()
+DUTS_KEY = pytest.StashKey[dict[str, "Dut"]]()
+RUN_KEY = pytest.StashKey["RunReport"]()
 #: device name -> the refusal message, for devices another run holds (asked once per run, see ``dut``).
 BUSY_KEY = pytest.StashKey[dict[str, str]]()
 #: This run's id (the controller's; a worker reads it from workerinput) and its selected devices.
 RUN_ID_KEY = pytest.StashKey[str]()
 DEVICES_KEY = pytest.StashKey[list[Device]]()
 #: This process's board feed (rig.board.BoardFeed) and, on the controller, the live board drawn.
-BOARD_KEY = pytest.StashKey[Any]()
-LIVE_KEY = pytest.StashKey[Any]()
+BOARD_KEY = pytest.StashKey["BoardFeed"]()
+LIVE_KEY: pytest.StashKey[TerminalBoard] = pytest.StashKey()
 
 
 @dataclass
 class TestState:
     """What the ``dut`` fixture leaves on a test item for ``pytest_runtest_makereport`` to judge with."""
 
-    dut: Any = None
+    dut: Dut | None = None
     #: (device, reason) of a lab fault while setting up: recorded as a lab-fault row.
     setup_fault: tuple[Device, str] | None = None
     #: /proc/interrupts before the test (per-CPU NMI deltas in the report).
-    irq_before: Any = None
+    irq_before: InterruptCounts | None = None
     #: Shadow-box host callbacks per CPU counted before the test (Dut.callback_totals).
     callbacks_before: dict[int, int] | None = None
     #: The deploy failure (rig.shadowbox.DeployFailed) that failed this test's set-up.
-    deploy_failed: Any = None
+    deploy_failed: DeployFailed | None = None
 
 
 TEST_KEY = pytest.StashKey[TestState]()
@@ -258,7 +267,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture(scope="session")
-def rig_run(request: pytest.FixtureRequest) -> Iterator[Any]:
+def rig_run(request: pytest.FixtureRequest) -> Iterator[RunReport]:
     """The run's report writer (``reports/<run-id>/``), shared by every test of this process."""
     from rig.report import RunReport
 
@@ -270,8 +279,8 @@ def rig_run(request: pytest.FixtureRequest) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
-def _dut_pool(request: pytest.FixtureRequest, rig_run: Any) -> Iterator[dict[str, Any]]:
-    pool: dict[str, Any] = request.config.stash[DUTS_KEY]
+def _dut_pool(request: pytest.FixtureRequest, rig_run: RunReport) -> Iterator[dict[str, Dut]]:
+    pool: dict[str, Dut] = request.config.stash[DUTS_KEY]
     from rig.board import Sampler
 
     sampler = Sampler(_board(request.config), lambda: list(pool.values())).start()
@@ -286,7 +295,7 @@ def _dut_pool(request: pytest.FixtureRequest, rig_run: Any) -> Iterator[dict[str
     pool.clear()
 
 
-def _capabilities(dut: Any) -> dict[str, str | None]:
+def _capabilities(dut: Dut) -> dict[str, str | None]:
     """capability -> None if offered, else the reason it is not."""
     caps: dict[str, str | None] = {}
     for name in NMI_SOURCE_NAMES:
@@ -298,16 +307,17 @@ def _capabilities(dut: Any) -> dict[str, str | None]:
             caps[name] = None
         except Unavailable as exc:
             caps[name] = exc.reason
-    caps["console"] = None if dut.console is not None else "no [console] in the inventory"
+    caps["console"] = None if dut.device.console is not None else "no [console] in the inventory"
     caps["power"] = None if dut.device.power.kind != "manual" else "manual power: no remote power control"
     caps["lab"] = None if "lab" in dut.device.tags else "not a virtual-lab device"
-    res = dut.ssh.run("grep -qw vmx /proc/cpuinfo && echo yes || echo no", timeout=10)
-    caps["vmx"] = None if res.out.strip() == "yes" else "the CPU shows no 'vmx' flag (no VT-x)"
+    caps["vmx"] = None if dut.facts().vmx else "the CPU shows no 'vmx' flag (no VT-x)"
     return caps
 
 
 @pytest.fixture
-def dut(request: pytest.FixtureRequest, device: Device, _dut_pool: dict[str, Any], rig_run: Any) -> Iterator[Any]:
+def dut(
+    request: pytest.FixtureRequest, device: Device, _dut_pool: dict[str, Dut], rig_run: RunReport
+) -> Iterator[Dut]:
     """The device, connected and watched. Recovered first if an earlier test left it crashed or hung.
 
     A device another run holds (rig.dut.DeviceBusy) fails every test of this run on it, at once and
@@ -342,12 +352,10 @@ def dut(request: pytest.FixtureRequest, device: Device, _dut_pool: dict[str, Any
             dev_report.set_identity(d)
             _report_last_words(d, dev_report)
             d.caps = _capabilities(d)
-        elif d.needs_recovery:
+        elif d.lifecycle.state is DeviceState.FAILED:  # an earlier test left it crashed, hung or switched off
             _recover(request.config, d, device, rig_run)
         else:
-            d.monitor.stop()
-            d.monitor.resume()
-            d.monitor.start()
+            d.lifecycle.transition(DeviceState.WATCHED)  # a fresh watch: no verdict inherited
     except LabFault as exc:
         rig_run.device(device).event("lab-fault", str(exc))
         _board(request.config).state(device.name, "lab-fault", detail=str(exc))
@@ -372,7 +380,7 @@ def dut(request: pytest.FixtureRequest, device: Device, _dut_pool: dict[str, Any
     yield d
     if stall is None:
         return
-    if not d.needs_recovery:  # a hung or crashed device is rebooted: that resets them
+    if d.lifecycle.state is not DeviceState.FAILED:  # a hung or crashed device is rebooted: that resets them
         stall.restore()
     elif "kernel/panic" in stall.saved and d.verdict().kind is VerdictKind.CRASH:
         # The kernel reboots itself after this panic, warm: bring the device back now, while RAM still
@@ -385,26 +393,26 @@ def dut(request: pytest.FixtureRequest, device: Device, _dut_pool: dict[str, Any
     d.expect_self_reboot(None)
 
 
-def _recover(config: pytest.Config, d: Any, device: Device, rig_run: Any) -> None:
+def _recover(config: pytest.Config, d: Dut, device: Device, rig_run: RunReport) -> None:
     """Bring a crashed or hung device back (Dut.recover: self-reboot, warm reset or power cut), into the timeline."""
     _board(config).state(device.name, "recovering")
-    took = d.recover()
+    d.lifecycle.transition(DeviceState.WATCHED)  # a recovery: self-reboot, warm reset or power cut, then watched
     how = d.last_recovery or {}
+    took = how.get("seconds") or 0.0
     rig_run.device(device).event(
         "recovery", f"{how.get('why', 'power cycle')}: ready in {took:.1f} s", seconds=took,
         method=how.get("method"), power=how.get("power"),
     )
     _report_last_words(d, rig_run.device(device))
-    d.needs_recovery = False
 
 
-def _report_last_words(d: Any, dev_report: Any) -> None:
+def _report_last_words(d: Dut, dev_report: DeviceReport) -> None:
     """The pstore harvests the Dut made since the last call (run start, recoveries) into report.json."""
     for h in d.take_pstore_harvests():
         dev_report.last_words(h)
 
 
-def _check_place(d: Any) -> None:
+def _check_place(d: Dut) -> None:
     """Before a test on a shared device: still this run's place, or acquired again (rig.coordinator).
 
     A place lost and now held by another controller is a lab fault for this run, not DEVICE BUSY:
@@ -419,7 +427,7 @@ def _check_place(d: Any) -> None:
             raise LabFault(f"the labgrid place was lost during the run and is taken: {exc}") from None
 
 
-def _check_requires(request: pytest.FixtureRequest, d: Any) -> None:
+def _check_requires(request: pytest.FixtureRequest, d: Dut) -> None:
     for mark in request.node.iter_markers("rig_requires"):
         for cap in mark.args:
             reason = d.caps.get(cap, f"unknown capability {cap!r}")
@@ -434,19 +442,19 @@ def soak_minutes(request: pytest.FixtureRequest) -> float:
 
 
 @pytest.fixture
-def rig_report(dut: Any, rig_run: Any) -> Any:
+def rig_report(dut: Dut, rig_run: RunReport) -> DeviceReport:
     """This device's report page, to record evidence (NMI deliveries, callbacks, timeline events)."""
     return rig_run.device(dut.device)
 
 
 @pytest.fixture
-def nmi_sources(dut: Any) -> dict[str, Any]:
+def nmi_sources(dut: Dut) -> dict[str, NmiSource]:
     """The NMI sources this device offers: name -> ready source (unavailable ones are left out)."""
     return {k: v for k, v in dut.nmi_sources().items() if not isinstance(v, Unavailable)}
 
 
 @pytest.fixture
-def shadowbox(request: pytest.FixtureRequest, dut: Any, rig_run: Any) -> Any:
+def shadowbox(request: pytest.FixtureRequest, dut: Dut, rig_run: RunReport) -> DeployResult:
     """Shadow-box deployed on the device and verified started (a fresh boot is used if it was loaded).
 
     A deploy that fails by name (rig.shadowbox.DeployFailed) fails the set-up without a traceback,
@@ -487,7 +495,7 @@ def shadowbox(request: pytest.FixtureRequest, dut: Any, rig_run: Any) -> Any:
     return result
 
 
-def deploy_failure_text(device: str, exc: Any, lines: int = 12) -> str:
+def deploy_failure_text(device: str, exc: DeployFailed, lines: int = 12) -> str:
     """What a failed deploy says in the terminal: what happened, what to do, the tool's/kernel's own last lines."""
     text = f"DEPLOY FAILED on {device}: {exc.summary()}"
     if exc.forced:
@@ -504,7 +512,7 @@ def deploy_failure_text(device: str, exc: Any, lines: int = 12) -> str:
 # the live board (rig.board): every process feeds <run>/board.jsonl, the controller draws it
 
 
-def _board(config: pytest.Config) -> Any:
+def _board(config: pytest.Config) -> BoardFeed:
     """This process's feed of the run's board file (created on first use)."""
     feed = config.stash.get(BOARD_KEY, None)
     if feed is None:
@@ -618,13 +626,13 @@ def _judge(item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestRe
         report.longrepr = f"LAB FAULT on {d.name} (not a device failure): {verdict.reason}"
     elif verdict.kind is VerdictKind.POWERED_OFF:
         # Someone or something switched the device off: not its failure, but it must be powered on.
-        d.needs_recovery = True
+        d.lifecycle.fail(verdict.text)
         report.outcome = "failed"
         report.longrepr = (
             f"POWERED OFF: {d.name} was switched off during the test (not a device failure): {verdict.reason}"
         )
     elif not verdict.ok:
-        d.needs_recovery = True
+        d.lifecycle.fail(verdict.text)
         excerpt = _wait_excerpt(d, verdict)
         report.outcome = "failed"
         report.longrepr = f"{d.name}: verdict {verdict.text}: {verdict.reason}\n--- console (last lines) ---\n{excerpt}"
@@ -646,13 +654,15 @@ def _judge(item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestRe
             after = d.interrupts()
     before_cb = _state(item).callbacks_before
     callbacks = None
-    if before_cb is not None and d.console is not None:
+    if before_cb is not None and d.device.console is not None:
         now_cb = d.callback_totals()
         callbacks = {cpu: n - before_cb.get(cpu, 0) for cpu, n in now_cb.items() if n > before_cb.get(cpu, 0)}
     _record(item, d.device, report, verdict, after, callbacks=callbacks)
 
 
-def _record_setup_error(item: pytest.Item, d: Any, report: pytest.TestReport, call: pytest.CallInfo[None]) -> None:
+def _record_setup_error(
+    item: pytest.Item, d: Dut | None, report: pytest.TestReport, call: pytest.CallInfo[None]
+) -> None:
     """A test whose set-up failed (a deploy that failed, a lab fault while connecting) gets its row too.
 
     Why: the row is where a lab engineer looks. Without it a build that Shadow-box refused to start
@@ -689,8 +699,8 @@ def _record(
     item: pytest.Item,
     device: Device,
     report: pytest.TestReport,
-    verdict: Any,
-    after: Any,
+    verdict: Verdict,
+    after: InterruptCounts | None,
     failure: str | None = None,
     callbacks: dict[int, int] | None = None,
 ) -> None:
@@ -711,8 +721,9 @@ def _record(
     d = _state(item).dut
     if d is not None:
         _report_last_words(d, run.device(device))  # recoveries the test made itself (a redeploy reboots)
-        if d.console is not None:
-            run.device(device).console_stats(d.console.stats())
+        stats = d.console_stats()
+        if stats is not None:
+            run.device(device).console_stats(stats)
     _board(item.config).verdict(device.name, label, report.outcome, getattr(verdict, "text", str(verdict)))
     run.device(device).test_result(
         nodeid=item.nodeid,
@@ -727,15 +738,15 @@ def _record(
     )
 
 
-def _wait_excerpt(d: Any, verdict: Any, lines: int = 60) -> str:
+def _wait_excerpt(d: Dut, verdict: Verdict, lines: int = 60) -> str:
     """Keep reading for the crash tail (the whole oops), then return the last console lines."""
-    if d.console is None:
+    if d.device.console is None:
         return "(no console)"
     if verdict.kind is VerdictKind.CRASH:
         end = verdict.at + d.device.monitor.crash_tail_seconds
         while time.time() < end:
             time.sleep(0.2)
-    return "\n".join(line.text for line in d.console.tail(lines))
+    return "\n".join(d.console_lines(lines))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -763,13 +774,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    import json
+    from rig.results import load_run
 
     run_dir = report_dir(config) / _run_id(config)
-    summary_path = run_dir / "summary.json"
-    if _is_worker(config) or not summary_path.exists():
+    if _is_worker(config) or not (run_dir / "summary.json").exists():
         return
-    summary = json.loads(summary_path.read_text())
+    summary = load_run(run_dir).summary
+    if summary is None:
+        return  # an unreadable summary.json: load_run names it on the HTML page
     tr = terminalreporter
     tr.section("rig: device verdicts")
     for dev in summary["devices"]:

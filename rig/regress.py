@@ -31,7 +31,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -48,8 +47,12 @@ from rich.table import Table
 from rig.board import BOARD_FILE, live_board
 from rig.board import wanted as board_wanted
 from rig.errors import ConfigError, RigError
+from rig.gitrepo import checkout_commit, resolve_ref
 from rig.inventory import Device, load_inventory
+from rig.lifecycle import fresh_boot
 from rig.report import write_json_atomic
+from rig.results import DeviceOutcome as Cell
+from rig.results import classify_device, load_run, regressed
 
 STATE_FILE = "regress.json"
 SUMMARY_FILE = "regress-summary.json"
@@ -121,60 +124,6 @@ def parse_builds(source_tree: Path | None, builds: Sequence[str], build_trees: S
     return out
 
 
-def _git(repo: Path, *args: str, timeout: float = 120) -> str:
-    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise ConfigError(f"git {' '.join(args)} in {repo} failed: {proc.stderr.strip()[-500:]}")
-    return proc.stdout
-
-
-def resolve_ref(repo: Path, ref: str) -> str:
-    """The full commit id of ``ref`` in ``repo``; a bad ref or a folder that is no git tree is a ConfigError."""
-    if not (repo / ".git").exists() and not _is_git_dir(repo):
-        raise ConfigError(f"--source-tree {repo} is not a git checkout (no .git): give the Shadow-box clone")
-    try:
-        return _git(repo, "rev-parse", "--verify", "--end-of-options", f"{ref}^{{commit}}").strip()
-    except ConfigError:
-        raise ConfigError(f"git ref {ref!r} not found in {repo} (try 'git -C {repo} log --oneline')") from None
-
-
-def _is_git_dir(repo: Path) -> bool:
-    proc = subprocess.run(["git", "-C", str(repo), "rev-parse", "--git-dir"], capture_output=True, text=True)
-    return proc.returncode == 0
-
-
-def clone_shared(repo: Path, dest: Path) -> Path:
-    """A clone of ``repo`` at ``dest`` that borrows its objects (``--shared``): cheap, and never writes to repo."""
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(
-        ["git", "clone", "--quiet", "--shared", "--no-checkout", str(repo), str(dest)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if proc.returncode != 0:
-        raise ConfigError(f"git clone of {repo} into {dest} failed: {proc.stderr.strip()[-500:]}")
-    return dest
-
-
-def checkout_commit(repo: Path, commit: str, cache: Path) -> Path:
-    """The tree of ``commit`` in ``<cache>/<commit>/``, made once and reused (checked, not trusted)."""
-    dest = cache / commit
-    if dest.is_dir():
-        try:
-            head = _git(dest, "rev-parse", "HEAD").strip()
-            clean = not _git(dest, "status", "--porcelain").strip()
-            if head == commit and clean:
-                return dest
-        except ConfigError:
-            pass
-    clone_shared(repo, dest)
-    _git(dest, "-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", commit)
-    return dest
-
-
 def tree_digest(path: Path) -> str:
     """A content hash of a folder (paths + bytes, ``.git`` left out): a changed prebuilt tree is a new build."""
     h = hashlib.sha256()
@@ -183,118 +132,6 @@ def tree_digest(path: Path) -> str:
         h.update(f.read_bytes())
         h.update(b"\0")
     return h.hexdigest()[:16]
-
-
-# ---------------------------------------------------------------------------------------------
-# one cell of the matrix: what one build did on one device (pure)
-
-Outcome = Literal["pass", "fail", "deploy-failed", "hang", "crash", "lab-fault", "incomplete", "missing", "no-tests"]
-#: How bad an outcome is, for "regressed against the baseline"; None = could not be judged.
-SEVERITY: dict[str, int | None] = {
-    "pass": 0,
-    "fail": 1,
-    # A build that does not deploy where the baseline ran is worse than it; two that both fail to
-    # deploy say nothing about Shadow-box (exit_code: a run of only those judged nothing).
-    "deploy-failed": 1,
-    "hang": 2,
-    "crash": 2,
-    "lab-fault": None,
-    "incomplete": None,
-    "missing": None,
-    "no-tests": None,
-}
-
-
-@dataclass
-class Cell:
-    outcome: Outcome
-    detail: str = ""  # crash kind, or the failing test / reason
-    time_to_failure: float | None = None  # seconds of NMI soak before the verdict
-    test: str = ""  # the test where it happened
-    title: str = ""  # a crash's title (rig.detect: "<report type> in <guilty function>"), to tell crashes apart
-    #: For a crash with a title: the first build (this one included) with a crash of the same
-    #: title, on any device -- this build's own label means "new crash" (set by line_up).
-    first_seen: str = ""
-    reason: str = ""  # deploy-failed: the named reason (build-failed, preflight, tree-mismatch, ...)
-
-    @property
-    def text(self) -> str:
-        if self.outcome == "deploy-failed":
-            return f"deploy-failed({self.reason or 'unknown'})"
-        if self.outcome == "crash":
-            base = f"crash({self.detail or 'unknown'})"
-            if self.title:
-                base += f" {self.title}"
-        elif self.outcome == "fail":
-            base = f"fail: {self.detail}" if self.detail else "fail"
-        else:
-            base = self.outcome
-        if self.time_to_failure is not None and self.outcome in ("hang", "crash"):
-            base += f" after {self.time_to_failure:.0f} s"
-        return base
-
-    @property
-    def severity(self) -> int | None:
-        return SEVERITY[self.outcome]
-
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "text": self.text, "time_to_failure": _round(self.time_to_failure)}
-
-
-def _round(v: float | None) -> float | None:
-    return None if v is None else round(v, 1)
-
-
-def classify_device(report: dict[str, Any] | None) -> Cell:
-    """One device's report.json -> its cell. Pure: the precedence is the point.
-
-    A hang or crash anywhere wins (that is what the build did to the laptop); then a deploy that
-    failed by name; then a plain failure (an assertion, a reboot nobody asked for); then a lab fault (the
-    lab failed, not the build: never counted as a regression); a run cut short is ``incomplete``.
-    Tests that provoke a crash on purpose pass, and are not failures here either.
-    """
-    if report is None:
-        return Cell("missing", "no report.json: the device never started")
-    tests = report.get("tests", [])
-    timeline = report.get("timeline", [])
-    ttf = next((e.get("time_to_failure") for e in reversed(timeline) if e.get("kind") == "soak-end"), None)
-    failed = [t for t in tests if t.get("outcome") == "failed"]
-    for t in failed:
-        v = t.get("verdict", {})
-        if v.get("kind") == "hang":
-            return Cell("hang", v.get("reason", ""), ttf, t.get("name", ""))
-        if v.get("kind") == "crash":
-            title = str((v.get("event") or {}).get("title") or "")
-            return Cell("crash", v.get("detail") or "unknown", ttf, t.get("name", ""), title)
-    deploy = report.get("deploy")
-    if isinstance(deploy, dict) and deploy.get("ok") is False:  # the full reason: the detail lines show it
-        what = f"{deploy.get('detail', '')}" + (f" -- do: {deploy['hint']}" if deploy.get("hint") else "")
-        return Cell("deploy-failed", what, reason=str(deploy.get("reason") or "unknown"))
-    deploy_failed = [e for e in timeline if e.get("kind") == "deploy-failed"]
-    if deploy_failed:  # before the tests' failures: the tests that needed the deploy fail in set-up with it
-        text = str(deploy_failed[0].get("text", ""))
-        return Cell("deploy-failed", text, reason=str(deploy_failed[0].get("reason") or text.split(":", 1)[0]))
-    for t in failed:
-        kind = t.get("verdict", {}).get("kind")
-        if kind != "lab-fault":
-            what = t.get("verdict", {}).get("verdict") if kind not in (None, "ok") else "assertion"
-            return Cell("fail", f"{t.get('name', '?')} ({what})", None, t.get("name", ""))
-    faults = failed + [e for e in timeline if e.get("kind") == "lab-fault"]  # the failed ones left are lab faults
-    if faults:
-        first = faults[0]
-        reason = first.get("verdict", {}).get("reason") if "verdict" in first else first.get("text")
-        return Cell("lab-fault", str(reason or "")[:160])
-    if report.get("status") != "complete":
-        return Cell("incomplete", "the run stopped before this device finished")
-    if not any(t.get("outcome") == "passed" for t in tests):
-        return Cell("no-tests", "no test passed (all skipped?)")
-    return Cell("pass")
-
-
-def regressed(baseline: Cell, cell: Cell) -> bool:
-    """Worse than the baseline on the same device; an unjudged cell on either side never counts."""
-    a, b = baseline.severity, cell.severity
-    return a is not None and b is not None and b > a
 
 
 @dataclass
@@ -322,21 +159,27 @@ def line_up(results: list[BuildResult]) -> list[str]:
         r.regressed_on = [
             d
             for d in devices
-            if r is not base and d in base.cells and d in r.cells and regressed(base.cells[d], r.cells[d])
+            if r is not base and d in base.cells and d in r.cells
+            and regressed(base.cells[d].severity, r.cells[d].severity)
         ]
     return devices
 
 
 def cells_of_run(run_dir: Path, devices: Sequence[str]) -> dict[str, Cell]:
-    """Read every expected device's report.json in a run folder (missing ones are cells too)."""
-    cells: dict[str, Cell] = {}
-    for name in devices:
-        path = run_dir / name / "report.json"
-        data = json.loads(path.read_text()) if path.exists() else None
-        cells[name] = classify_device(data)
-    for path in sorted(run_dir.glob("*/report.json")):
-        if path.parent.name not in cells:
-            cells[path.parent.name] = classify_device(json.loads(path.read_text()))
+    """Every expected device's cell in a run folder (rig.results reads it; missing devices are cells too)."""
+    found: dict[str, dict[str, Any] | None] = {}
+    if run_dir.is_dir():
+        try:
+            view = load_run(run_dir)
+        except ConfigError:
+            view = None  # a folder the run never wrote into
+        for dev in view.devices if view is not None else []:
+            if not dev.from_summary:  # a row of summary.json only: its report.json is missing
+                found[dev.dir.name] = dev.raw if dev.problem and dev.raw is not None else dev.data
+    cells = {name: classify_device(found.get(name)) for name in devices}
+    for name in sorted(found):
+        if name not in cells:
+            cells[name] = classify_device(found[name])
     return cells
 
 
@@ -407,55 +250,6 @@ class RegressState:
 Runner = Callable[[BuildSpec, Path, Path, Selection], int]
 #: Called before each build's run (the real one power-cycles every selected device).
 Reset = Callable[[BuildSpec], None]
-
-
-def fresh_boot(devices: Sequence[Device], log_root: Path, console: Console) -> dict[str, str | None]:
-    """Power-cycle every device (side by side) and wait until it answers SSH: device -> None or why not.
-
-    Why before every build: Shadow-box cannot be unloaded, so each build needs a fresh boot anyway
-    (the deploy step would reboot a device that still runs the previous build), and the previous
-    build may have left a device hung or panicked. Doing it here, for all devices at once, gives
-    every build the same clean start and keeps the reboot out of its first test. A device that
-    cannot be reset (manual power, a lab fault) is reported and left to the run, which says why.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from rig.dut import Dut
-
-    def one(dev: Device) -> str | None:
-        dut = Dut(dev, log_root / dev.name, lock_wait=60)
-        try:
-            dut.lock.acquire(dut.lock_wait)
-            if dut.place is not None:
-                dut.place.acquire()  # a shared laptop: never power-cycle it under another controller's run
-            if _clean(dut):
-                console.print(f"  {dev.name}: answers SSH and runs no Shadow-box: no reset needed", highlight=False)
-                return None
-            if dut.console is not None:
-                dut.console.start()
-            took = dut.recover(start_monitor=False)
-            console.print(f"  {dev.name}: power-cycled, ready in {took:.0f} s", highlight=False)
-            return None
-        except RigError as exc:
-            console.print(f"  [yellow]{dev.name}: not reset before the build: {exc}[/]", highlight=False)
-            return str(exc)
-        finally:
-            dut.close()
-
-    with ThreadPoolExecutor(max_workers=max(1, len(devices))) as pool:
-        return dict(zip([d.name for d in devices], pool.map(one, devices), strict=True))
-
-
-def _clean(dut: Any) -> bool:
-    """True if the device answers SSH and none of its recipe's modules is loaded (no reboot needed).
-
-    The same test the deploy step makes before it decides to reboot; any doubt means "not clean".
-    """
-    try:
-        dut.ssh.connect(timeout=5)
-        return not dut.runs_shadowbox()
-    except Exception:  # noqa: BLE001 - unreachable, hung, half-open: a power cycle will tell
-        return False
 
 
 def pytest_command(spec: BuildSpec, tree: Path, out: Path, selection: Selection) -> list[str]:

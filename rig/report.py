@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from rig import __version__
+from rig.errors import ConfigError
 from rig.files import write_atomic
 from rig.inventory import Device
 from rig.pstore import NOTHING_AFTER_HANG
@@ -150,27 +151,17 @@ class DeviceReport:
         self.flush()
 
     def set_identity(self, dut: Any) -> None:
-        """Kernel, command line, CPU model and microcode, read from the device; how it is powered."""
+        """Kernel, command line, CPU model and microcode: the facts the Dut read after its boot (rig.facts);
+        how it is powered."""
         # The back end in its own words (PDU model, address, outlet; a BMC's address): never a secret.
         self.data["device"]["power_backend"] = dut.power.describe()
-        script = (
-            "uname -r; cat /proc/cmdline; grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2; "
-            "grep -m1 '^microcode' /proc/cpuinfo | cut -d: -f2; grep -c ^processor /proc/cpuinfo"
-        )
         try:
-            lines = dut.ssh.run(script, timeout=15).out.splitlines()
+            facts = dut.facts()
         except Exception as exc:  # noqa: BLE001 - identity is nice to have; the run goes on
             self.event("identity-failed", str(exc))
             return
-        lines += [""] * 5
-        self.data["identity"] = {
-            "kernel": lines[0].strip(),
-            "cmdline": lines[1].strip(),
-            "cpu_model": lines[2].strip(),
-            "microcode": lines[3].strip(),
-            "cpus": lines[4].strip(),
-        }
-        self.event("connected", f"kernel {lines[0].strip()}")
+        self.data["identity"] = facts.identity()
+        self.event("connected", f"kernel {facts.kernel}")
 
     def nmi_delivery(self, test: str, delivery: Any) -> None:
         """One source's raise-and-count, with per-CPU deltas (the report's NMI evidence)."""
@@ -333,9 +324,17 @@ def _deploy_digest(deploy: Any) -> dict[str, Any] | None:
 
 def write_summary(run_dir: Path) -> dict[str, Any]:
     """Gather every device's report.json into summary.json (devices x tests -> verdict)."""
+    from rig.results import load_run  # the one reader of run folders
+
+    try:
+        view = load_run(run_dir)
+    except ConfigError:
+        view = None  # nothing written yet: an empty summary
     devices: list[dict[str, Any]] = []
-    for rep_path in sorted(run_dir.glob("*/report.json")):
-        data = json.loads(rep_path.read_text())
+    for dev in view.devices if view is not None else []:
+        if dev.from_summary or dev.problem:
+            continue  # a row of an earlier summary.json, or a report.json that cannot be read: not summed up
+        data = dev.data
         cells = {t["name"]: {"outcome": t["outcome"], "verdict": t["verdict"]["verdict"]} for t in data["tests"]}
         devices.append(
             {
@@ -358,7 +357,9 @@ def write_summary(run_dir: Path) -> dict[str, Any]:
     write_json_atomic(run_dir / "summary.json", summary)
     run_json = run_dir / "run.json"
     if run_json.exists():
-        meta = json.loads(run_json.read_text())
+        from rig.results import read_json
+
+        meta = read_json(run_json)
         meta.update(status="complete", finished=summary["finished"])
         write_json_atomic(run_json, meta)
     return summary

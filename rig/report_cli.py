@@ -6,7 +6,8 @@ Why a separate command to re-render: pages are derived from the JSON files only,
 half way, a run copied from another controller, or a run rendered by an older rig can always be
 (re)rendered later with ``rig report html reports/<run-id>``.
 
-``rig report diff A B`` exits 1 when B has a regression against A (a test that newly fails), so a
+``rig report diff A B`` exits 1 when B has a regression against A (a test that newly fails, or fails worse:
+a crash or hang where it failed an assertion; rig.results.regressed), so a
 nightly job can gate on it; 0 otherwise.
 """
 
@@ -17,7 +18,8 @@ from pathlib import Path
 import click
 
 from rig.errors import RigError
-from rig.report_html import diff_runs, render_run
+from rig.report_html import render_run
+from rig.results import diff_runs
 
 
 def _resolve(ctx: click.Context, run: Path) -> Path:

@@ -13,7 +13,7 @@ controllers drove one laptop (or one run was merged twice); which result stands 
 person, and a silently dropped hang is exactly the result a nightly must not lose. The same goes for
 runs of different builds: one matrix is one build. Both are named, with the runs involved.
 
-Runs are read with :func:`rig.report_html.load_run` (the one reader of run folders); a device
+Runs are read with :func:`rig.results.load_run` (the one reader of run folders); a device
 whose report could not be used, or a run still going, is carried over and stays marked as such.
 """
 
@@ -29,7 +29,7 @@ from typing import Any
 from rig import __version__
 from rig.errors import ConfigError
 from rig.report import write_json_atomic, write_summary
-from rig.report_html import RunView, load_run
+from rig.results import RunView, load_run
 
 MERGED_KIND = "merged"
 

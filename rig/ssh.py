@@ -389,9 +389,12 @@ class SshClient:
         with self._pool_lock:
             return any(t.is_active() and t.is_authenticated() for t in self._open_transports)
 
-    def connect(self, timeout: float | None = None) -> None:
+    def connect(self, timeout: float | None = None, *, banner_timeout: float | None = None) -> None:
         """Open (or reopen) the connection: TCP, key exchange, host key check, login.
 
+        ``banner_timeout`` (default: the whole ``timeout``) bounds the wait for the server's banner
+        alone: a port forwarder that accepts TCP before anybody listens behind it (QEMU's user network
+        while a guest boots) is told from a slow server in a moment (rig.lab's boot wait polls so).
         Idle connections from before are closed (after a reboot they are dead anyway). Raises
         SshUnreachable (device not answering), HostKeyError / LabFault (keys, credentials),
         ConfigError (unresolvable host, unreadable key file).
@@ -408,7 +411,7 @@ class SshClient:
                 self._open_transports.difference_update(stale)
             for t in stale:
                 _close_quietly(t)
-            t = self._open(deadline)
+            t = self._open(deadline, banner_timeout)
             with self._pool_lock:
                 self._open_transports.add(t)
                 self._idle.append(t)
@@ -480,13 +483,13 @@ class SshClient:
         _tune_socket(sock)
         return sock
 
-    def _open(self, deadline: float) -> paramiko.Transport:
+    def _open(self, deadline: float, banner_timeout: float | None = None) -> paramiko.Transport:
         known = self._known_keys()
         sock = self._open_socket(deadline)
         t = paramiko.Transport(sock)
         try:
             left = self._left(deadline)
-            t.banner_timeout = left
+            t.banner_timeout = left if banner_timeout is None else min(left, banner_timeout)
             t.handshake_timeout = left
             t.auth_timeout = left
             if known:

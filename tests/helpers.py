@@ -19,9 +19,11 @@ import signal
 import socket
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from rich.console import Console
 
 from rig.inventory import Device
@@ -150,7 +152,7 @@ def restore_guests(lab: Any, log_dir: Path) -> None:
     """Power-cycle (side by side, the rig's way) every lab guest that does not answer SSH."""
     from rig.inventory import load_inventory
     from rig.lab.manager import ssh_login_check
-    from rig.regress import fresh_boot
+    from rig.lifecycle import fresh_boot
 
     dead = []
     for dev in load_inventory([lab.inventory_dir]):
@@ -174,7 +176,23 @@ def test_source_and_build(device, rig_run):
 """
 
 
-def run_plugin(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+@dataclass(frozen=True)
+class PluginRun:
+    """What a pytest run of the rig plugin gave: its exit status and output (``run_plugin``)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_plugin(pytester: pytest.Pytester, *args: str) -> PluginRun:
+    """The rig plugin on a throw-away suite over two devices no test contacts, run in this process.
+
+    Why ``pytester`` (in-process) and not a pytest subprocess: no interpreter start-up and no second
+    import of the rig per run; the suite, the inventory and the reports live in ``pytester.path``,
+    which is also the run's working folder (relative options resolve there).
+    """
+    tmp_path = pytester.path
     inv = tmp_path / "devices"
     inv.mkdir(exist_ok=True)
     for name in ("a", "b"):
@@ -184,12 +202,14 @@ def run_plugin(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
             f'[shadowbox]\nrecipe = "sbsim"\nsource = "/nonexistent/original-{name}"\n'
         )
     (tmp_path / "test_suite.py").write_text(PLUGIN_SUITE)
-    cmd = [
-        sys.executable, "-m", "pytest", str(tmp_path / "test_suite.py"), "--rig-devices", str(inv),
-        "--rig-report-dir", str(tmp_path / "reports"), "-p", "no:cacheprovider", "-p", "no:xdist", "-q", *args,
-    ]  # fmt: skip
-    env = {**os.environ, "RIG_RUN_ID": "run", "RIG_TEST_OUT": str(tmp_path / "seen.jsonl")}
-    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RIG_RUN_ID", "run")
+        mp.setenv("RIG_TEST_OUT", str(tmp_path / "seen.jsonl"))
+        res = pytester.runpytest(
+            str(tmp_path / "test_suite.py"), "--rig-devices", str(inv), "--rig-report-dir", str(tmp_path / "reports"),
+            "-p", "no:cacheprovider", "-p", "no:xdist", "-q", *args,
+        )  # fmt: skip
+    return PluginRun(int(res.ret), "\n".join(res.outlines), "\n".join(res.errlines))
 
 
 def free_udp_port() -> int:

@@ -42,7 +42,7 @@ from rig.coordinator import (
 from rig.dut import DeviceBusy, Dut
 from rig.errors import ConfigError, LabFault
 from rig.inventory import PduPower, load_device
-from rig.report_html import load_run
+from rig.results import load_run
 from tests.consolepeers import free_port
 
 BIN = Path(sys.executable).parent
@@ -189,7 +189,7 @@ def inventory(folder: Path, place: str, address: str, wait: float = 0.0, name: s
 CONTROLLER = r"""
 import sys, time
 from rig.inventory import load_device
-from rig.report_html import load_run
+from rig.results import load_run
 from rig.coordinator import PlaceLease
 from rig.dut import DeviceBusy
 lease = PlaceLease(load_device(sys.argv[1]))

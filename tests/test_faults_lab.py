@@ -397,7 +397,7 @@ def test_power_off_during_a_suite_fails_as_powered_off_and_the_next_test_recover
     assert second["outcome"] == "passed" and second["verdict"]["kind"] == "ok", second
     assert any(e["kind"] == "recovery" for e in report["timeline"]), report["timeline"]
     assert "not a device failure" in first["failure"]
-    from rig.report_html import cell_of
+    from rig.results import cell_of
 
     assert cell_of(first["outcome"], first["verdict"]["verdict"]).css == "lab"  # the lab colour, not "bad"
 

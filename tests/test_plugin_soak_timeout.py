@@ -1,14 +1,16 @@
 """A soak test outlives the project's pytest-timeout ini: the plugin gives it soak length + margin.
 
-Runs a real pytest subprocess with the rig plugin on a throw-away suite (no device is contacted).
+Runs pytest (pytester, in this process) with the rig plugin on a throw-away suite (no device is contacted).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import pytest
 
 from rig.plugin import SOAK_TIMEOUT_MARGIN_S
 from tests.helpers import run_plugin
+
+pytest_plugins = ("pytester",)
 
 SUITE = """
 import pytest
@@ -27,10 +29,10 @@ def test_plain(request):
 """
 
 
-def test_soak_tests_get_their_soak_length_plus_margin(tmp_path: Path) -> None:
-    (tmp_path / "test_soak_suite.py").write_text(SUITE)
-    suite = str(tmp_path / "test_soak_suite.py")
-    proc = run_plugin(tmp_path, suite, "--rig-soak-minutes", "30", "-s", "--timeout", "5")
+def test_soak_tests_get_their_soak_length_plus_margin(pytester: pytest.Pytester) -> None:
+    (pytester.path / "test_soak_suite.py").write_text(SUITE)
+    suite = str(pytester.path / "test_soak_suite.py")
+    proc = run_plugin(pytester, suite, "--rig-soak-minutes", "30", "-s", "--timeout", "5")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert f"soak-timeout {30 * 60 + SOAK_TIMEOUT_MARGIN_S}" in out

@@ -50,6 +50,8 @@ from rig.regress import (
 )
 from tests.helpers import commit_all, git, restore_guests, run_plugin, sbsim_variant
 
+pytest_plugins = ("pytester",)
+
 CHECKOUT = Path(__file__).resolve().parent.parent
 
 
@@ -433,10 +435,11 @@ def test_regress_lines_up_fixed_hanging_and_panicking_builds(lab_restored: Any, 
 # the plugin options regress drives (no device is contacted: the tests only read the inventory)
 
 
-def test_plugin_deploys_one_tree_everywhere_and_records_the_build(tmp_path: Path) -> None:
+def test_plugin_deploys_one_tree_everywhere_and_records_the_build(pytester: pytest.Pytester) -> None:
+    tmp_path = pytester.path  # the run's working folder: the relative --rig-shadowbox-source resolves there
     tree = tmp_path / "build-tree"
     tree.mkdir()
-    proc = run_plugin(tmp_path, "--rig-shadowbox-source", "build-tree", "--rig-build", "v2.3-rc1")
+    proc = run_plugin(pytester, "--rig-shadowbox-source", "build-tree", "--rig-build", "v2.3-rc1")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     seen = [json.loads(line) for line in (tmp_path / "seen.jsonl").read_text().splitlines()]
     assert {s["device"]: s["source"] for s in seen} == {"a": str(tree), "b": str(tree)}  # relative to the cwd
@@ -448,15 +451,16 @@ def test_plugin_deploys_one_tree_everywhere_and_records_the_build(tmp_path: Path
     # without the options: the inventory's own source, no build label
     (tmp_path / "seen.jsonl").unlink()
     shutil.rmtree(tmp_path / "reports")
-    proc = run_plugin(tmp_path)
+    proc = run_plugin(pytester)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     seen = [json.loads(line) for line in (tmp_path / "seen.jsonl").read_text().splitlines()]
     assert {s["source"] for s in seen} == {"/nonexistent/original-a", "/nonexistent/original-b"}
     assert json.loads((tmp_path / "reports" / "run" / "summary.json").read_text())["build"] is None
 
 
-def test_plugin_refuses_a_source_that_is_not_a_folder(tmp_path: Path) -> None:
-    proc = run_plugin(tmp_path, "--rig-shadowbox-source", "missing-tree")
+def test_plugin_refuses_a_source_that_is_not_a_folder(pytester: pytest.Pytester) -> None:
+    tmp_path = pytester.path
+    proc = run_plugin(pytester, "--rig-shadowbox-source", "missing-tree")
     out = proc.stdout + proc.stderr
     assert proc.returncode not in (0, 1), out  # a usage error, not a test failure
     assert f"--rig-shadowbox-source missing-tree: {tmp_path / 'missing-tree'} is not a folder" in out

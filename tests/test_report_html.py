@@ -22,7 +22,8 @@ from click.testing import CliRunner
 
 from rig.errors import ConfigError
 from rig.report_cli import report
-from rig.report_html import DeviceRun, RunView, diff_runs, diff_views, load_run, previous_run, render_run
+from rig.report_html import render_run
+from rig.results import DeviceRun, RunView, diff_runs, diff_views, load_run, previous_run
 
 DATA = Path(__file__).parent / "data" / "reports"
 CHROMIUM = Path("/usr/bin/chromium")

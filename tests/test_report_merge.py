@@ -18,8 +18,8 @@ from rig.monitor import Verdict
 from rig.regress import cells_of_run
 from rig.report import RunReport, write_summary
 from rig.report_cli import report
-from rig.report_html import diff_runs, load_run
 from rig.report_merge import merge_runs, plan_merge
+from rig.results import diff_runs, load_run
 from rig.vocab import VerdictKind
 
 DEVICE = """

@@ -41,11 +41,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import paramiko
-
-from rig.errors import ConfigError, LabFault
+from rig.errors import ConfigError, LabFault, RigError
 from rig.files import write_atomic
-from rig.inventory import Device, device_toml
+from rig.inventory import Device, SshConfig, device_toml
 from rig.lab import consoleserver, guest, image, kernels, vpdu, vpower
 from rig.lab.ports import (
     GuestPorts,
@@ -59,6 +57,7 @@ from rig.lab.ports import (
     stop_process,
 )
 from rig.lab.sbsim import sbsim_source_dir
+from rig.ssh import HostKeyError, SshClient
 
 DEFAULT_COUNT = 2
 DEFAULT_PREFIX = "lab"
@@ -643,11 +642,11 @@ class Lab:
                                f"{info.serial_log}", component="qemu")
             try:
                 ssh_login_check(info.ssh_port, info.key_file, info.known_hosts)
-            except paramiko.BadHostKeyException as exc:
+            except HostKeyError as exc:
                 raise LabFault(f"{info.name}: SSH host key on 127.0.0.1:{info.ssh_port} does not match "
                                f"{info.known_hosts} ({exc}); is another process forwarding that port?",
                                component="ssh") from None
-            except (OSError, EOFError, paramiko.SSHException) as exc:
+            except RigError as exc:  # not answering yet, dropped mid-handshake, the login refused while it boots
                 last = f"{type(exc).__name__}: {exc}"
                 time.sleep(0.5)
                 continue
@@ -949,22 +948,17 @@ def ssh_login_check(
 ) -> str:
     """Log in with the lab key, verifying the host key against ``known_hosts``; return ``uname -n``.
 
-    Raises paramiko/socket errors as they come: the caller decides what is worth a retry. The short
-    ``banner_timeout`` matters while a guest boots: QEMU's forwarder accepts the TCP connection before
-    the guest listens, and only the missing banner tells that nobody is there yet (polling with a
-    long banner timeout would add seconds to the measured boot time).
+    Through the rig's own SSH client (rig.ssh), as any device: it raises ``rig.ssh.HostKeyError`` for a
+    host key that does not match and another ``RigError`` (``SshUnreachable`` ...) otherwise; the caller
+    decides what is worth a retry. The short ``banner_timeout`` matters while a guest boots: QEMU's
+    forwarder accepts the TCP connection before the guest listens, and only the missing banner tells
+    that nobody is there yet (polling with a long banner timeout would add seconds to the measured boot time).
     """
-    client = paramiko.SSHClient()
-    client.load_host_keys(str(known_hosts))
-    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    cfg = SshConfig(host="127.0.0.1", port=port, user="root", key_file=key_file, known_hosts=known_hosts,
+                    connect_timeout=timeout)  # fmt: skip
+    client = SshClient(cfg, device=f"lab guest on 127.0.0.1:{port}")
     try:
-        client.connect(
-            "127.0.0.1", port=port, username="root", key_filename=str(key_file), timeout=timeout,
-            banner_timeout=banner_timeout, auth_timeout=timeout, allow_agent=False, look_for_keys=False,
-        )
-        _, stdout, _ = client.exec_command("uname -n", timeout=timeout)
-        name = stdout.read().decode().strip()
-        stdout.channel.recv_exit_status()
-        return name
+        client.connect(timeout=timeout, banner_timeout=banner_timeout)
+        return client.run("uname -n", timeout=timeout).out.strip()
     finally:
         client.close()
