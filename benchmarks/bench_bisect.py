@@ -29,6 +29,7 @@ import json
 import math
 import os
 import random
+import shutil
 import statistics
 import tempfile
 import time
@@ -108,6 +109,7 @@ def one(run: BisectRun, h: History) -> dict[str, Any]:
         "wrong_bad": sum(1 for st in result.get("steps", []) if st.get("verdict") == "bad"
                          and h.commits.index(st["commit"]) < h.commits.index(h.culprit)),  # fmt: skip
         "rate": result.get("rate"),
+        "skips": [st.get("evidence") for st in result.get("steps", []) if st.get("verdict") == "skip"],
     }
 
 
@@ -122,25 +124,43 @@ def main(
     max_soak: float = 180.0,
     seed: int = 19,
     parallel: bool = True,
+    until: float | None = None,
+    save: Path | None = None,
 ) -> dict[str, Any]:
     """``bisections`` histories, each bisected by both methods: side by side on lab-1 (adaptive) and
-    lab-2 (fixed) when ``parallel``, else one after the other on lab-1."""
+    lab-2 (fixed) when ``parallel``, else one after the other on lab-1.
+
+    ``until`` (a time.time()): start no bisection that would end after it, judged by the slowest
+    so far. ``save``: the results so far are written there after every bisection (and each
+    bisection's evidence, bisect.json and console logs, is kept beside it in ``evidence/``).
+    """
+    params = {"commits": commits, "residency_pct": residency, "confidence": confidence, "bad_attempts": bad_attempts,
+              "fixed_soak_s": fixed_soak, "max_soak_s": max_soak, "seed": seed, "parallel": parallel}  # fmt: skip
     rng = random.Random(seed)
     runs: list[dict[str, Any]] = []
     quiet = Console(quiet=True)
+    evidence = save.parent / "evidence" if save is not None else None
+    if evidence is not None and evidence.exists():
+        shutil.rmtree(evidence)
     with bench_lab(2 if parallel else 1, lab) as the_lab, tempfile.TemporaryDirectory(prefix="bench-bisect-") as tmp:
+        keep = evidence or Path(tmp)
         devs = {d.name: d for d in devices(the_lab)}
         a_dev, f_dev = devs["lab-1"], devs["lab-2" if parallel else "lab-1"]
         builds = Path(tmp) / "builds"  # one build per tree and kernel, for both methods and every bisection
+        slowest = 0.0
         for i in range(bisections):
+            if until is not None and time.time() + slowest > until:
+                print(f"stopping after {i} bisections: another would end after the deadline", flush=True)
+                break
+            t_start = time.time()
             culprit = rng.randint(2, commits - 1)
             decoy = rng.randint(1, culprit - 1)
             h = intermittent_history(Path(tmp) / f"h{i}", n=commits, culprit=culprit, decoy=decoy,
                                      residency_pct=residency)  # fmt: skip
-            adaptive = BisectRun(h.repo, h.good, h.bad, a_dev, Path(tmp) / f"a{i}", confidence=confidence,
+            adaptive = BisectRun(h.repo, h.good, h.bad, a_dev, keep / f"a{i}", confidence=confidence,
                                  max_soak=max_soak, bad_attempts=bad_attempts, console=quiet,
                                  build_cache=builds)  # fmt: skip
-            fixed = FixedSoakBisect(h.repo, h.good, h.bad, f_dev, Path(tmp) / f"f{i}", confidence=confidence,
+            fixed = FixedSoakBisect(h.repo, h.good, h.bad, f_dev, keep / f"f{i}", confidence=confidence,
                                     max_soak=max_soak, console=quiet, build_cache=builds)  # fmt: skip
             fixed.fixed = fixed_soak
             if parallel:
@@ -156,12 +176,17 @@ def main(
                      for m in ("adaptive", "fixed")}  # fmt: skip
             print(json.dumps({"bisection": i + 1, "culprit": culprit, "decoy": decoy, "load": row["load"],
                               **brief}), flush=True)  # fmt: skip
-    return {
-        "bisections": bisections, "commits": commits, "residency_pct": residency, "confidence": confidence,
-        "bad_attempts": bad_attempts, "fixed_soak_s": fixed_soak, "max_soak_s": max_soak, "seed": seed,
-        "parallel": parallel, "runs": runs, "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": describe(),
-    }  # fmt: skip
+            slowest = max(slowest, time.time() - t_start)
+            if save is not None:
+                save.parent.mkdir(parents=True, exist_ok=True)
+                save.write_text(json.dumps(_summary(runs, params), indent=1))
+    return _summary(runs, params)
+
+
+def _summary(runs: list[dict[str, Any]], params: dict[str, Any]) -> dict[str, Any]:
+    """What bisect.json holds: the parameters, every bisection's row, when and where."""
+    return {**params, "bisections": len(runs), "runs": runs, "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": describe()}  # fmt: skip
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -280,18 +305,24 @@ def cli() -> None:
     ap.add_argument("--fixed-soak", type=float, default=30.0)
     ap.add_argument("--max-soak", type=float, default=180.0)
     ap.add_argument("--seed", type=int, default=19)
+    ap.add_argument("--until", default=None, metavar="HH:MM", help="UTC time by which the last bisection must end")
     ap.add_argument("--serial", action="store_true", help="both methods on lab-1, one after the other (one guest)")
     ap.add_argument("--smoke", action="store_true", help="label the section a smoke run (too few bisections)")
     ap.add_argument("--write", action="store_true", help="write the section at the end of BENCHMARKS.md")
     ap.add_argument("--rerender", action="store_true", help="render the saved results without measuring")
     a = ap.parse_args()
     out = bench_root() / "results" / "bisect.json"
+    until = None
+    if a.until:
+        hh, mm = (int(x) for x in a.until.split(":"))
+        now = datetime.now(UTC)
+        until = now.replace(hour=hh, minute=mm, second=0, microsecond=0).timestamp()
     if a.rerender:
         r = json.loads(out.read_text())
     else:
         r = main(bisections=a.bisections, commits=a.commits, residency=a.residency, confidence=a.confidence,
                  bad_attempts=a.bad_attempts, fixed_soak=a.fixed_soak, max_soak=a.max_soak, seed=a.seed,
-                 parallel=not a.serial)  # fmt: skip
+                 parallel=not a.serial, until=until, save=out)  # fmt: skip
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(r, indent=1))
     text = render(r, a.smoke or r["bisections"] < 5)
