@@ -336,7 +336,11 @@ def test_bisect_names_the_commit_that_introduced_the_nmi_hang(
     lab: Any, sbsim_history: tuple[Path, list[str]], tmp_path: Path
 ) -> None:
     """Also the 2 a.m. case: the controller dies mid-bisection (SIGKILL once the first step is judged)
-    and the same command resumes it, keeping what was judged instead of soaking it again."""
+    and the same command resumes it, keeping what was judged instead of soaking it again.
+
+    Boots only where a build failed or is still loaded: after the good ref's pass sbsim is unloaded,
+    not rebooted (every step's attempt records how it started, checked below), and the finished
+    bisection leaves sbsim unloaded, so the next test needs no boot either."""
     repo, commits = sbsim_history
     out = tmp_path / "bisect"
     cmd = [
@@ -393,6 +397,8 @@ def test_bisect_names_the_commit_that_introduced_the_nmi_hang(
         (a,) = s["attempts"]
         assert a["failed"] is False and a["exposure"] >= min(s["target_seconds"], 60) - 1
     assert "# first bad commit: [" + commits[2] in result["git_bisect_log"]
+    # a boot after the bad ref's hang; after the good ref's pass sbsim was unloaded instead
+    assert good["start"] == "fresh boot" and result["steps"][0]["attempts"][0]["start"] == "unloaded", result
     assert (out / "console" / "console.log").read_text().count("Execution Complete") >= 1 + len(result["steps"])
     # the user's tree was only read
     assert git(repo, "rev-parse", "--abbrev-ref", "HEAD") == "main" and not git(repo, "status", "--porcelain")
