@@ -51,6 +51,10 @@ def test_history_rewrites_one_default_per_interesting_commit(tmp_path: Path) -> 
 def test_bisect_names_the_commit_with_the_intermittent_host_nmi_hang(lab: Any, tmp_path: Path) -> None:
     h = intermittent_history(tmp_path / "repo", n=6, culprit=3, decoy=2, residency_pct="1.0")
     (device,) = load_inventory([lab.inventory_dir], names=["lab-1"])
+    # 'lost-connection' (SSH dead, console alive) only after 15 s, not 3 s + 2 H: on a loaded machine a
+    # guest's SSH can stay unanswered that long while it deploys, and the bisection would stop though
+    # nothing hung. The hang rule (heartbeat silence and a short probe) is unchanged.
+    device = device.model_copy(update={"monitor": device.monitor.model_copy(update={"ssh_probe_timeout": 15.0})})
     run = BisectRun(h.repo, h.good, h.bad, device, tmp_path / "bisect", confidence=0.9, max_soak=90.0,
                     bad_attempts=2, console=Console(quiet=True))  # fmt: skip
     try:
