@@ -4,8 +4,9 @@ Method, per bisection: a generated sbsim history (rig.lab.sbsim_history) of ``--
 the good ref turns host residency on (``--residency`` % of each CPU's time in an imitated host
 section), one random commit is a timing-only decoy (longer, fewer host sections, same share), a
 later random commit the culprit (``hang_on_host_nmi=1``: an NMI that lands in the host never
-returns -- the time to hang is random, exponential). Two bisections of the same history, one after
-the other on the same lab guest:
+returns -- the time to hang is random, exponential). Two bisections of the same history, side by
+side on two lab guests (adaptive on lab-1, baseline on lab-2; ``--serial``: one after the other on
+lab-1), so twice as many fit in the hour; each thread has its own device, clone and evidence:
 
 - **adaptive** (``rig bisect`` as shipped): the bad ref is soaked ``--bad-attempts`` times, an
   exponential rate is fitted, and a commit is called good after the soak the asked ``--confidence``
@@ -18,8 +19,10 @@ measurement included), and wall time from the start to the named commit ("this b
 "this is the commit"). The correct-commit rate is shown as a count with its Wilson 95 % interval
 (honest at k = n, where the normal approximation claims certainty).
 
-Run: ``python -m benchmarks.bench_bisect --bisections 12`` (about an hour on this lab) writes
-``/tmp/bench-lab/results/bisect.json`` and, with ``--write``, its section at the end of BENCHMARKS.md.
+Run: ``python -m benchmarks.bench_bisect --commits 8 --residency 1.0 --fixed-soak 15 --until 13:29
+--write`` (as many bisections as end before 13:29 UTC) writes ``/tmp/bench-lab/results/bisect.json``
+(after every bisection; each bisection's bisect.json and console log in ``results/evidence/``)
+and, with ``--write``, its section at the end of BENCHMARKS.md. ``--rerender`` redraws it.
 """
 
 from __future__ import annotations
