@@ -2,7 +2,10 @@
 
 The oracle tests one commit on one device: fresh boot, deploy that commit's tree, then an NMI soak
 (every cheap NMI source of the device, as the soak suite does) while the hang monitor watches. A
-hang or crash marks the commit bad; surviving the soak marks it good.
+hang or crash marks the commit bad; surviving the soak marks it good. The boot is always fresh after a
+hang, crash or lost connection and for Shadow-box (it cannot be unloaded); only sbsim, the lab's
+stand-in whose module unloads, is unloaded instead after an attempt that passed. Controller builds
+are kept by tree content in ``<out>/builds``: the same tree is built once per bisection.
 
 Why "good" needs a computed soak: the hang is intermittent (the original needed about 20 minutes of
 NMIs), so surviving one minute proves little. The oracle first measures the *bad* ref (one or more
@@ -86,6 +89,8 @@ class Attempt:
     title: str = ""  # the crash's title (rig.detect: "<report type> in <guilty function>"), "" if none
     #: rig.soak.SoakResult.to_json(): per source asked/achieved rate and NMIs per minute.
     soak: dict[str, Any] = field(default_factory=dict)
+    #: How the device was made clean for it: "fresh boot", "unloaded" (sbsim after a pass), "clean".
+    start: str = ""
 
     @property
     def evidence(self) -> str:
@@ -171,7 +176,8 @@ def judge_soak(attempt: Attempt, rate: float, target: float, confidence: float, 
 
 
 class Oracle:
-    """Deploys a tree on a device and soaks it with NMIs; every attempt starts from a fresh boot."""
+    """Deploys a tree on a device and soaks it with NMIs; every attempt starts from a clean device
+    (a fresh boot; sbsim only: unloaded after a pass, see :meth:`_fresh_start`)."""
 
     def __init__(self, dut: Any, *, interval: float = NMI_INTERVAL) -> None:
         self.dut = dut
@@ -191,12 +197,26 @@ class Oracle:
             raise ConfigError(f"device {self.dut.name}: no NMI source available (nmi_sources in its inventory)")
         return ready
 
-    def _fresh_start(self) -> None:
+    def _fresh_start(self) -> str:
+        """A clean device for the next attempt; returns how (the attempt's ``start``).
+
+        A fresh boot after a hang, crash or lost connection and after any Shadow-box build
+        (it cannot be unloaded). Only a recipe whose module unloads (sbsim, the lab stand-in) may
+        instead be unloaded after an attempt that passed (Dut.unload_shadowbox): nothing of the
+        last build runs any more and the device never failed, so the next build starts as it would
+        after a boot; if the unload fails in any way, the device is booted as before.
+        """
         d = self.dut
+        how = "clean"
+        if d.shadowbox_loaded and not d.needs_recovery:
+            why_not = d.unload_shadowbox()
+            how = "unloaded" if why_not is None else "fresh boot"
         if d.lifecycle.needs_fresh_boot:
             self._show("recovering")
+            how = "fresh boot"
         # Shadow-box cannot be unloaded: every attempt gets its own clean boot (else a fresh watch).
         d.lifecycle.transition(DeviceState.WATCHED, clean=True)
+        return how
 
     def _lab_fault(self, verdict: Any, commit: str) -> LabFault:
         return LabFault(
@@ -209,8 +229,8 @@ class Oracle:
         from rig.shadowbox import DeployFailed
 
         d = self.dut
-        self._fresh_start()
-        a = Attempt(commit, seconds, started=time.time())
+        start = self._fresh_start()
+        a = Attempt(commit, seconds, started=time.time(), start=start)
         first_line = d.console_mark()
         self._show("deploying", test=commit[:12])
         try:
@@ -346,6 +366,9 @@ class BisectRun:
     crash_title: str | None = None
     #: Draw the live board (rig.board) while soaking: on a terminal, unless --no-live.
     live: bool = False
+    #: Controller builds kept by tree content (default ``<out>/builds``): a commit whose tree was
+    #: built already (the bad ref's second attempt, a commit that changed nothing) is not rebuilt.
+    build_cache: Path | None = None
 
     def __post_init__(self) -> None:
         required_soak(1.0, self.confidence)  # validates the confidence
@@ -445,6 +468,7 @@ class BisectRun:
         # A clean start: the device may be hung, or run an earlier build (Shadow-box cannot be unloaded).
         fresh_boot([self.device], self.out / "reset", self.console)
         dut = Dut(self.device, self.out / "console")
+        dut.build_cache = self.build_cache or self.out / "builds"
         feed = BoardFeed(self.out / BOARD_FILE)
         sampler = Sampler(feed, lambda: [dut]).start()
         try:
@@ -471,6 +495,8 @@ class BisectRun:
                 self.say(f"  {step.verdict}: {step.evidence}")
                 done = git.mark(step.verdict, commit)
             self.result["git_bisect_log"] = git.log()
+            if dut.shadowbox_loaded and not dut.needs_recovery:
+                dut.unload_shadowbox()  # sbsim leaves the device as a boot would; Shadow-box stays (it cannot)
             if git.first_bad:
                 self.result["first_bad"] = {"commit": git.first_bad, "subject": git.subject(git.first_bad)}
                 self.result["status"] = "done"

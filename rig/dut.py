@@ -294,6 +294,8 @@ class Dut:
         self.caps: dict[str, str | None] = {}
         #: (settings, result) of the Shadow-box running since the last boot, if any.
         self.deployment: tuple[str, DeployResult] | None = None
+        #: Where controller builds are kept by content (rig.shadowbox.Deployer.build_key); None: always build.
+        self.build_cache: Path | None = None
         #: deploy key -> how that deploy failed (kept across reboots: the same build fails the same way).
         self.deploy_failures: dict[str, DeployFailed] = {}
         #: Timeline sink (kind, text), set by the plugin: the Dut says when it reboots before a deploy.
@@ -895,6 +897,7 @@ class Dut:
             module_params=dict(cfg.module_params),
             start_timeout=cfg.start_timeout,
             sudo=self.device.ssh.sudo,
+            build_cache=self.build_cache,
         )
 
     def deploy_shadowbox(self, *, force: bool = False, **overrides: object) -> DeployResult:
@@ -932,6 +935,33 @@ class Dut:
     def _event(self, kind: str, text: str) -> None:
         if self.on_event is not None:
             self.on_event(kind, text)
+
+    def unload_shadowbox(self) -> str | None:
+        """Unload the recipe's modules after a clean run instead of rebooting; None if done, else why not.
+
+        Only for a recipe that ``unloads`` (sbsim: its exit stops what its init started), and only
+        while the verdict is ok: a device that hung, crashed or lost its connection gets a reboot.
+        Done means every module left /proc/modules and the device still answers; then the next
+        deploy loads onto the same boot, as it would onto a fresh one. Shadow-box cannot be unloaded.
+        """
+        recipe = recipe_for(self.device.shadowbox.recipe)
+        if not recipe.unloads:
+            return f"recipe {recipe.name} cannot be unloaded"
+        if self.needs_recovery or not self.verdict().ok:
+            return "the device needs recovery"
+        try:
+            for module in reversed(recipe.modules):
+                name = Path(module).name.removesuffix(".ko")
+                res = self.ssh.run(["rmmod", name], timeout=30, sudo=self.device.ssh.sudo)
+                if res.exit_status != 0:
+                    return f"rmmod {name} failed: {(res.err or res.out).strip()[-200:]}"
+            if self._modules_loaded(recipe.modules):
+                return "still listed in /proc/modules after rmmod"
+        except RigError as exc:
+            return f"unload failed: {exc}"
+        self.lifecycle.apply(Step.UNLOAD, "modules unloaded after a clean attempt (rmmod)")
+        self.deployment = None
+        return None
 
     def runs_shadowbox(self) -> bool:
         """Whether a module of the inventory's recipe is loaded now (then only a reboot gives a clean state)."""

@@ -25,6 +25,9 @@ Steps (:class:`Step`), each legal only from the states in :data:`RULES`::
     ready        booting -> ready               ready line on the console, then SSH
     watch        ready/watched -> watched       (a fresh monitor; deployed stays deployed)
     deploy       ready/watched -> deployed      once per boot: a loaded boot is power-cycled first
+    unload       ready/watched/deployed -> watched (ready if unwatched)
+                                                only a module that unloads (sbsim, the lab's stand-in;
+                                                Dut.unload_shadowbox): the boot is clean again
     fail         booting/ready/watched/deployed -> failed
     close        any -> off
 
@@ -68,6 +71,7 @@ class Step(StrEnum):
     READY = "ready"
     WATCH = "watch"
     DEPLOY = "deploy"
+    UNLOAD = "unload"
     FAIL = "fail"
     CLOSE = "close"
 
@@ -81,6 +85,7 @@ RULES: dict[Step, tuple[frozenset[DeviceState], DeviceState]] = {
     Step.READY: (frozenset({DeviceState.BOOTING}), DeviceState.READY),
     Step.WATCH: (frozenset({DeviceState.READY, DeviceState.WATCHED, DeviceState.DEPLOYED}), DeviceState.WATCHED),
     Step.DEPLOY: (frozenset({DeviceState.READY, DeviceState.WATCHED}), DeviceState.DEPLOYED),
+    Step.UNLOAD: (frozenset({DeviceState.READY, DeviceState.WATCHED, DeviceState.DEPLOYED}), DeviceState.WATCHED),
     Step.FAIL: (_HELD, DeviceState.FAILED),
     Step.CLOSE: (frozenset(DeviceState), DeviceState.OFF),
 }
@@ -154,6 +159,8 @@ class Lifecycle:
             )
         if step is Step.WATCH and before is DeviceState.DEPLOYED:
             after = DeviceState.DEPLOYED  # a fresh watch does not unload Shadow-box
+        if step is Step.UNLOAD and not self.watching:
+            after = DeviceState.READY
         if step is Step.FAIL and before is DeviceState.FAILED:
             why = self.failure or why  # the first failure is the one to tell
         self.state = after
@@ -165,6 +172,8 @@ class Lifecycle:
             self.watching = True
         elif step is Step.DEPLOY:
             self.loaded = True
+        elif step is Step.UNLOAD:
+            self.loaded = False
         elif step is Step.FAIL:
             self.failure = why
         elif step is Step.CLOSE:

@@ -10,6 +10,7 @@ device's power control is the only way back to a clean state.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -177,6 +178,10 @@ class Recipe:
     start_logging: str = ""
     #: What a tree of this flavour looks like (None: any folder).
     shape: TreeShape | None = None
+    #: ``rmmod`` leaves the device as a fresh boot would (only sbsim, the lab stand-in: its exit
+    #: cancels the host-section timers, unregisters the NMI handler and removes /proc/sbsim).
+    #: Shadow-box itself cannot be unloaded: for it only a reboot gives a clean state.
+    unloads: bool = False
 
 
 #: gooroom's START_LOGGING is ioctl 0 on /dev/sb-helper (what its gop-helper daemon does after insmod).
@@ -250,6 +255,7 @@ RECIPES: dict[str, Recipe] = {
         needs_no_jump_label=False,
         needs_intremap_off=False,
         default_build_on="controller",
+        unloads=True,
     ),
 }
 
@@ -635,6 +641,7 @@ class Deployer:
         module_params: dict[str, str | int] | None = None,
         start_timeout: float = 120.0,
         sudo: bool = False,
+        build_cache: Path | None = None,
     ) -> None:
         self.shell = shell
         self.console = console
@@ -650,6 +657,10 @@ class Deployer:
             raise ConfigError(f"device {device}: [shadowbox] module_params: {exc}") from None
         self.start_timeout = start_timeout
         self.sudo = sudo
+        #: Controller builds kept by content (:meth:`build_key`); None: every deploy builds.
+        self.build_cache = build_cache
+        #: The cache entry the last controller build came from, "" if it was built.
+        self.reused_build = ""
         self._staging: Path | None = None
         self._staged: Path | None = None
         #: Set just before the first insmod: from then on the device may hold part of Shadow-box
@@ -711,12 +722,67 @@ class Deployer:
                 f"linux-headers-{kernel_release} or set [shadowbox] kernel_headers",
             )
         build_dir = self._stage()
+        key = self.build_key(build_dir, headers, kernel_release) if self.build_cache is not None else ""
+        if key and self._from_cache(key, build_dir):
+            return build_dir
         try:
             self._build_copy(build_dir, headers)
         except DeployFailed:
             self.cleanup()
             raise
+        if key:
+            self._to_cache(key, build_dir)
         return build_dir
+
+    def build_key(self, staged: Path, headers: Path, kernel_release: str) -> str:
+        """What a controller build's output depends on, hashed: the staged tree's bytes, the recipe's
+        build, and the headers (path, release, and the stamps of the files kbuild reads first).
+
+        Why the whole tree and not only the sources: which files a Makefile reads cannot be told from
+        outside, so any changed byte is a new build. A commit that touched nothing of the tree (the
+        same tree hash in git) gives the same key and reuses the build; a reinstalled headers package
+        changes the stamps and builds anew.
+        """
+        from rig.regress import tree_digest
+
+        h = hashlib.sha256()
+        stamps = []
+        for name in ("Makefile", "Module.symvers", "include/config/kernel.release"):
+            f = headers / name
+            st = f.stat() if f.exists() else None
+            stamps.append(f"{name}:{st.st_size}:{st.st_mtime_ns}" if st else f"{name}:-")
+        for part in (tree_digest(staged), self.recipe.name, self.recipe.build, self.recipe.build_dir,
+                     "|".join(self.recipe.modules), str(headers.resolve()), kernel_release, *stamps):  # fmt: skip
+            h.update(part.encode() + b"\0")
+        return h.hexdigest()[:24]
+
+    def _from_cache(self, key: str, build_dir: Path) -> bool:
+        """Copy the cached modules of ``key`` into the staged copy; False (build it) if any is missing."""
+        assert self.build_cache is not None
+        entry = self.build_cache / key
+        if not all((entry / m).is_file() for m in self.recipe.modules):
+            return False
+        for m in self.recipe.modules:
+            (build_dir / m).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(entry / m, build_dir / m)
+        self.reused_build = str(entry)
+        return True
+
+    def _to_cache(self, key: str, build_dir: Path) -> None:
+        """Keep the modules of a build that passed :meth:`_judge_modules` (written aside, then renamed:
+        two deploys of the same tree at once leave one whole entry, never half of one)."""
+        assert self.build_cache is not None
+        self.build_cache.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=self.build_cache))
+        try:
+            for m in self.recipe.modules:
+                (tmp / m).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(build_dir / m, tmp / m)
+            os.rename(tmp, self.build_cache / key)
+        except OSError:
+            pass  # another deploy stored the same build first, or the cache is not writable: no reuse
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def _build_copy(self, build_dir: Path, headers: Path) -> None:
         """Run the recipe's build in the controller-side copy and check the modules it must leave."""
@@ -856,6 +922,9 @@ class Deployer:
                 t0 = time.monotonic()
                 upload = self.build_on_controller(kernel)
                 result.build_seconds = time.monotonic() - t0
+                if self.reused_build:
+                    result.notes.append(f"build reused: this tree, recipe and headers were built before "
+                                        f"({self.reused_build})")  # fmt: skip
             remote = self.upload(upload)
         finally:
             self.cleanup()

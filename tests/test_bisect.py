@@ -210,6 +210,104 @@ def test_replay_of_recorded_steps_continues_the_same_git_bisection(tmp_path: Pat
 
 
 # ---------------------------------------------------------------------------------------------
+# the oracle's clean start and the build cache
+
+
+class _Device:
+    """What Oracle._fresh_start asks of a Dut: its state flags, unload, recover, the monitor."""
+
+    def __init__(self, *, loaded: bool, needs_recovery: bool, unloads: bool) -> None:
+        self.shadowbox_loaded, self.needs_recovery, self.unloads = loaded, needs_recovery, unloads
+        self.calls: list[str] = []
+        self.monitor = self
+        self.device = self
+        self.hang_bound = 2.0
+
+    def unload_shadowbox(self) -> str | None:
+        self.calls.append("unload")
+        if not self.unloads:
+            return "recipe upstream cannot be unloaded"
+        self.shadowbox_loaded = False
+        return None
+
+    def recover(self) -> float:
+        self.calls.append("recover")
+        self.shadowbox_loaded = False
+        return 1.0
+
+    def stop(self) -> None:
+        self.calls.append("monitor")
+
+    resume = start = stop
+
+
+@pytest.mark.parametrize(
+    ("loaded", "needs_recovery", "unloads", "start", "calls"),
+    [
+        (True, False, True, "unloaded", ["unload"]),  # sbsim after a pass: no boot
+        (True, False, False, "fresh boot", ["unload", "recover"]),  # Shadow-box: it cannot be unloaded
+        (True, True, True, "fresh boot", ["recover"]),  # after a hang: always a boot, no unload tried
+        (False, True, True, "fresh boot", ["recover"]),  # a deploy that hung in insmod
+        (False, False, True, "clean", []),  # the first attempt on a clean device
+    ],
+)
+def test_each_attempt_starts_clean_and_boots_unless_sbsim_unloaded_after_a_pass(
+    loaded: bool, needs_recovery: bool, unloads: bool, start: str, calls: list[str]
+) -> None:
+    from rig.bisect import Oracle
+
+    d = _Device(loaded=loaded, needs_recovery=needs_recovery, unloads=unloads)
+    assert Oracle(d)._fresh_start() == start
+    assert [c for c in d.calls if c != "monitor"] == calls
+    assert not d.shadowbox_loaded and not d.needs_recovery
+
+
+def test_only_sbsim_says_it_unloads() -> None:
+    from rig.shadowbox import RECIPES
+
+    assert {name for name, r in RECIPES.items() if r.unloads} == {"sbsim"}
+
+
+def test_controller_builds_are_kept_by_tree_content(tmp_path: Path) -> None:
+    """The real kbuild against the lab kernel's headers: the same tree in another folder (a commit
+    that changed nothing) reuses the first build; one changed byte builds anew."""
+    import shutil
+
+    from rig.lab import image
+    from rig.lab.sbsim import default_headers_dir
+    from rig.shadowbox import Deployer, recipe_for
+
+    try:
+        release = image.kernel_version()
+    except Exception as exc:  # noqa: BLE001 - no lab kernel: nothing to build against
+        pytest.skip(f"no lab kernel installed: {exc}")
+    headers = default_headers_dir(release)
+    if not (headers / "Makefile").is_file() or shutil.which("make") is None:
+        pytest.skip(f"no kernel headers at {headers} or no make")
+    cache = tmp_path / "builds"
+
+    def build(tree: Path) -> tuple[bytes, str, str]:
+        d = Deployer(None, None, recipe_for("sbsim"), tree, device="lab-9", kernel_headers=headers,  # type: ignore[arg-type]
+                     build_cache=cache)  # fmt: skip
+        try:
+            key = d.build_key(d._stage(), headers, release)  # of the tree as staged, before it is built
+            built = d.build_on_controller(release)
+            return (built / "sbsim.ko").read_bytes(), d.reused_build, key
+        finally:
+            d.cleanup()
+
+    first, reused, key = build(sbsim_variant(tmp_path / "c1"))
+    assert not reused and (cache / key / "sbsim.ko").read_bytes() == first
+    (tmp_path / "c1" / "NOTES").write_text("a commit that only adds a file is another tree\n")
+    again, reused_again, key_again = build(sbsim_variant(tmp_path / "c2"))
+    assert reused_again == str(cache / key) and again == first and key_again == key
+    changed, reused_changed, key_changed = build(sbsim_variant(tmp_path / "c3", hang_after_nmi=40))
+    assert not reused_changed and key_changed != key and changed != first
+    _, _, key_notes = build(tmp_path / "c1")
+    assert key_notes not in (key, key_changed)
+
+
+# ---------------------------------------------------------------------------------------------
 # on the lab
 
 
@@ -238,7 +336,11 @@ def test_bisect_names_the_commit_that_introduced_the_nmi_hang(
     lab: Any, sbsim_history: tuple[Path, list[str]], tmp_path: Path
 ) -> None:
     """Also the 2 a.m. case: the controller dies mid-bisection (SIGKILL once the first step is judged)
-    and the same command resumes it, keeping what was judged instead of soaking it again."""
+    and the same command resumes it, keeping what was judged instead of soaking it again.
+
+    Boots only where a build failed or is still loaded: after the good ref's pass sbsim is unloaded,
+    not rebooted (every step's attempt records how it started, checked below), and the finished
+    bisection leaves sbsim unloaded, so the next test needs no boot either."""
     repo, commits = sbsim_history
     out = tmp_path / "bisect"
     cmd = [
@@ -295,6 +397,8 @@ def test_bisect_names_the_commit_that_introduced_the_nmi_hang(
         (a,) = s["attempts"]
         assert a["failed"] is False and a["exposure"] >= min(s["target_seconds"], 60) - 1
     assert "# first bad commit: [" + commits[2] in result["git_bisect_log"]
+    # a boot after the bad ref's hang; after the good ref's pass sbsim was unloaded instead
+    assert good["start"] == "fresh boot" and result["steps"][0]["attempts"][0]["start"] == "unloaded", result
     assert (out / "console" / "console.log").read_text().count("Execution Complete") >= 1 + len(result["steps"])
     # the user's tree was only read
     assert git(repo, "rev-parse", "--abbrev-ref", "HEAD") == "main" and not git(repo, "status", "--porcelain")

@@ -141,3 +141,17 @@ def test_facts_are_parsed_from_one_command_and_missing_ones_stay_empty() -> None
     assert f.identity() == {"kernel": "6.1.0-rig", "cmdline": "console=ttyS0 intremap=off",
                             "cpu_model": "QEMU TCG CPU version 2.5+", "microcode": "", "cpus": "2"}  # fmt: skip
     assert parse_facts("vmx=yes\n").vmx and parse_facts("") == DeviceFacts()
+
+
+def test_an_unload_makes_the_boot_clean_so_a_clean_watch_needs_no_boot() -> None:
+    # sbsim (the lab's stand-in) unloads; after it a bisect attempt asking for a clean boot gets a watch.
+    d = opened()
+    d.lc.apply(Step.DEPLOY)
+    assert d.lc.plan(S.WATCHED, clean=True)[0] is Step.POWER_CYCLE
+    d.lc.apply(Step.UNLOAD)
+    assert d.lc.state is S.WATCHED and not d.lc.loaded and not d.lc.needs_fresh_boot
+    assert d.lc.transition(S.WATCHED, clean=True) is S.WATCHED
+    assert d.calls == ["watch"]
+    d.lc.fail("hang")
+    with pytest.raises(LifecycleError, match="t14: cannot unload while it is failed"):
+        d.lc.apply(Step.UNLOAD)
