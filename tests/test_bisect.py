@@ -214,31 +214,55 @@ def test_replay_of_recorded_steps_continues_the_same_git_bisection(tmp_path: Pat
 
 
 class _Device:
-    """What Oracle._fresh_start asks of a Dut: its state flags, unload, recover, the monitor."""
+    """What Oracle._fresh_start asks of a Dut: its lifecycle (the real one), unload, recover, watch."""
 
     def __init__(self, *, loaded: bool, needs_recovery: bool, unloads: bool) -> None:
-        self.shadowbox_loaded, self.needs_recovery, self.unloads = loaded, needs_recovery, unloads
+        from rig.lifecycle import Lifecycle, Step
+
+        self.unloads = unloads
         self.calls: list[str] = []
-        self.monitor = self
-        self.device = self
+        self.lifecycle = Lifecycle("t14", self)
+        self.lifecycle.apply(Step.CONNECT)
+        self.lifecycle.apply(Step.WATCH)
+        if loaded:
+            self.lifecycle.apply(Step.DEPLOY)
+        if needs_recovery:
+            self.lifecycle.fail("hang")
+        self.device = self.monitor = self
         self.hang_bound = 2.0
 
+    @property
+    def shadowbox_loaded(self) -> bool:
+        return self.lifecycle.loaded
+
+    @property
+    def needs_recovery(self) -> bool:
+        return self.lifecycle.state == "failed"
+
     def unload_shadowbox(self) -> str | None:
+        from rig.lifecycle import Step
+
         self.calls.append("unload")
         if not self.unloads:
             return "recipe upstream cannot be unloaded"
-        self.shadowbox_loaded = False
+        self.lifecycle.apply(Step.UNLOAD)
         return None
 
-    def recover(self) -> float:
+    def recover(self, *, timeout: float | None = None, start_monitor: bool = True) -> float:
+        from rig.lifecycle import Step
+
         self.calls.append("recover")
-        self.shadowbox_loaded = False
+        self.lifecycle.apply(Step.POWER_CYCLE)
+        self.lifecycle.apply(Step.READY)
+        if start_monitor:
+            self.lifecycle.apply(Step.WATCH)
         return 1.0
 
-    def stop(self) -> None:
-        self.calls.append("monitor")
+    def watch(self) -> None:
+        from rig.lifecycle import Step
 
-    resume = start = stop
+        self.calls.append("monitor")
+        self.lifecycle.apply(Step.WATCH)
 
 
 @pytest.mark.parametrize(
