@@ -45,11 +45,11 @@ from rich.console import Console
 
 from benchmarks.labenv import bench_lab, bench_root, devices
 from benchmarks.machine import describe
-from rig.bisect import BisectRun, GitBisect, Oracle
 from rig.inventory import Device
 from rig.lab.manager import Lab, checkout_dir
 from rig.lab.sbsim_history import History, intermittent_history
-from rig.ttf import fit_rate
+from rig.runs.bisect import BisectRun, GitBisect, Oracle
+from rig.runs.ttf import fit_rate
 
 MD = checkout_dir() / "BENCHMARKS.md"
 BEGIN, END = "<!-- bench:bisect -->", "<!-- /bench:bisect -->"
@@ -308,7 +308,7 @@ def render(r: dict[str, Any], smoke: bool) -> str:
         ]
     lines += [
         "",
-        "Method: `benchmarks/bench_bisect.py`. Both methods run the shipped `rig.bisect.BisectRun` (real `git "
+        "Method: `benchmarks/bench_bisect.py`. Both methods run the shipped `rig.runs.bisect.BisectRun` (real `git "
         "bisect` in a clone, the NMI soak oracle; a fresh boot after every failure, sbsim unloaded after a pass, one "
         "build per tree and kernel); the baseline only replaces the bad-ref measurement by a fixed soak per step. "
         "Soak = seconds of NMIs summed over every attempt; wall time includes boots, builds, deploys and the "

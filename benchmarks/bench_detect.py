@@ -37,12 +37,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rig.detect import Detector
+from rig.detect.detector import Detector
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "console"
 
 #: The detector's rules, written the way an expect-based tool lists them: one regex per thing it
-#: reacts to (the same kernel titles, NMI evidence and Shadow-box lines rig.detect knows).
+#: reacts to (the same kernel titles, NMI evidence and Shadow-box lines rig.detect.detector knows).
 EXPECT_PATTERNS = [
     r"Linux version \S+",
     r"Kernel panic - not syncing",
@@ -106,7 +106,7 @@ def run_detector(text: str) -> tuple[float, int]:
 
 def run_feed(text: str) -> tuple[float, int]:
     """CPU seconds and events of ``Detector.feed()`` called once per line: the live monitor's path
-    (rig.monitor gets one console line at a time), reported next to the block figure."""
+    (rig.device.monitor gets one console line at a time), reported next to the block figure."""
     lines = text.splitlines(keepends=True)
     det = Detector()
     feed = det.feed
@@ -255,7 +255,7 @@ def profile_detector(text: str, top: int = 8) -> list[tuple[str, float, int]]:
 def prefilter_share(text: str) -> float:
     """The share of lines that the block pre-filter hands to the classifier (the rest cost nothing
     per line: they are only part of the anchor searches over the whole block)."""
-    from rig.detect import _candidates  # noqa: PLC0415 - a private detail, read for the report only
+    from rig.detect.detector import _candidates  # noqa: PLC0415 - a private detail, read for the report only
 
     lines = text.splitlines()
     return len(_candidates(lines)) / max(1, len(lines))

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.labenv import bench_lab, open_dut, rss_mib
-from rig.dut import Dut
+from rig.device.dut import Dut
 from rig.lab.manager import Lab
 
 

@@ -6,7 +6,7 @@ Method: two guests up at once on the host's kernel, ``lab-1`` with its serial co
 load: deploy sbsim with ``hang_after_nmi=3``, 2 s of heartbeats, 2 QMP NMIs, ``monitor.wait()``;
 latency = ``Verdict.since_heartbeat`` (last heartbeat seen on that console to the hang verdict);
 then ``Dut.recover()``. The flood: ``nc-1`` writes N records of about 1000 bytes to ``/dev/kmsg``
-(``printk.devkmsg=on``) in one shell loop, a :class:`rig.netconsole.NetconsoleCapture` on its port
+(``printk.devkmsg=on``) in one shell loop, a :class:`rig.console.netconsole.NetconsoleCapture` on its port
 counts what arrived (by the records' own numbers) and what the sequence gaps say was lost.
 
 ``python -m benchmarks.bench_netconsole --hangs 5`` prints the BENCHMARKS.md section (no file is
@@ -27,11 +27,11 @@ from typing import Any
 
 from benchmarks.labenv import bench_root, open_dut
 from benchmarks.machine import describe
-from rig.dut import Dut
+from rig.console.netconsole import NetconsoleCapture
+from rig.device.dut import Dut
 from rig.inventory import load_device
 from rig.lab.manager import Lab
-from rig.netconsole import NetconsoleCapture
-from rig.ssh import SshClient
+from rig.transports.ssh import SshClient
 from rig.vocab import VerdictKind
 
 

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rig.dut import Dut
+from rig.device.dut import Dut
 from rig.inventory import load_inventory
 from rig.lab import guest as lab_guest
 from rig.lab.manager import Lab

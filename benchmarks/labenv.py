@@ -16,7 +16,7 @@ import resource
 from collections.abc import Iterator
 from pathlib import Path
 
-from rig.dut import Dut
+from rig.device.dut import Dut
 from rig.inventory import Device, load_inventory
 from rig.lab.manager import Lab
 

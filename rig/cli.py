@@ -128,9 +128,9 @@ def check_device(device: Device, log_dir: Path, *, recover: bool = False, deploy
     not answer is reported, not power-cycled, unless ``recover`` (``rig check --recover``). With
     ``deploy``, also the tree check and the recipe's preflight (``deploy:<check>``), loading nothing.
     """
-    from rig.dut import DeviceBusy, Dut
+    from rig.device.dut import DeviceBusy, Dut
     from rig.inventory import IpmiPower, ManualPower
-    from rig.ssh import SshClient
+    from rig.transports.ssh import SshClient
 
     row = CheckRow(device.name)
     key_ok = True
@@ -221,7 +221,7 @@ def check_device(device: Device, log_dir: Path, *, recover: bool = False, deploy
 
 def _check_deploy(dut: Any, row: CheckRow) -> None:
     """The deploy preflight as check items: the tree against its recipe, then each named check."""
-    from rig.shadowbox import DeployFailed
+    from rig.device.shadowbox import DeployFailed
 
     if dut.device.shadowbox.source is None:
         row.put("deploy:tree", "FAIL", f"[shadowbox] source is not set in {dut.device.source_file}")
@@ -306,7 +306,7 @@ def check(ctx: click.Context, names: Sequence[str], tags: Sequence[str], recover
 @click.pass_context
 def nmi(ctx: click.Context, name: str, source: str, count: int, interval: float, recover: bool) -> None:
     """Raise NMIs on one device and show the per-CPU deltas of /proc/interrupts."""
-    from rig.dut import Dut
+    from rig.device.dut import Dut
 
     (device,) = _load(ctx, [name])
     log_dir = _adhoc_dir(ctx.obj["report_dir"], "nmi") / device.name
@@ -342,7 +342,7 @@ def nmi(ctx: click.Context, name: str, source: str, count: int, interval: float,
 @click.pass_context
 def console_cmd(ctx: click.Context, name: str, seconds: float) -> None:
     """Live tail of one device's serial console (also written to disk)."""
-    from rig.console import console_for
+    from rig.console.capture import console_for
 
     (device,) = _load(ctx, [name])
     if device.console is None:
@@ -352,7 +352,7 @@ def console_cmd(ctx: click.Context, name: str, seconds: float) -> None:
     log_dir = _adhoc_dir(ctx.obj["report_dir"], "console") / name
     lease = None
     if device.console.from_place:  # the place's NetworkSerialPort: only its holder may use it
-        from rig.coordinator import PlaceLease, place_device
+        from rig.transports.coordinator import PlaceLease, place_device
 
         lease = PlaceLease(device)
         try:
@@ -383,7 +383,7 @@ def console_cmd(ctx: click.Context, name: str, seconds: float) -> None:
 @click.option("--soak-minutes", default=1.0, show_default=True, help="Length of the NMI soak on each laptop.")
 def demo(soak_minutes: float) -> None:
     """The virtual lab's story: a fixed build survives NMIs, a buggy build hangs, the rig says so."""
-    from rig.demo import run_demo
+    from rig.runs.demo import run_demo
 
     checkout = Path.cwd()
     if not (checkout / "suites").is_dir():
@@ -392,12 +392,12 @@ def demo(soak_minutes: float) -> None:
 
 
 def _register_subcommands() -> None:
-    from rig.bisect import bisect_cmd
+    from rig.detect.triage import triage
     from rig.lab.cli import lab
-    from rig.power_cli import power_cmd
-    from rig.regress import regress_cmd
-    from rig.report_cli import report
-    from rig.triage import triage
+    from rig.power.cli import power_cmd
+    from rig.reports.cli import report
+    from rig.runs.bisect import bisect_cmd
+    from rig.runs.regress import regress_cmd
 
     main.add_command(lab)
     main.add_command(report)

@@ -208,7 +208,7 @@ class ConsoleConfig(_Strict):
 
     ``from_place = true`` instead of ``url``: the console is the ``NetworkSerialPort`` that the bench's
     labgrid exporter publishes for the ``[lab] place`` (host, port, speed, rfc2217 or raw), read when
-    the place is acquired (rig.coordinator.place_device). Why: one lab description then serves every
+    the place is acquired (rig.transports.coordinator.place_device). Why: one lab description then serves every
     controller, and the console server's address lives where the bench is wired, in its exporter.
     """
 
@@ -527,7 +527,7 @@ class KernelExpectations(_Strict):
 
 
 class ShadowboxConfig(_Strict):
-    """Which Shadow-box to deploy and how (recipes are data in rig.shadowbox)."""
+    """Which Shadow-box to deploy and how (recipes are data in rig.device.shadowbox)."""
 
     recipe: Literal["upstream", "gooroom", "gooroom-3.0", "sbsim"] = "upstream"
     source: Path | None = Field(default=None, description="Source tree on the controller.")
@@ -587,7 +587,7 @@ class MonitorConfig(_Strict):
 
     @property
     def hang_bound(self) -> float:
-        """The promise to users: a hang is declared within 3·H + 2 s of the last heartbeat (rig.monitor).
+        """The promise to users: a hang is declared within 3·H + 2 s of the last heartbeat (rig.device.monitor).
 
         One place computes it: the monitor's console grace, the suites' and bisect's waits all read it.
         """
@@ -595,7 +595,7 @@ class MonitorConfig(_Strict):
 
 
 class LabPlace(_Strict):
-    """The device as a place of a labgrid coordinator shared by several controllers (rig.coordinator).
+    """The device as a place of a labgrid coordinator shared by several controllers (rig.transports.coordinator).
 
     Without ``place`` the device is this controller's alone (the local lock only).
     """

@@ -34,18 +34,18 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from rig.device.lifecycle import DeviceState
 from rig.errors import LabFault, RigError, Unavailable
 from rig.inventory import Device, load_inventory
-from rig.lifecycle import DeviceState
 from rig.vocab import NMI_SOURCE_NAMES, VerdictKind
 
 if TYPE_CHECKING:  # typed fixtures without importing the rig's device stack when pytest loads the plugin
-    from rig.board import BoardFeed, TerminalBoard
-    from rig.dut import Dut
-    from rig.monitor import Verdict
-    from rig.nmi import InterruptCounts, NmiSource
-    from rig.report import DeviceReport, RunReport
-    from rig.shadowbox import DeployFailed, DeployResult
+    from rig.device.dut import Dut
+    from rig.device.monitor import Verdict
+    from rig.device.nmi import InterruptCounts, NmiSource
+    from rig.device.shadowbox import DeployFailed, DeployResult
+    from rig.reports.board import BoardFeed, TerminalBoard
+    from rig.reports.report import DeviceReport, RunReport
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ BUSY_KEY = pytest.StashKey[dict[str, str]]()
 #: This run's id (the controller's; a worker reads it from workerinput) and its selected devices.
 RUN_ID_KEY = pytest.StashKey[str]()
 DEVICES_KEY = pytest.StashKey[list[Device]]()
-#: This process's board feed (rig.board.BoardFeed) and, on the controller, the live board drawn.
+#: This process's board feed (rig.reports.board.BoardFeed) and, on the controller, the live board drawn.
 BOARD_KEY = pytest.StashKey["BoardFeed"]()
 LIVE_KEY: pytest.StashKey[TerminalBoard] = pytest.StashKey()
 
@@ -72,7 +72,7 @@ class TestState:
     irq_before: InterruptCounts | None = None
     #: Shadow-box host callbacks per CPU counted before the test (Dut.callback_totals).
     callbacks_before: dict[int, int] | None = None
-    #: The deploy failure (rig.shadowbox.DeployFailed) that failed this test's set-up.
+    #: The deploy failure (rig.device.shadowbox.DeployFailed) that failed this test's set-up.
     deploy_failed: DeployFailed | None = None
 
 
@@ -110,7 +110,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="go past a failed deploy preflight (recorded in the report as forced)",
     )
     g.addoption(
-        "--rig-no-live", action="store_true", default=False, help="no live device board on the terminal (rig.board)"
+        "--rig-no-live", action="store_true", default=False,
+        help="no live device board on the terminal (rig.reports.board)",
     )
     parser.addini("rig_devices", "inventory folders/files", type="paths", default=[])
     parser.addini("rig_report_dir", "report folder", default="reports")
@@ -269,7 +270,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture(scope="session")
 def rig_run(request: pytest.FixtureRequest) -> Iterator[RunReport]:
     """The run's report writer (``reports/<run-id>/``), shared by every test of this process."""
-    from rig.report import RunReport
+    from rig.reports.report import RunReport
 
     config = request.config
     run = RunReport(report_dir(config), _run_id(config), build=config.getoption("--rig-build"))
@@ -281,7 +282,7 @@ def rig_run(request: pytest.FixtureRequest) -> Iterator[RunReport]:
 @pytest.fixture(scope="session")
 def _dut_pool(request: pytest.FixtureRequest, rig_run: RunReport) -> Iterator[dict[str, Dut]]:
     pool: dict[str, Dut] = request.config.stash[DUTS_KEY]
-    from rig.board import Sampler
+    from rig.reports.board import Sampler
 
     sampler = Sampler(_board(request.config), lambda: list(pool.values())).start()
     yield pool
@@ -320,11 +321,11 @@ def dut(
 ) -> Iterator[Dut]:
     """The device, connected and watched. Recovered first if an earlier test left it crashed or hung.
 
-    A device another run holds (rig.dut.DeviceBusy) fails every test of this run on it, at once and
+    A device another run holds (rig.device.dut.DeviceBusy) fails every test of this run on it, at once and
     with the holder named, without retrying the lock per test: otherwise the tests after the other
     run ended would use the device, and one run's results would be split between two devices' states.
     """
-    from rig.dut import DeviceBusy, Dut
+    from rig.device.dut import DeviceBusy, Dut
 
     if device is None:
         pytest.skip("no devices selected")
@@ -371,7 +372,7 @@ def dut(
         state.irq_before = d.interrupts()
     stall = None
     if request.node.get_closest_marker("soak") is not None and device.monitor.panic_on_stall:
-        from rig.stall import StallPanic
+        from rig.device.stall import StallPanic
 
         stall = StallPanic(d.ssh, d.name, sudo=device.ssh.sudo, reboot_seconds=device.monitor.panic_reboot_seconds)
         rig_run.device(device).event("stall-panic", stall.apply())
@@ -413,12 +414,12 @@ def _report_last_words(d: Dut, dev_report: DeviceReport) -> None:
 
 
 def _check_place(d: Dut) -> None:
-    """Before a test on a shared device: still this run's place, or acquired again (rig.coordinator).
+    """Before a test on a shared device: still this run's place, or acquired again (rig.transports.coordinator).
 
     A place lost and now held by another controller is a lab fault for this run, not DEVICE BUSY:
     this run did hold the device, and the tests it ran on it stand.
     """
-    from rig.dut import DeviceBusy
+    from rig.device.dut import DeviceBusy
 
     if d.place is not None:
         try:
@@ -457,11 +458,11 @@ def nmi_sources(dut: Dut) -> dict[str, NmiSource]:
 def shadowbox(request: pytest.FixtureRequest, dut: Dut, rig_run: RunReport) -> DeployResult:
     """Shadow-box deployed on the device and verified started (a fresh boot is used if it was loaded).
 
-    A deploy that fails by name (rig.shadowbox.DeployFailed) fails the set-up without a traceback,
+    A deploy that fails by name (rig.device.shadowbox.DeployFailed) fails the set-up without a traceback,
     with what happened and what to do; the device's report gets the failure as data. Later tests
     that need the same build are skipped with that reason: the device is not rebooted to fail again.
     """
-    from rig.shadowbox import DeployFailed
+    from rig.device.shadowbox import DeployFailed
 
     dev_report = rig_run.device(dut.device)
     _board(request.config).state(dut.name, "deploying")
@@ -509,14 +510,14 @@ def deploy_failure_text(device: str, exc: DeployFailed, lines: int = 12) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# the live board (rig.board): every process feeds <run>/board.jsonl, the controller draws it
+# the live board (rig.reports.board): every process feeds <run>/board.jsonl, the controller draws it
 
 
 def _board(config: pytest.Config) -> BoardFeed:
     """This process's feed of the run's board file (created on first use)."""
     feed = config.stash.get(BOARD_KEY, None)
     if feed is None:
-        from rig.board import BOARD_FILE, BoardFeed
+        from rig.reports.board import BOARD_FILE, BoardFeed
 
         feed = config.stash[BOARD_KEY] = BoardFeed(report_dir(config) / _run_id(config) / BOARD_FILE)
     return feed
@@ -542,7 +543,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     config = session.config
     if _is_worker(config) or config.getoption("--rig-no-live"):
         return
-    from rig.board import BOARD_FILE, LiveLines, TerminalBoard, wanted
+    from rig.reports.board import BOARD_FILE, LiveLines, TerminalBoard, wanted
 
     tr = config.pluginmanager.get_plugin("terminalreporter")
     tw = getattr(tr, "_tw", None)
@@ -603,18 +604,18 @@ def _judge(item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestRe
     if report.when != "call":
         return
     # The monitor's, settled (a hang followed by a panic is the panic) and with a switched-off
-    # device told apart (rig.dut.Dut.settled_verdict).
+    # device told apart (rig.device.dut.Dut.settled_verdict).
     verdict = d.settled_verdict()
     if d.verdict_note and d.verdict_note not in verdict.reason:
         verdict = replace(verdict, reason="; ".join(filter(None, [verdict.reason, d.verdict_note])))
     lab_error = call.excinfo if call.excinfo is not None and call.excinfo.errisinstance(LabFault) else None
     if lab_error is not None and verdict.kind not in (VerdictKind.CRASH, VerdictKind.POWERED_OFF):
-        from rig.monitor import Verdict
+        from rig.device.monitor import Verdict
 
         verdict = Verdict(VerdictKind.LAB_FAULT, None, str(lab_error.value))
     place_lost = d.place.lost() if d.place is not None else None
     if place_lost is not None and verdict.kind is not VerdictKind.CRASH:
-        from rig.monitor import Verdict
+        from rig.device.monitor import Verdict
 
         verdict = Verdict(VerdictKind.LAB_FAULT, None, place_lost)  # the coordinator's fault, not the laptop's
     accepted = d.accepted_verdict is not None and d.accepted_verdict.kind is verdict.kind
@@ -671,7 +672,7 @@ def _record_setup_error(
     device's failure. A device this run does not hold (DEVICE BUSY) gets nothing: its report
     belongs to the holder.
     """
-    from rig.monitor import Verdict
+    from rig.device.monitor import Verdict
 
     lab = _state(item).setup_fault
     failed = _state(item).deploy_failed
@@ -758,14 +759,14 @@ def _is_worker(config: pytest.Config) -> bool:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    from rig.report import write_summary
+    from rig.reports.report import write_summary
 
     config = session.config
     _stop_live(config)  # before pytest's summary lines
     run_dir = report_dir(config) / _run_id(config)
     if not _is_worker(config) and run_dir.is_dir() and any(run_dir.glob("*/report.json")):
         write_summary(run_dir)
-        from rig.report_html import render_run
+        from rig.reports.html import render_run
 
         try:
             render_run(run_dir)
@@ -774,7 +775,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    from rig.results import load_run
+    from rig.reports.results import load_run
 
     run_dir = report_dir(config) / _run_id(config)
     if _is_worker(config) or not (run_dir / "summary.json").exists():

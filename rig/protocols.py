@@ -1,8 +1,8 @@
 """The small interfaces capabilities need from transports, defined once.
 
 Why structural types: ``nmi``, ``shadowbox`` and ``monitor`` sit above the transports but should not
-care whether commands go over paramiko (``rig.ssh.SshClient``) or anything else that behaves the
-same, and the console may be any line source (``rig.console.ConsoleCapture``).
+care whether commands go over paramiko (``rig.transports.ssh.SshClient``) or anything else that behaves the
+same, and the console may be any line source (``rig.console.capture.ConsoleCapture``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Protocol
 
 
 class CommandOutput(Protocol):
-    """A finished remote command (``rig.ssh.CommandResult``)."""
+    """A finished remote command (``rig.transports.ssh.CommandResult``)."""
 
     @property
     def exit_status(self) -> int: ...
@@ -25,7 +25,7 @@ class CommandOutput(Protocol):
 
 
 class CommandRunner(Protocol):
-    """Runs a shell command on the device with a deadline (``rig.ssh.SshClient``)."""
+    """Runs a shell command on the device with a deadline (``rig.transports.ssh.SshClient``)."""
 
     def run(self, command: str | Sequence[str], *, timeout: float, sudo: bool = False) -> CommandOutput: ...
 
@@ -43,7 +43,7 @@ class LivenessProbe(CommandRunner, Protocol):
 
 
 class ConsoleLine(Protocol):
-    """One console line as the capture delivers it (``rig.console.ConsoleLine``)."""
+    """One console line as the capture delivers it (``rig.console.capture.ConsoleLine``)."""
 
     @property
     def number(self) -> int: ...

@@ -8,7 +8,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Literal, get_args
 
-#: The NMI sources the rig knows, by the name inventories, the CLI and reports use. rig.nmi.SOURCES
+#: The NMI sources the rig knows, by the name inventories, the CLI and reports use. rig.device.nmi.SOURCES
 #: maps each to the class that raises it (tests/test_nmi_counts.py checks the two agree).
 NmiSourceName = Literal["ipmi", "sysrq", "perf", "qmp"]
 NMI_SOURCE_NAMES: tuple[str, ...] = get_args(NmiSourceName)

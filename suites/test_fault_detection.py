@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from rig.shadowbox import DeployFailed
+from rig.device.shadowbox import DeployFailed
 from rig.vocab import VerdictKind
 
 pytestmark = pytest.mark.rig_requires("lab")

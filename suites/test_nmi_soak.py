@@ -4,7 +4,7 @@ The original Shadow-box hang needed about 20 minutes of NMIs on one laptop model
 soak is that long. Any crash or hang fails the test with its evidence (the plugin adds the
 console excerpt); the time from the start of the soak to the verdict is recorded as time-to-hang.
 
-The loop is :func:`rig.soak.run_soak` (shared with ``rig bisect``): it keeps each source's asked
+The loop is :func:`rig.device.soak.run_soak` (shared with ``rig bisect``): it keeps each source's asked
 and achieved rate and the NMIs raised per minute (report.json, ``soak-end`` event). A source that
 stops with a lab fault (BMC gone) ends the soak as a lab fault naming the source; a rate far
 below the asked one is said in the verdict's reason.
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pytest
 
-from rig.soak import run_soak
+from rig.device.soak import run_soak
 
 
 @pytest.mark.soak

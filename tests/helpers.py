@@ -150,9 +150,9 @@ def commit_all(repo: Path, message: str) -> str:
 
 def restore_guests(lab: Any, log_dir: Path) -> None:
     """Power-cycle (side by side, the rig's way) every lab guest that does not answer SSH."""
+    from rig.device.lifecycle import fresh_boot
     from rig.inventory import load_inventory
     from rig.lab.manager import ssh_login_check
-    from rig.lifecycle import fresh_boot
 
     dead = []
     for dev in load_inventory([lab.inventory_dir]):

@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 
-from rig.bisect import (
+from rig.errors import ConfigError
+from rig.runs.bisect import (
     EXIT_FOUND,
     Attempt,
     GitBisect,
@@ -32,7 +33,6 @@ from rig.bisect import (
     required_soak,
     survival_confidence,
 )
-from rig.errors import ConfigError
 from tests.helpers import commit_all, git, restore_guests, sbsim_variant
 
 # ---------------------------------------------------------------------------------------------
@@ -161,7 +161,7 @@ def _unreachable_device(tmp_path: Path) -> Any:
 def test_a_finished_bisection_is_not_run_again_and_another_ones_folder_is_refused(tmp_path: Path) -> None:
     """Resume bookkeeping without a device: the device here does not exist (TEST-NET address), so
     any attempt to boot or soak it would fail the test."""
-    from rig.bisect import RESULT_FILE, BisectRun
+    from rig.runs.bisect import RESULT_FILE, BisectRun
 
     repo = tmp_path / "sb"
     commits = make_history(repo, bad_index=2, n=4)
@@ -184,7 +184,7 @@ def test_a_finished_bisection_is_not_run_again_and_another_ones_folder_is_refuse
 
 
 def test_replay_of_recorded_steps_continues_the_same_git_bisection(tmp_path: Path) -> None:
-    from rig.bisect import BisectRun
+    from rig.runs.bisect import BisectRun
 
     repo = tmp_path / "sb"
     commits = make_history(repo, bad_index=5, n=9)
@@ -217,7 +217,7 @@ class _Device:
     """What Oracle._fresh_start asks of a Dut: its lifecycle (the real one), unload, recover, watch."""
 
     def __init__(self, *, loaded: bool, needs_recovery: bool, unloads: bool) -> None:
-        from rig.lifecycle import Lifecycle, Step
+        from rig.device.lifecycle import Lifecycle, Step
 
         self.unloads = unloads
         self.calls: list[str] = []
@@ -240,7 +240,7 @@ class _Device:
         return self.lifecycle.state == "failed"
 
     def unload_shadowbox(self) -> str | None:
-        from rig.lifecycle import Step
+        from rig.device.lifecycle import Step
 
         self.calls.append("unload")
         if not self.unloads:
@@ -249,7 +249,7 @@ class _Device:
         return None
 
     def recover(self, *, timeout: float | None = None, start_monitor: bool = True) -> float:
-        from rig.lifecycle import Step
+        from rig.device.lifecycle import Step
 
         self.calls.append("recover")
         self.lifecycle.apply(Step.POWER_CYCLE)
@@ -259,7 +259,7 @@ class _Device:
         return 1.0
 
     def watch(self) -> None:
-        from rig.lifecycle import Step
+        from rig.device.lifecycle import Step
 
         self.calls.append("monitor")
         self.lifecycle.apply(Step.WATCH)
@@ -278,7 +278,7 @@ class _Device:
 def test_each_attempt_starts_clean_and_boots_unless_sbsim_unloaded_after_a_pass(
     loaded: bool, needs_recovery: bool, unloads: bool, start: str, calls: list[str]
 ) -> None:
-    from rig.bisect import Oracle
+    from rig.runs.bisect import Oracle
 
     d = _Device(loaded=loaded, needs_recovery=needs_recovery, unloads=unloads)
     assert Oracle(d)._fresh_start() == start
@@ -287,7 +287,7 @@ def test_each_attempt_starts_clean_and_boots_unless_sbsim_unloaded_after_a_pass(
 
 
 def test_only_sbsim_says_it_unloads() -> None:
-    from rig.shadowbox import RECIPES
+    from rig.device.shadowbox import RECIPES
 
     assert {name for name, r in RECIPES.items() if r.unloads} == {"sbsim"}
 
@@ -297,9 +297,9 @@ def test_controller_builds_are_kept_by_tree_content(tmp_path: Path) -> None:
     that changed nothing) reuses the first build; one changed byte builds anew."""
     import shutil
 
+    from rig.device.shadowbox import Deployer, recipe_for
     from rig.lab import image
     from rig.lab.sbsim import default_headers_dir
-    from rig.shadowbox import Deployer, recipe_for
 
     try:
         release = image.kernel_version()

@@ -25,10 +25,10 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from rig.bisect import BisectRun
 from rig.inventory import load_inventory
 from rig.lab.sbsim import sbsim_source_dir
 from rig.lab.sbsim_history import intermittent_history, with_defaults
+from rig.runs.bisect import BisectRun
 from tests.helpers import restore_guests
 
 

@@ -1,8 +1,8 @@
-"""rig.bmc and rig.lab.vbmc against real peers: QEMU (via QMP), the virtual BMC as a separate
+"""rig.transports.bmc and rig.lab.vbmc against real peers: QEMU (via QMP), the virtual BMC as a separate
 process, ipmitool, and OpenIPMI's ipmi_sim (a BMC that refuses diag, like many real ones).
 
 Not checked here: that the NMI from 'diag' is counted inside a Linux guest. A BIOS-only QEMU has
-no /proc/interrupts and QMP shows no NMI count; that check runs with the real lab image (rig.nmi).
+no /proc/interrupts and QMP shows no NMI count; that check runs with the real lab image (rig.device.nmi).
 Here the vBMC's log proves QMP ``inject-nmi`` was sent and QEMU accepted it.
 
 The peers (:class:`VbmcPeer`, :class:`IpmiSimPeer`, fixtures ``vbmc`` and ``ipmi_sim``) are also
@@ -29,9 +29,9 @@ from consolepeers import terminate
 from pydantic import SecretStr
 from test_qmp import QemuPeer, qemu  # noqa: F401  (the fixture is used by name)
 
-from rig.bmc import BmcClient
 from rig.errors import LabFault, Unavailable
-from rig.qmp import QmpClient
+from rig.transports.bmc import BmcClient
+from rig.transports.qmp import QmpClient
 from tests.helpers import free_udp_port
 
 IPMITOOL = shutil.which("ipmitool") or "/usr/bin/ipmitool"
@@ -236,7 +236,7 @@ def test_ipmitool_wrong_password_is_refused_and_never_logged(vbmc: VbmcPeer) -> 
 
 
 # ---------------------------------------------------------------------------------------------
-# vBMC + rig.bmc.BmcClient (pyghmi's client)
+# vBMC + rig.transports.bmc.BmcClient (pyghmi's client)
 
 
 def test_bmcclient_logs_in_and_drives_the_guest(vbmc: VbmcPeer) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from rig.board import BOARD_FILE, BoardFeed, BoardModel, BoardTail, LiveLines, Sampler, render, wanted
+from rig.reports.board import BOARD_FILE, BoardFeed, BoardModel, BoardTail, LiveLines, Sampler, render, wanted
 
 
 def ev(device: str, kind: str, t: float = 1000.0, **fields: object) -> dict[str, object]:
@@ -125,7 +125,7 @@ class _Dut:
 
 
 def test_sampler_writes_a_line_only_when_a_counter_changed(tmp_path: Path) -> None:
-    from rig.detect import Event, EventKind
+    from rig.detect.detector import Event, EventKind
 
     feed = BoardFeed(tmp_path / BOARD_FILE)
     d = _Dut("a")
@@ -264,8 +264,8 @@ def test_board_is_drawn_on_a_terminal_and_pytest_lines_stay(tmp_path: Path) -> N
 
 def test_rig_regress_draws_the_board_of_the_build_that_is_running(tmp_path: Path) -> None:
     """rig regress runs pytest as a child (its output in a log): the board comes from the run's file."""
-    from rig.regress import Regress, Selection, parse_builds
-    from rig.report import RunReport, write_summary
+    from rig.reports.report import RunReport, write_summary
+    from rig.runs.regress import Regress, Selection, parse_builds
 
     tree = tmp_path / "build"
     tree.mkdir()

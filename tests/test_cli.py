@@ -87,7 +87,7 @@ def test_a_second_run_on_a_busy_device_refuses(lab: Lab, tmp_path: Path) -> None
     import subprocess
     import sys
 
-    from rig.dut import Dut
+    from rig.device.dut import Dut
     from rig.inventory import load_device
 
     dev = load_device(lab.guest("lab-1").inventory_file)

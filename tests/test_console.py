@@ -1,7 +1,7 @@
-"""rig.console against a real console path: socat pty -> ser2net 4 -> pyserial rfc2217:// / socket://.
+"""rig.console.capture against a real console path: socat pty -> ser2net 4 -> pyserial rfc2217:// / socket://.
 
 No mocks: the "device" is the feed side of a socat pty pair, the console server is the real
-ser2net, the client is pyserial through rig.console.
+ser2net, the client is pyserial through rig.console.capture.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from rig.console import SPLIT_MARK, ConsoleCapture, ConsoleLine, ExpectTimeout, format_log_line
-from rig.detect import Detector
+from rig.console.capture import SPLIT_MARK, ConsoleCapture, ConsoleLine, ExpectTimeout, format_log_line
+from rig.detect.detector import Detector
 from rig.errors import DeviceError, LabFault
 from rig.lab.image import lab_kernel
 from tests.consolepeers import PtyPair, Ser2Net, free_port, wait_for
@@ -310,7 +310,7 @@ def test_format_log_line() -> None:
 
 
 def test_parse_log_line_reads_what_format_log_line_writes() -> None:
-    from rig.console import parse_log_line
+    from rig.console.capture import parse_log_line
 
     line = format_log_line(1735787045.678, "shadow-box: VM [1] INT NMI callback")
     wall, hms, text = parse_log_line(line) or (0.0, "", "")

@@ -4,7 +4,7 @@ The coordinator listens on 127.0.0.1 and a free port (never its default of all i
 exporter publishing the bench's console (NetworkSerialPort) and outlet (NetworkPowerPort), as a lab
 runs them. "Controllers" are separate processes with their own labgrid identity (LG_HOSTNAME /
 LG_USERNAME) and their own local lock folder, as two benches' controllers are; each drives the
-rig's own API (rig.coordinator.PlaceLease, rig.dut.Dut.open). No lab guest is booted: the place is
+rig's own API (rig.transports.coordinator.PlaceLease, rig.device.dut.Dut.open). No lab guest is booted: the place is
 acquired before the device is contacted, and these tests check that step.
 
 Not exercised here: two real hosts (both controllers run on this machine; "another host" is a
@@ -30,7 +30,11 @@ from urllib.parse import urlsplit
 import pytest
 from labgrid.remote.generated import labgrid_coordinator_pb2 as pb
 
-from rig.coordinator import (
+from rig.device.dut import DeviceBusy, Dut
+from rig.errors import ConfigError, LabFault
+from rig.inventory import PduPower, load_device
+from rig.reports.results import load_run
+from rig.transports.coordinator import (
     PlaceLease,
     Session,
     holder_comment,
@@ -39,10 +43,6 @@ from rig.coordinator import (
     session_for,
     stale_here,
 )
-from rig.dut import DeviceBusy, Dut
-from rig.errors import ConfigError, LabFault
-from rig.inventory import PduPower, load_device
-from rig.results import load_run
 from tests.consolepeers import free_port
 
 BIN = Path(sys.executable).parent
@@ -189,9 +189,9 @@ def inventory(folder: Path, place: str, address: str, wait: float = 0.0, name: s
 CONTROLLER = r"""
 import sys, time
 from rig.inventory import load_device
-from rig.results import load_run
-from rig.coordinator import PlaceLease
-from rig.dut import DeviceBusy
+from rig.reports.results import load_run
+from rig.transports.coordinator import PlaceLease
+from rig.device.dut import DeviceBusy
 lease = PlaceLease(load_device(sys.argv[1]))
 try:
     lease.acquire()
@@ -455,7 +455,7 @@ def test_a_pytest_run_on_a_held_place_is_device_busy_and_a_dead_coordinator_a_la
 
 
 def test_the_held_places_console_and_outlet_come_from_the_exporter(lg: Lab, tmp_path: Path) -> None:
-    """Looked up through the rig's API (rig.coordinator), as Dut.open does for a from_place inventory."""
+    """Looked up through the rig's API (rig.transports.coordinator), as Dut.open does for a from_place inventory."""
     place = new_place(lg)
     lease = PlaceLease(load_device(inventory(tmp_path / "inv", place, lg.address)), "night-r")
     with pytest.raises(LabFault, match="not held by this run"):
@@ -661,7 +661,7 @@ def test_a_dut_whose_inventory_has_no_console_or_pdu_takes_both_from_the_exporte
 
     import tomli_w
 
-    from rig.dut import READY_PATTERN
+    from rig.device.dut import READY_PATTERN
     from rig.power import PowerState
 
     g = laptop_lab.guest("laptop-1")

@@ -6,8 +6,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from rig.demo import BUILDS, LAPTOP, demo_device, host_share_line, laptop_lines, write_demo_inventory
 from rig.inventory import Device, device_toml, load_device
+from rig.runs.demo import BUILDS, LAPTOP, demo_device, host_share_line, laptop_lines, write_demo_inventory
 
 
 def lab_device(name: str) -> Device:

@@ -1,4 +1,4 @@
-"""rig.detect on synthetic lines (one per rule) and on real console captures.
+"""rig.detect.detector on synthetic lines (one per rule) and on real console captures.
 
 The synthetic lines are copied in the kernel's (6.1) and Shadow-box's printk formats; the real
 captures in tests/data/console/ come from Debian's kernel booted under QEMU (kernel_*.log, made by
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rig.detect import Detector, Event, first_crash, scan, strip_prefixes
+from rig.detect.detector import Detector, Event, first_crash, scan, strip_prefixes
 from rig.vocab import CRASH_KINDS, EventKind
 
 DATA = Path(__file__).parent / "data" / "console"
@@ -497,7 +497,7 @@ CAPTURES = sorted(p.name for p in DATA.glob("*.log")) if DATA.is_dir() else []
 
 
 def _read_lines(path: Path) -> list[str]:
-    # Split the way rig.console does: \r\n, \r and \n all end a line.
+    # Split the way rig.console.capture does: \r\n, \r and \n all end a line.
     text = path.read_bytes().decode("utf-8", errors="replace")
     return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
 

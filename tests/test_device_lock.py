@@ -1,4 +1,4 @@
-"""The machine-wide device lock (rig.dut.DeviceLock): real flock on real files, no device needed."""
+"""The machine-wide device lock (rig.device.dut.DeviceLock): real flock on real files, no device needed."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from rig.dut import DeviceBusy, DeviceLock
+from rig.device.dut import DeviceBusy, DeviceLock
 from rig.errors import ConfigError
 from rig.inventory import load_device
 

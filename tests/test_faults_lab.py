@@ -38,13 +38,13 @@ from typing import Any
 import paramiko
 import pytest
 
-from rig.console import DEFAULT_TAIL_LINES
-from rig.dut import DeviceLock, Dut
+from rig.console.capture import DEFAULT_TAIL_LINES
+from rig.device.dut import DeviceLock, Dut
+from rig.device.shadowbox import REMOTE_TEMPLATE, Deployer, DeployFailed, recipe_for
 from rig.errors import LabFault
 from rig.inventory import Device
 from rig.lab.manager import Lab
-from rig.shadowbox import REMOTE_TEMPLATE, Deployer, DeployFailed, recipe_for
-from rig.ssh import SshClient
+from rig.transports.ssh import SshClient
 from rig.vocab import VerdictKind
 from tests.conftest import wait_lab_guest_ready
 from tests.consolepeers import wait_for
@@ -397,7 +397,7 @@ def test_power_off_during_a_suite_fails_as_powered_off_and_the_next_test_recover
     assert second["outcome"] == "passed" and second["verdict"]["kind"] == "ok", second
     assert any(e["kind"] == "recovery" for e in report["timeline"]), report["timeline"]
     assert "not a device failure" in first["failure"]
-    from rig.results import cell_of
+    from rig.reports.results import cell_of
 
     assert cell_of(first["outcome"], first["verdict"]["verdict"]).css == "lab"  # the lab colour, not "bad"
 

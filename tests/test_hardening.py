@@ -19,13 +19,13 @@ import pytest
 from click.testing import CliRunner
 from pydantic import SecretStr
 
-from rig.bmc import BmcClient
 from rig.cli import main
+from rig.device.monitor import HangMonitor
+from rig.device.shadowbox import RECIPES, Deployer, DeployFailed
 from rig.errors import ConfigError, InventoryError, LabFault
 from rig.inventory import MonitorConfig, load_device
-from rig.monitor import HangMonitor
-from rig.shadowbox import RECIPES, Deployer, DeployFailed
-from rig.ssh import SshClient
+from rig.transports.bmc import BmcClient
+from rig.transports.ssh import SshClient
 from rig.vocab import VerdictKind
 from tests.helpers import free_udp_port
 from tests.sshpeers import SshPeer, free_port, ssh_keygen
@@ -72,7 +72,7 @@ def test_module_param_key_that_is_not_a_name_is_refused_in_the_inventory(tmp_pat
 def test_module_param_key_override_is_refused_and_insmod_gets_an_argument_list(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="module_params"):
         Deployer(None, None, RECIPES["sbsim"], tmp_path, device="d", module_params={EVIL_KEY: 1})  # type: ignore[arg-type]
-    from rig.shadowbox import insmod_argv  # (new in issue 17: imported here so the other tests run on a66d3c1)
+    from rig.device.shadowbox import insmod_argv  # (new in issue 17: imported here so the other tests run on a66d3c1)
 
     argv = insmod_argv("/tmp/rig-shadowbox.abc/sbsim.ko", {"version": "a b;$(x)", "hang_after_nmi": 5})
     assert argv == ["insmod", "/tmp/rig-shadowbox.abc/sbsim.ko", "version=a b;$(x)", "hang_after_nmi=5"]
@@ -255,7 +255,7 @@ def test_deploy_takes_tracked_files_only_and_leaves_no_build_copy(
     subprocess.run([*git, "add", "."], check=True)
     subprocess.run([*git, "commit", "-qm", "c"], check=True)
     (tree / "notes-with-secrets.txt").write_text("untracked\n")
-    from rig.shadowbox import stage_tree, tree_files  # (new in issue 17)
+    from rig.device.shadowbox import stage_tree, tree_files  # (new in issue 17)
 
     assert tree_files(tree) == [Path("Makefile"), Path("src/a.c")]
     staged = stage_tree(tree, tmp_path / "staged")

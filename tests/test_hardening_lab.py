@@ -17,10 +17,10 @@ import pytest
 from click.testing import CliRunner
 
 from rig.cli import main
-from rig.dut import Dut
+from rig.device.dut import Dut
 from rig.inventory import Device, load_device
 from rig.lab.manager import Lab
-from rig.ssh import SshClient
+from rig.transports.ssh import SshClient
 from tests.conftest import wait_lab_guest_ready
 from tests.sshpeers import free_port
 

@@ -1,8 +1,8 @@
 """Which NMIs hit the host: per CPU, delivered vs Shadow-box host callbacks, in report.json and the device page.
 
 Pure: the report is written by the rig's own DeviceReport from a real ``/proc/interrupts`` text
-(parsed by rig.nmi) and the callback counts a Dut counts from console lines; then rendered by
-rig.report_html. The lab test of the counts themselves is tests/test_sbsim_residency_lab.py.
+(parsed by rig.device.nmi) and the callback counts a Dut counts from console lines; then rendered by
+rig.reports.html. The lab test of the counts themselves is tests/test_sbsim_residency_lab.py.
 """
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from rig.device.monitor import Verdict
+from rig.device.nmi import parse_proc_interrupts
 from rig.inventory import Device
-from rig.monitor import Verdict
-from rig.nmi import parse_proc_interrupts
-from rig.report import RunReport, host_attribution, write_summary
-from rig.report_html import render_run
+from rig.reports.html import render_run
+from rig.reports.report import RunReport, host_attribution, write_summary
 from rig.vocab import VerdictKind
 
 IRQ = """           CPU0       CPU1

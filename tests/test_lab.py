@@ -26,7 +26,7 @@ import pytest
 import serial
 from click.testing import CliRunner
 
-from rig.dut import Dut
+from rig.device.dut import Dut
 from rig.errors import LabFault
 from rig.inventory import IpmiPower, load_device
 from rig.lab import image, kernels

@@ -1,4 +1,4 @@
-"""The device lifecycle (rig.lifecycle) without a device: states, legal steps, the plan to a state.
+"""The device lifecycle (rig.device.lifecycle) without a device: states, legal steps, the plan to a state.
 
 The driver below stands for the Dut only in what the lifecycle asks of it (recover, watch) and
 records the same steps the Dut records; the Dut's own steps run in the lab tests
@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import pytest
 
-from rig.facts import DeviceFacts, parse_facts
-from rig.lifecycle import DeviceState, Lifecycle, LifecycleError, Step
+from rig.device.facts import DeviceFacts, parse_facts
+from rig.device.lifecycle import DeviceState, Lifecycle, LifecycleError, Step
 
 S = DeviceState
 
 
 class Driver:
-    """Does what rig.dut.Dut.recover / watch record in the lifecycle, and remembers the calls."""
+    """Does what rig.device.dut.Dut.recover / watch record in the lifecycle, and remembers the calls."""
 
     def __init__(self) -> None:
         self.lc = Lifecycle("t14", self)

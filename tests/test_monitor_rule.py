@@ -1,4 +1,4 @@
-"""The hang rule (rig.monitor.HangRule) driven by a simulated clock.
+"""The hang rule (rig.device.monitor.HangRule) driven by a simulated clock.
 
 Why simulated: the rule is pure logic (times and probe outcomes in, probes to start and verdicts
 out), and the cases that matter -- a probe answering just before or after the silence deadline, a
@@ -14,7 +14,7 @@ import random
 import statistics
 from collections.abc import Callable
 
-from rig.monitor import STARTUP_GRACE, HangRule, Probe, silence_probe_deadline
+from rig.device.monitor import STARTUP_GRACE, HangRule, Probe, silence_probe_deadline
 from rig.vocab import VerdictKind
 
 H = 1.0

@@ -12,9 +12,9 @@ from __future__ import annotations
 import threading
 import time
 
-from rig.console import ConsoleLine
+from rig.console.capture import ConsoleLine
+from rig.device.monitor import HangMonitor
 from rig.inventory import MonitorConfig
-from rig.monitor import HangMonitor
 from rig.vocab import VerdictKind
 
 PANIC = "[  812.345678] Kernel panic - not syncing: NMI: Not continuing"

@@ -1,4 +1,4 @@
-"""rig.netconsole over real UDP sockets on 127.0.0.1: a sender speaking the kernel's extended format.
+"""rig.console.netconsole over real UDP sockets on 127.0.0.1: a sender speaking the kernel's extended format.
 
 No mocks: the capture binds a real UDP port, tests/netconsolepeer.py sends the datagrams the
 kernel's netconsole sends (records, ncfrag fragments, gaps, duplicates, garbage, a 10 MB burst).
@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from rig.console import ConsoleLine, console_for
-from rig.detect import Detector
+from rig.console.capture import ConsoleLine, console_for
+from rig.console.netconsole import MARK, NetconsoleCapture, NetconsoleStream, SeqGap
+from rig.detect.detector import Detector
 from rig.errors import LabFault, Unavailable
 from rig.inventory import ConsoleConfig
-from rig.netconsole import MARK, NetconsoleCapture, NetconsoleStream, SeqGap
 from tests.consolepeers import wait_for
 from tests.netconsolepeer import Sender, datagrams, free_udp_port, record
 

@@ -22,10 +22,10 @@ from typing import Any
 
 import pytest
 
+from rig.console.netconsole import NetconsoleCapture, NetconsoleSetupError, NetconsoleTarget
 from rig.inventory import NetconsoleSetup, load_device
 from rig.lab.manager import SLIRP_HOST, Lab
-from rig.netconsole import NetconsoleCapture, NetconsoleSetupError, NetconsoleTarget
-from rig.ssh import SshClient
+from rig.transports.ssh import SshClient
 from tests.helpers import run_suites
 from tests.netconsolepeer import free_udp_port
 
@@ -82,7 +82,7 @@ def test_suites_on_a_netconsole_only_guest(netconsole_lab: Lab, tmp_path: Path) 
     assert any(e["kind"] == "last-words" and "after the hang in test_hang_after_nmis_is_a_hang" in e["text"]
                and "pstore is empty" in e["text"] for e in report["timeline"]), report["timeline"]
     assert tests["test_hang_after_nmis_is_a_hang"]["verdict"]["verdict"] == "hang", "an empty pstore changes nothing"
-    page = (tmp_path / "nc" / "nc-1" / "index.html").read_text()  # the device page (rig.report_html)
+    page = (tmp_path / "nc" / "nc-1" / "index.html").read_text()  # the device page (rig.reports.html)
     assert "Last words before the reboot" in page and "Console over netconsole" in page
     last_words = page.split('id="last-words"', 1)[1].split("<h2>Timeline</h2>", 1)[0]
     assert "Kernel panic - not syncing: sbsim: panic_after_nmi" in last_words, "pstore's panic text on the page"
@@ -173,7 +173,7 @@ def test_ten_megabyte_flood_over_netconsole_is_counted(netconsole_lab: Lab, tmp_
 def test_ssh_kmsg_console_is_marked_and_pstore_keeps_what_it_missed(netconsole_lab: Lab, tmp_path: Path) -> None:
     """The last-resort console (kernel log over SSH) on the same guest: heartbeats while SSH lives, no
     false event from the ring buffer's replay, a panic takes SSH and the console with it, pstore has the text."""
-    from rig.dut import Dut
+    from rig.device.dut import Dut
     from rig.inventory import ConsoleConfig
     from rig.vocab import VerdictKind
 
@@ -201,7 +201,7 @@ def test_ssh_kmsg_console_is_marked_and_pstore_keeps_what_it_missed(netconsole_l
 
 
 def test_panic_on_stall_sysctls_are_set_and_restored(netconsole_lab: Lab) -> None:
-    from rig.stall import STALL_SYSCTLS, StallPanic
+    from rig.device.stall import STALL_SYSCTLS, StallPanic
 
     ssh, _ = _ssh(netconsole_lab)
     paths = [f"/proc/sys/{k}" for k in (*STALL_SYSCTLS, "kernel/panic")]

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from rig.device.nmi import Delivery, InterruptCounts, parse_proc_interrupts
 from rig.errors import DeviceError
-from rig.nmi import Delivery, InterruptCounts, parse_proc_interrupts
 
 WITH_OFFLINE_CPU = """\
            CPU0       CPU1       CPU3
@@ -61,8 +61,8 @@ def test_nothing_raised_is_not_ok() -> None:
 
 
 def test_every_named_nmi_source_has_one_class_and_the_names_agree() -> None:
-    """rig.vocab names the sources (inventory, CLI, suites read it); rig.nmi.SOURCES builds them."""
-    from rig.nmi import SOURCES, NmiMeans
+    """rig.vocab names the sources (inventory, CLI, suites read it); rig.device.nmi.SOURCES builds them."""
+    from rig.device.nmi import SOURCES, NmiMeans
     from rig.vocab import NMI_SOURCE_NAMES
 
     assert tuple(SOURCES) == NMI_SOURCE_NAMES

@@ -11,7 +11,6 @@ from pydantic import SecretStr
 from test_bmc import VBMC_PASSWORD, VbmcPeer, vbmc  # noqa: F401  (fixtures are used by name)
 from test_qmp import QemuPeer, qemu  # noqa: F401
 
-from rig.bmc import BmcClient
 from rig.errors import ConfigError, Unavailable
 from rig.inventory import Device
 from rig.power import (
@@ -22,7 +21,8 @@ from rig.power import (
     QmpPowerControl,
     power_for,
 )
-from rig.qmp import QmpClient
+from rig.transports.bmc import BmcClient
+from rig.transports.qmp import QmpClient
 
 
 @pytest.mark.lab

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from rig.dut import READY_PATTERN, Dut
+from rig.device.dut import READY_PATTERN, Dut
 from rig.errors import LabFault
 from rig.inventory import CommandPower, Device
 from rig.lab import guest as lab_guest
 from rig.lab import vpdu
 from rig.lab.manager import GuestInfo, Lab
 from rig.power import PowerState, power_for
-from rig.ssh import SshClient
+from rig.transports.ssh import SshClient
 from tests.conftest import wait_lab_guest_ready
 from tests.consolepeers import wait_for
 

@@ -243,7 +243,7 @@ def test_rig_power_cli_switches_and_reads_the_outlet_under_the_device_lock(
     from click.testing import CliRunner
 
     from rig.cli import main
-    from rig.dut import DeviceLock
+    from rig.device.dut import DeviceLock
 
     monkeypatch.setenv("RIG_LOCK_DIR", str(tmp_path / "locks"))
     inv = tmp_path / "devices"

@@ -1,4 +1,4 @@
-"""rig.pstore's parsing and the report's "last words": pure (the lab test reads a real ramoops record).
+"""rig.device.pstore's parsing and the report's "last words": pure (the lab test reads a real ramoops record).
 
 The record texts are shaped as the kernel writes them: each part of a kmsg dump starts with
 ``<Reason>#<n> Part<k>`` (Part1 holds the newest lines), lines carry ``<level>[time]`` prefixes.
@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from rig.device.monitor import Verdict
+from rig.device.pstore import NOTHING_AFTER_HANG, PstoreHarvest, assemble, parse_listing
 from rig.inventory import Device
-from rig.monitor import Verdict
-from rig.pstore import NOTHING_AFTER_HANG, PstoreHarvest, assemble, parse_listing
-from rig.report import RunReport
+from rig.reports.report import RunReport
 from rig.vocab import VerdictKind
 
 PANIC_OLD = "<6>[   40.1] sbsim: NMI 2 of 2\n<0>[   41.047167] Kernel panic - not syncing: sbsim: panic after NMI"

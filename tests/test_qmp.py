@@ -1,4 +1,4 @@
-"""rig.qmp against a real QEMU (no kernel, no disk: SeaBIOS spins looking for a boot device).
+"""rig.transports.qmp against a real QEMU (no kernel, no disk: SeaBIOS spins looking for a boot device).
 
 The QEMU peer here (:class:`QemuPeer`, fixture ``qemu``) is also used by tests/test_bmc.py and
 tests/test_power.py. It starts paused (``-S``) so it costs no CPU until a test resumes it.
@@ -19,7 +19,7 @@ import pytest
 from consolepeers import terminate
 
 from rig.errors import LabFault
-from rig.qmp import QmpClient, QmpCommandError
+from rig.transports.qmp import QmpClient, QmpCommandError
 
 QEMU = shutil.which("qemu-system-x86_64") or "/usr/bin/qemu-system-x86_64"
 
@@ -89,7 +89,7 @@ def test_status_stop_cont_reset(qemu: QemuPeer) -> None:
 
 def test_inject_nmi_and_powerdown_are_accepted(qemu: QemuPeer) -> None:
     # QMP cannot show an NMI count in a BIOS guest; delivery inside a Linux guest is checked
-    # with the real lab image (rig.nmi). Here: QEMU accepts the commands, running or paused.
+    # with the real lab image (rig.device.nmi). Here: QEMU accepts the commands, running or paused.
     q = QmpClient(qemu.qmp_socket)
     q.inject_nmi()
     q.cont()

@@ -24,7 +24,7 @@ import pytest
 from rich.console import Console
 
 from rig.errors import ConfigError
-from rig.regress import (
+from rig.runs.regress import (
     EXIT_NOTHING_JUDGED,
     EXIT_OK,
     EXIT_REGRESSED,

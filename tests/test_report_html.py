@@ -21,9 +21,9 @@ import pytest
 from click.testing import CliRunner
 
 from rig.errors import ConfigError
-from rig.report_cli import report
-from rig.report_html import render_run
-from rig.results import DeviceRun, RunView, diff_runs, diff_views, load_run, previous_run
+from rig.reports.cli import report
+from rig.reports.html import render_run
+from rig.reports.results import DeviceRun, RunView, diff_runs, diff_views, load_run, previous_run
 
 DATA = Path(__file__).parent / "data" / "reports"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -394,7 +394,7 @@ def test_pages_render_in_headless_chromium(reports: Path, tmp_path: Path) -> Non
 
 
 def test_device_page_names_the_crash_by_its_title(reports: Path) -> None:
-    """A crash verdict's event title (rig.detect) is on the device page, escaped like all console text."""
+    """A crash verdict's event title (rig.detect.detector) is on the device page, escaped like all console text."""
     path = reports / "hangrun" / "lab-2" / "report.json"
     rep = json.loads(path.read_text())
     soak = next(t for t in rep["tests"] if t["name"] == "test_nmi_soak")
@@ -451,7 +451,7 @@ def test_report_html_a_corrupt_sibling_run_does_not_stop_later_runs(reports: Pat
 
 
 def test_report_files_follow_the_umask_and_leave_no_temp_file(reports: Path) -> None:
-    from rig.report import write_json_atomic
+    from rig.reports.report import write_json_atomic
 
     old = os.umask(0o022)
     try:

@@ -1,6 +1,6 @@
 """``rig report merge``: runs of two controllers become one run (pure: no devices, no lab).
 
-The run folders are written by the rig's own report writer (rig.report.RunReport / DeviceReport /
+The run folders are written by the rig's own report writer (rig.reports.report.RunReport / DeviceReport /
 write_summary), as the plugin writes them on each controller; nothing here hand-writes report JSON.
 """
 
@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from rig.device.monitor import Verdict
 from rig.errors import ConfigError
 from rig.inventory import Device, load_device
-from rig.monitor import Verdict
-from rig.regress import cells_of_run
-from rig.report import RunReport, write_summary
-from rig.report_cli import report
-from rig.report_merge import merge_runs, plan_merge
-from rig.results import diff_runs, load_run
+from rig.reports.cli import report
+from rig.reports.merge import merge_runs, plan_merge
+from rig.reports.report import RunReport, write_summary
+from rig.reports.results import diff_runs, load_run
+from rig.runs.regress import cells_of_run
 from rig.vocab import VerdictKind
 
 DEVICE = """

@@ -1,11 +1,10 @@
-"""rig.results: one severity scale and one regression rule for a test's cell and a device's outcome."""
+"""rig.reports.results: one severity scale and one regression rule for a test's cell and a device's outcome."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from rig.regress import cells_of_run
-from rig.results import (
+from rig.reports.results import (
     CELL_SEVERITY,
     SEVERITY,
     DeviceRun,
@@ -14,6 +13,7 @@ from rig.results import (
     diff_views,
     regressed,
 )
+from rig.runs.regress import cells_of_run
 
 
 def test_one_rule_judged_on_both_sides_and_worse() -> None:

@@ -1,6 +1,6 @@
 """The core rig against real lab guests: NMI sources, power, sbsim, the hang monitor, lab faults.
 
-Every test drives a real QEMU guest through the same objects a physical laptop gets (rig.dut.Dut
+Every test drives a real QEMU guest through the same objects a physical laptop gets (rig.device.dut.Dut
 built from the lab's inventory file): SSH (dropbear), the console through ser2net (RFC 2217), the
 virtual BMC over IPMI (UDP), QMP. Nothing here is mocked. perf NMIs cannot work under TCG (no
 PMU): that the rig *says so* is what is tested.
@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from rig.dut import Dut
+from rig.device.dut import Dut
+from rig.device.nmi import read_interrupts
 from rig.errors import LabFault, Unavailable
 from rig.inventory import Device
 from rig.lab.manager import Lab
-from rig.nmi import read_interrupts
 from rig.vocab import VerdictKind
 from tests.consolepeers import wait_for
 from tests.helpers import assert_contiguous_in_serial_log, lab_device
@@ -193,7 +193,7 @@ def test_bmc_down_is_a_lab_fault(dut2: Dut, lab: Lab, tmp_path: Path) -> None:
 
 def test_deploy_to_a_cpu_without_vtx_names_the_reason(dut1: Dut, tmp_path: Path) -> None:
     """The upstream recipe needs VT-x; a TCG guest has none: preflight says so by name, nothing is loaded."""
-    from rig.shadowbox import PreflightFailed
+    from rig.device.shadowbox import PreflightFailed
     from tests.sbtrees import upstream_tree
 
     tree = upstream_tree(tmp_path / "shadow-box-for-x86")
@@ -206,8 +206,8 @@ def test_deploy_to_a_cpu_without_vtx_names_the_reason(dut1: Dut, tmp_path: Path)
 
 
 def test_deploy_of_a_tree_that_does_not_build_names_the_reason(dut1: Dut, tmp_path: Path) -> None:
+    from rig.device.shadowbox import DeployFailed
     from rig.lab.sbsim import sbsim_source_dir
-    from rig.shadowbox import DeployFailed
 
     tree = tmp_path / "broken-sbsim"
     tree.mkdir()

@@ -5,7 +5,7 @@ its time in an imitated host section; an NMI landing there is a host NMI. A QMP 
 reaches every vCPU (``apic_extnmi=all``), so on 2 CPUs one inject hits the host with probability
 ``q = 1 - (1 - p)^2``. The NMI's arrival time cannot be seeded (it is the host's wall clock), so
 the checks are statistical with a stated, generous tolerance: the model's value must lie inside
-the exact (Garwood) 99.9 % interval of what was counted (rig.ttf), and the tests still fail for the
+the exact (Garwood) 99.9 % interval of what was counted (rig.runs.ttf), and the tests still fail for the
 broken models (no residency: no host NMI; residency ignored: a host NMI at every inject).
 
 Not exercised here: real VMX root. sbsim's host section is an hrtimer callback in the guest kernel
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from rig.dut import Dut
+from rig.device.dut import Dut
 from rig.errors import RigError
 from rig.inventory import Device
-from rig.ttf import poisson_mean_interval, rate_interval
+from rig.runs.ttf import poisson_mean_interval, rate_interval
 from rig.vocab import VerdictKind
 from tests.consolepeers import wait_for
 from tests.helpers import lab_device

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rig.dut import Dut
+from rig.device.dut import Dut
 from rig.inventory import Device
 from rig.lab.manager import Lab
 

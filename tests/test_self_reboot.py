@@ -3,7 +3,7 @@
 Pure: the Dut's SSH, monitor and power control are small stand-ins that answer as a device does (boot_id
 changes with each boot), so the order of recovery is checked without a lab. The real thing -- a panicking
 laptop-like guest on a virtual PDU, its ramoops record read after the self-reboot -- is what `make demo`
-runs (rig.demo, laptop-1).
+runs (rig.runs.demo, laptop-1).
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from rig.dut import Dut
+from rig.device.dut import Dut
+from rig.device.monitor import Verdict
 from rig.errors import DeviceError
 from rig.inventory import Device
-from rig.monitor import Verdict
-from rig.ssh import CommandResult
+from rig.transports.ssh import CommandResult
 from rig.vocab import VerdictKind
 
 
@@ -111,7 +111,7 @@ def test_no_self_reboot_within_the_wait_is_a_power_cut_that_says_so(tmp_path: Pa
     d, dev, pdu = make_dut(tmp_path, monkeypatch, VerdictKind.CRASH)
     d.expect_self_reboot(1)
     dev.boot = None  # still in the panic: never comes back by itself
-    monkeypatch.setattr("rig.dut.time.sleep", lambda s: None)
+    monkeypatch.setattr("rig.device.dut.time.sleep", lambda s: None)
     d.recover(timeout=0.5)
     assert pdu.cycles == 1
     assert d.last_recovery is not None and d.last_recovery["method"] == "power-cut"

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from rig.errors import ConfigError
-from rig.shadowbox import (
+from rig.device.shadowbox import (
     PREFLIGHT_SCRIPT,
     RECIPES,
     Deployer,
@@ -25,6 +24,7 @@ from rig.shadowbox import (
     recipe_for,
     tree_mismatch,
 )
+from rig.errors import ConfigError
 from tests.sbtrees import TREES, gooroom_tree, upstream_tree
 
 
@@ -278,7 +278,7 @@ def test_a_deploy_failure_as_data_keeps_the_last_40_lines() -> None:
 
 
 def test_loaded_modules_are_found_by_name_not_by_the_recipes_path() -> None:
-    from rig.dut import module_names
+    from rig.device.dut import module_names
 
     assert module_names(RECIPES["gooroom-3.0"].modules) == {"shadow_box_helper", "shadow_box"}
     assert module_names(("sub/dir/my-module.ko",)) == {"my_module"}

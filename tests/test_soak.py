@@ -1,4 +1,4 @@
-"""The NMI soak's promise and what it kept (rig.soak), without a lab: pure rate logic.
+"""The NMI soak's promise and what it kept (rig.device.soak), without a lab: pure rate logic.
 
 The loop itself runs on the lab with a BMC killed mid-soak (tests/test_soak_lab.py). Here: what a
 soak promises per source, per-minute counting, when a rate is "far below" the asked one, how a thin
@@ -11,8 +11,7 @@ import time
 
 import pytest
 
-from rig.errors import LabFault
-from rig.soak import (
+from rig.device.soak import (
     RATE_FLOOR,
     SourceStopped,
     SourceTally,
@@ -20,6 +19,7 @@ from rig.soak import (
     effective_seconds,
     shortfalls,
 )
+from rig.errors import LabFault
 
 
 def test_soak_asks_ten_per_second_of_cheap_sources_and_one_per_five_seconds_of_slow_ones() -> None:
@@ -91,8 +91,8 @@ class _Dut:
     """What run_soak asks of a Dut, around a real HangMonitor that is never started (no SSH)."""
 
     def __init__(self) -> None:
+        from rig.device.monitor import HangMonitor
         from rig.inventory import MonitorConfig
-        from rig.monitor import HangMonitor
 
         settings = MonitorConfig(heartbeat_interval=0.2)
         self.monitor = HangMonitor("lap-1", None, None, settings)  # type: ignore[arg-type]
@@ -129,7 +129,7 @@ class _Events:
 
 
 def test_soak_below_its_rate_says_so_in_the_verdict_reason_the_note_and_the_report() -> None:
-    from rig.soak import run_soak
+    from rig.device.soak import run_soak
 
     dut, rep = _Dut(), _Events()
     result = run_soak(dut, {"ipmi": _SlowSource(0.4)}, 3.0, report=rep)
@@ -144,7 +144,7 @@ def test_soak_below_its_rate_says_so_in_the_verdict_reason_the_note_and_the_repo
 
 
 def test_soak_source_that_stops_with_a_lab_fault_ends_the_soak_as_lab_fault() -> None:
-    from rig.soak import run_soak
+    from rig.device.soak import run_soak
     from rig.vocab import VerdictKind
 
     dut, rep, src = _Dut(), _Events(), _SlowSource(0.0, fail_after=5)

@@ -1,6 +1,6 @@
 """The NMI soak on the lab with a real fault injected: the virtual BMC killed mid-soak.
 
-Before rig.soak, the soak loop caught the BMC's LabFault and went on with sysrq alone: a 1-minute
+Before rig.device.soak, the soak loop caught the BMC's LabFault and went on with sysrq alone: a 1-minute
 soak whose BMC died 20 s in PASSED ("all ok"). Now the soak ends at the fault as ``lab-fault``
 naming the source, when and why, and report.json shows the NMIs raised per source per minute.
 """

@@ -1,4 +1,4 @@
-"""rig.ssh against real servers: OpenSSH sshd and dropbear on 127.0.0.1 (see tests/sshpeers.py).
+"""rig.transports.ssh against real servers: OpenSSH sshd and dropbear on 127.0.0.1 (see tests/sshpeers.py).
 
 The peers run on this machine, so a "remote" file or process is also visible locally: tests check
 effects (files written, processes killed) directly instead of trusting the client's own report.
@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from rig.errors import CommandTimeout, DeviceError, LabFault
-from rig.ssh import CommandResult, HostKeyError, SshClient, SshUnreachable, fingerprint, wrap_command
+from rig.transports.ssh import CommandResult, HostKeyError, SshClient, SshUnreachable, fingerprint, wrap_command
 from tests.sshpeers import SshPeer, free_port, mute_ssh_server, ssh_keygen
 
 KINDS = ["sshd", "dropbear"]

@@ -28,9 +28,9 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import rig.triage
+import rig.detect.triage
 from rig.cli import main
-from rig.triage import ERROR, MAX_EVENTS, SCHEMA, VERDICTS, decode_console, triage_bytes
+from rig.detect.triage import ERROR, MAX_EVENTS, SCHEMA, VERDICTS, decode_console, triage_bytes
 from tests.consolepeers import SER2NET, PtyPair, _port_open, free_port, terminate, wait_for
 
 DATA = Path(__file__).parent / "data" / "console"
@@ -276,7 +276,7 @@ def test_without_printk_timestamps(tmp_path: Path) -> None:
     assert got["events"] and all(e["timestamp"] is None for e in got["events"])
 
 
-# A stamp put in front of every line by the tool that saved the console (see rig.triage's docstring).
+# A stamp put in front of every line by the tool that saved the console (see rig.detect.triage's docstring).
 FOREIGN = {
     "ser2net-trace-timestamp": b"2026/11/26 01:02:03 ",
     "ts-moreutils": b"Nov 26 01:02:03 ",
@@ -499,7 +499,7 @@ def test_chunk_boundaries_change_nothing(tmp_path: Path, monkeypatch: pytest.Mon
         "cr.log": noisy.replace(b"\r\n", b"\r\r\n", 40),
     }
     ref = {n: one(_variant(tmp_path, n, d))[1] for n, d in files.items()}
-    monkeypatch.setattr(rig.triage, "CHUNK", chunk)
+    monkeypatch.setattr(rig.detect.triage, "CHUNK", chunk)
     for n in files:
         code, got = one(tmp_path / n)
         assert code == 1 and got["verdict"] == "crash", n
@@ -509,8 +509,8 @@ def test_chunk_boundaries_change_nothing(tmp_path: Path, monkeypatch: pytest.Mon
 def test_a_line_with_no_end_is_cut_not_held(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A line with no end is cut once it is longer than MAX_LINE (beyond the first 64 KiB, read at
     once to tell the format): no string grows with the file; the cut counts as a line end."""
-    monkeypatch.setattr(rig.triage, "MAX_LINE", 1000)
-    monkeypatch.setattr(rig.triage, "CHUNK", 1000)
+    monkeypatch.setattr(rig.detect.triage, "MAX_LINE", 1000)
+    monkeypatch.setattr(rig.detect.triage, "CHUNK", 1000)
     data = b"A" * 200_000 + b"\n[    5.000000] Kernel panic - not syncing: after a long line\n"
     lines, numbers, _, _ = decode_console(data)
     assert numbers is None and len(lines) > 50
@@ -550,7 +550,7 @@ def test_memory_error_is_an_error_verdict_not_a_traceback(monkeypatch: pytest.Mo
     def no_memory(self: object, lines: object) -> list[object]:
         raise MemoryError
 
-    monkeypatch.setattr(rig.triage.Detector, "scan", no_memory)
+    monkeypatch.setattr(rig.detect.triage.Detector, "scan", no_memory)
     code, out, err = run(str(DATA / "sbsim_oops.log"))
     assert code == 2 and "ran out of memory" in err and "Traceback" not in out + err
 

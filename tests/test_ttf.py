@@ -1,4 +1,4 @@
-"""rig.ttf: the exponential time-to-failure model, its exact interval and the soak for 'good' (pure)."""
+"""rig.runs.ttf: the exponential time-to-failure model, its exact interval and the soak for 'good' (pure)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from rig import bisect
 from rig.errors import ConfigError
-from rig.ttf import (
+from rig.runs import bisect
+from rig.runs.ttf import (
     analyse,
     fit_rate,
     poisson_cdf,

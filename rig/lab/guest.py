@@ -31,7 +31,7 @@ from pathlib import Path
 
 from rig.errors import LabFault
 from rig.files import write_atomic
-from rig.qmp import QmpClient
+from rig.transports.qmp import QmpClient
 
 KERNEL_CMDLINE: tuple[str, ...] = ("console=ttyS0,115200", "apic_extnmi=all", "panic=0")
 QEMU = "qemu-system-x86_64"

@@ -57,7 +57,7 @@ from rig.lab.ports import (
     stop_process,
 )
 from rig.lab.sbsim import sbsim_source_dir
-from rig.ssh import HostKeyError, SshClient
+from rig.transports.ssh import HostKeyError, SshClient
 
 DEFAULT_COUNT = 2
 DEFAULT_PREFIX = "lab"
@@ -948,11 +948,12 @@ def ssh_login_check(
 ) -> str:
     """Log in with the lab key, verifying the host key against ``known_hosts``; return ``uname -n``.
 
-    Through the rig's own SSH client (rig.ssh), as any device: it raises ``rig.ssh.HostKeyError`` for a
-    host key that does not match and another ``RigError`` (``SshUnreachable`` ...) otherwise; the caller
-    decides what is worth a retry. The short ``banner_timeout`` matters while a guest boots: QEMU's
-    forwarder accepts the TCP connection before the guest listens, and only the missing banner tells
-    that nobody is there yet (polling with a long banner timeout would add seconds to the measured boot time).
+    Through the rig's own SSH client (rig.transports.ssh), as any device: it raises
+    ``rig.transports.ssh.HostKeyError`` for a host key that does not match and another ``RigError``
+    (``SshUnreachable`` ...) otherwise; the caller decides what is worth a retry. The short ``banner_timeout``
+    matters while a guest boots: QEMU's forwarder accepts the TCP connection before the guest listens, and only
+    the missing banner tells that nobody is there yet (polling with a long banner timeout would add seconds to
+    the measured boot time).
     """
     cfg = SshConfig(host="127.0.0.1", port=port, user="root", key_file=key_file, known_hosts=known_hosts,
                     connect_timeout=timeout)  # fmt: skip

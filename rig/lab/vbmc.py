@@ -1,7 +1,7 @@
 """The lab's virtual BMC: IPMI 2.0 (lanplus) on a loopback UDP port, driving a QEMU guest over QMP.
 
 Why: a lab laptop must be reachable the way a real one is -- ``ipmitool`` and the rig's
-:class:`rig.bmc.BmcClient` talk IPMI to it -- so the rig's IPMI power and NMI ('diag') code paths
+:class:`rig.transports.bmc.BmcClient` talk IPMI to it -- so the rig's IPMI power and NMI ('diag') code paths
 run in the lab too. Power actions map onto QMP exactly as :class:`rig.power.QmpPowerControl` does
 (the guest runs with ``-no-shutdown``: off = ``stop``, on = ``system_reset`` + ``cont``), and
 chassis control 4 ("pulse diagnostic interrupt") sends QMP ``inject-nmi``: a real NMI in the guest.
@@ -50,7 +50,7 @@ from pydantic import SecretStr
 
 from rig.errors import RigError
 from rig.power import PowerState, QmpPowerControl
-from rig.qmp import QmpClient
+from rig.transports.qmp import QmpClient
 
 log = logging.getLogger("rig.lab.vbmc")
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from rig.bmc import BmcClient
 from rig.inventory import (
     AmtPower,
     CommandPower,
@@ -44,7 +43,8 @@ from rig.power.pdu import PduPowerControl
 from rig.power.place import PlacePowerPending
 from rig.power.qmp import QMP_CYCLE_PAUSE, QmpPowerControl
 from rig.power.relay import CommandContact, Contact, PduContact, RelayPowerControl
-from rig.qmp import QmpClient
+from rig.transports.bmc import BmcClient
+from rig.transports.qmp import QmpClient
 
 __all__ = [
     "QMP_CYCLE_PAUSE",

@@ -1,9 +1,9 @@
-"""Power through a BMC (IPMI chassis control, pyghmi); errors are those of :class:`rig.bmc.BmcClient`."""
+"""Power through a BMC (IPMI chassis control, pyghmi); errors are those of :class:`rig.transports.bmc.BmcClient`."""
 
 from __future__ import annotations
 
-from rig.bmc import BmcClient
 from rig.power.base import PowerState
+from rig.transports.bmc import BmcClient
 
 
 class IpmiPowerControl:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 
 from rig.power.base import PowerState
-from rig.qmp import QmpClient
+from rig.transports.qmp import QmpClient
 
 #: How long a QMP power cycle stays "off" before the reset, seconds (a real cycle is off briefly).
 QMP_CYCLE_PAUSE = 0.5

@@ -3,7 +3,7 @@
 Why a command of its own: the console is the only witness of a crash, and the witness is often
 a file -- a console server's trace, a colleague's bug report, a past run's ``console.log``. The
 question is the same as during a run ("did it crash, and how?"), so the answer comes from the
-same :class:`rig.detect.Detector` the monitor feeds, run over the file's lines.
+same :class:`rig.detect.detector.Detector` the monitor feeds, run over the file's lines.
 
 What a saved log may look like, and what is done about it (in this order):
 
@@ -83,8 +83,8 @@ from typing import Any, BinaryIO
 
 import click
 
-from rig.console import ANSI_ESCAPE  # one definition of "an ANSI escape" for live and saved consoles
-from rig.detect import Detector, Event, first_crash
+from rig.console.capture import ANSI_ESCAPE  # one definition of "an ANSI escape" for live and saved consoles
+from rig.detect.detector import Detector, Event, first_crash
 from rig.vocab import EventKind
 
 __all__ = [

@@ -16,7 +16,7 @@ Three parts, one module (the transport and what it needs on the device):
   **sequence gaps counted**: a report never claims to hold the whole log when records were lost.
   A sequence that starts again from a lower number with other content is a reboot, not a duplicate.
   Datagrams without that header are plain netconsole text and pass through as they are.
-* :class:`NetconsoleCapture`: a :class:`rig.console.ConsoleCapture` whose transport is a UDP
+* :class:`NetconsoleCapture`: a :class:`rig.console.capture.ConsoleCapture` whose transport is a UDP
   socket: every datagram's exact bytes to ``console.raw`` first, then the stream's text through the
   very same line path as a serial console (``console.log``, tail, subscribers, ``expect``).
 * :class:`NetconsoleTarget`: a dynamic target set up on the device over SSH (configfs), checked,
@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 from urllib.parse import urlsplit
 
-from rig.console import (
+from rig.console.capture import (
     DEFAULT_MAX_LINE,
     DEFAULT_READ_TIMEOUT,
     DEFAULT_TAIL_LINES,

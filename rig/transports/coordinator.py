@@ -1,6 +1,6 @@
 """Devices as labgrid places: one laptop, several controllers, one holder at a time.
 
-The local device lock (rig.dut.DeviceLock, an ``flock``) only excludes runs on one controller. A
+The local device lock (rig.device.dut.DeviceLock, an ``flock``) only excludes runs on one controller. A
 lab whose laptops are shared by several controllers (benches, CI runners, people) already runs
 labgrid's coordinator for exactly this; a device with ``[lab] place = "..."`` is acquired there too,
 after the local lock, and released before it (:class:`PlaceLease`, called from ``Dut.open/close``).
@@ -277,7 +277,7 @@ class PlaceLease:
     # -- the coordinator's view ------------------------------------------------------------
 
     def _busy(self, place: Any, waited: float = 0.0, refusal: str = "") -> Exception:
-        from rig.dut import DeviceBusy
+        from rig.device.dut import DeviceBusy
 
         if not place.acquired:
             # Refused although nobody holds the place: its resources are another place's (the coordinator says).

@@ -31,13 +31,13 @@ from rig.protocols import CommandRunner
 
 
 class DiagBmc(Protocol):
-    """A BMC that can pulse diag (rig.bmc.BmcClient)."""
+    """A BMC that can pulse diag (rig.transports.bmc.BmcClient)."""
 
     def diag(self) -> None: ...
 
 
 class NmiInjector(Protocol):
-    """A hypervisor that can inject an NMI (rig.qmp.QmpClient)."""
+    """A hypervisor that can inject an NMI (rig.transports.qmp.QmpClient)."""
 
     def inject_nmi(self) -> None: ...
 

@@ -26,7 +26,7 @@ from typing import Literal
 from rig.errors import CommandTimeout, ConfigError, DeviceError, LabFault, RigError
 from rig.inventory import check_module_params
 from rig.protocols import LineSource, Shell
-from rig.ssh import SshUnreachable
+from rig.transports.ssh import SshUnreachable
 
 log = logging.getLogger(__name__)
 
@@ -743,7 +743,7 @@ class Deployer:
         same tree hash in git) gives the same key and reuses the build; a reinstalled headers package
         changes the stamps and builds anew.
         """
-        from rig.regress import tree_digest
+        from rig.runs.regress import tree_digest
 
         h = hashlib.sha256()
         stamps = []
@@ -984,7 +984,7 @@ class Deployer:
         first. Why only one: a path that drops the same transfer twice will drop it again.
         Then the device is asked a short command: if it answers, the *path* is at fault and this is
         a :class:`rig.errors.LabFault` naming the device and the step; if it does not, the device
-        stopped answering (:class:`rig.ssh.SshUnreachable`, which the monitor judges). Neither is
+        stopped answering (:class:`rig.transports.ssh.SshUnreachable`, which the monitor judges). Neither is
         ever reported as a Shadow-box failure (:class:`DeployFailed`).
         """
         remote = remote or self.make_remote_dir()

@@ -72,7 +72,7 @@ DEFAULT_BACKOFF_MAX = 2.0
 EXPECT_CONTEXT_LINES = 15
 
 _EOL = re.compile(rb"\r\n|\r|\n")
-#: An ANSI escape sequence (CSI, OSC, two-byte): stripped from console lines, live (here) and saved (rig.triage).
+#: An ANSI escape sequence (CSI, OSC, two-byte): stripped from console lines, live (here) and saved (rig.detect.triage).
 ANSI_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
 # Delete C0 controls but tab, DEL and C1 controls.
 _CONTROL = {c: None for c in (*range(0x00, 0x09), *range(0x0A, 0x20), 0x7F, *range(0x80, 0xA0))}
@@ -104,7 +104,7 @@ class ExpectTimeout(DeviceError):
 
 
 def format_log_line(wall: float, text: str) -> str:
-    """The one ``console.log`` line format: ``2025-01-02T03:04:05.678Z text`` (rig.detect parses it)."""
+    """The one ``console.log`` line format: ``2025-01-02T03:04:05.678Z text`` (rig.detect.detector parses it)."""
     stamp = datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds")
     return f"{stamp[:-6]}Z {text}"
 
@@ -116,7 +116,7 @@ def parse_log_line(line: str) -> tuple[float, str, str] | None:
     """A ``console.log`` line -> (wall time, ``HH:MM:SS.mmm``, text); None if it is not in the format.
 
     The reader of :func:`format_log_line`'s lines, so the format has one owner (the HTML report reads
-    console.log through it; rig.detect strips this stamp among others from any saved console).
+    console.log through it; rig.detect.detector strips this stamp among others from any saved console).
     """
     m = _LOG_LINE.match(line)
     if m is None:
@@ -152,18 +152,18 @@ def console_for(url: str, log_dir: str | Path, *, name: str | None = None, baudr
                 sources: list[str] | None = None, inventory: str | None = None, ssh: object = None,
                 sudo: bool = False) -> ConsoleCapture:
     """The capture for a console URL: serial (tty, ``rfc2217://``, ``socket://``), ``netconsole://``,
-    or ``ssh://kmsg`` (needs ``ssh``, the device's rig.ssh.SshClient).
+    or ``ssh://kmsg`` (needs ``ssh``, the device's rig.transports.ssh.SshClient).
 
     One line path for every transport: whatever the transport, bytes reach ``console.raw`` first,
     then lines ``console.log``, then subscribers (see the module docstring).
     """
     if url.startswith("netconsole:"):
-        from rig.netconsole import NetconsoleCapture  # the UDP transport builds on this module
+        from rig.console.netconsole import NetconsoleCapture  # the UDP transport builds on this module
 
         return NetconsoleCapture(url, log_dir, name=name, sources=sources, inventory=inventory)
     if url == "ssh://kmsg":
-        from rig.ssh import SshClient
-        from rig.sshconsole import SshKmsgCapture
+        from rig.console.sshkmsg import SshKmsgCapture
+        from rig.transports.ssh import SshClient
 
         if not isinstance(ssh, SshClient):
             raise TypeError("console ssh://kmsg needs the device's SshClient")

@@ -2,11 +2,11 @@
 
 Why one reader: the report's identity, the plugin's ``vmx`` capability, the junit ``rig_kernel``
 property and ``rig check`` each ran their own shell snippet for the same facts (six snippets, one
-SSH round trip each). :class:`rig.dut.Dut` reads them with :func:`read_facts` after each boot and
-keeps them until the next one (:meth:`rig.dut.Dut.facts`).
+SSH round trip each). :class:`rig.device.dut.Dut` reads them with :func:`read_facts` after each boot and
+keeps them until the next one (:meth:`rig.device.dut.Dut.facts`).
 
 ``modules`` is the list at the time of reading (after the boot): whether Shadow-box is loaded *now*
-is asked live before a deploy (:meth:`rig.dut.Dut.runs_shadowbox`), since a test may insmod by hand.
+is asked live before a deploy (:meth:`rig.device.dut.Dut.runs_shadowbox`), since a test may insmod by hand.
 """
 
 from __future__ import annotations

@@ -22,15 +22,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from rig.bmc import BmcClient
-from rig.console import ConsoleCapture, ConsoleLine, console_for
+from rig.console.capture import ConsoleCapture, ConsoleLine, console_for
+from rig.console.netconsole import NetconsoleTarget, parse_netconsole_url, resolve_sources
+from rig.device.facts import DeviceFacts, read_facts
+from rig.device.lifecycle import DeviceState, Lifecycle, Step
+from rig.device.monitor import HangMonitor, Verdict
+from rig.device.nmi import SOURCES, InterruptCounts, NmiMeans, NmiSource, read_interrupts
+from rig.device.pstore import PstoreHarvest, harvest
+from rig.device.shadowbox import Deployer, DeployFailed, DeployResult, recipe_for
 from rig.errors import ConfigError, DeviceError, LabFault, RigError, Unavailable
-from rig.facts import DeviceFacts, read_facts
 from rig.inventory import Device, IpmiPower
-from rig.lifecycle import DeviceState, Lifecycle, Step
-from rig.monitor import HangMonitor, Verdict
-from rig.netconsole import NetconsoleTarget, parse_netconsole_url, resolve_sources
-from rig.nmi import SOURCES, InterruptCounts, NmiMeans, NmiSource, read_interrupts
 from rig.power import (
     IpmiPowerControl,
     ManualPowerControl,
@@ -40,14 +41,13 @@ from rig.power import (
     power_for,
     status_is_inferred,
 )
-from rig.pstore import PstoreHarvest, harvest
-from rig.qmp import QmpClient
-from rig.shadowbox import Deployer, DeployFailed, DeployResult, recipe_for
-from rig.ssh import SshClient
+from rig.transports.bmc import BmcClient
+from rig.transports.qmp import QmpClient
+from rig.transports.ssh import SshClient
 from rig.vocab import VerdictKind
 
 if TYPE_CHECKING:
-    from rig.coordinator import PlaceLease
+    from rig.transports.coordinator import PlaceLease
 
 log = logging.getLogger(__name__)
 
@@ -231,10 +231,10 @@ class Dut:
         self.log_dir = log_dir
         self.lock = DeviceLock(device)
         self.lock_wait = lock_wait
-        #: The device's labgrid place, when several controllers share it ([lab] place; rig.coordinator).
+        #: The device's labgrid place, when several controllers share it ([lab] place; rig.transports.coordinator).
         self.place: PlaceLease | None = None
         if device.lab.place is not None:
-            from rig.coordinator import PlaceLease
+            from rig.transports.coordinator import PlaceLease
 
             self.place = PlaceLease(device, run_id)
         self.ssh = SshClient(device.ssh, device=device.name)
@@ -282,7 +282,7 @@ class Dut:
         self.qmp: QmpClient | None = QmpClient(sock) if sock is not None else None
         self.monitor = HangMonitor(device.name, self.ssh, self.console, device.monitor, sudo=device.ssh.sudo)
         #: The device's state (off, booting, ready, watched, deployed, failed) and the steps between
-        #: them (rig.lifecycle): front ends ask it for a state instead of driving lock, console, monitor.
+        #: them (rig.device.lifecycle): front ends ask it for a state instead of driving lock, console, monitor.
         self.lifecycle = Lifecycle(device.name, self)
         #: How the last recover() brought the device back (for the report's timeline): method
         #: "self-reboot" or "warm-reset" (RAM kept) or "power-cut", why, and the seconds it took.
@@ -294,22 +294,22 @@ class Dut:
         self.caps: dict[str, str | None] = {}
         #: (settings, result) of the Shadow-box running since the last boot, if any.
         self.deployment: tuple[str, DeployResult] | None = None
-        #: Where controller builds are kept by content (rig.shadowbox.Deployer.build_key); None: always build.
+        #: Where controller builds are kept by content (rig.device.shadowbox.Deployer.build_key); None: always build.
         self.build_cache: Path | None = None
         #: deploy key -> how that deploy failed (kept across reboots: the same build fails the same way).
         self.deploy_failures: dict[str, DeployFailed] = {}
         #: Timeline sink (kind, text), set by the plugin: the Dut says when it reboots before a deploy.
         self.on_event: Callable[[str, str], None] | None = None
-        #: Kernel, CPU, cmdline, modules, microcode of this boot (rig.facts), read once per boot.
+        #: Kernel, CPU, cmdline, modules, microcode of this boot (rig.device.facts), read once per boot.
         self._facts: DeviceFacts | None = None
         #: A verdict a test provoked on purpose (see accept_verdict).
         self.accepted_verdict: Verdict | None = None
-        #: What the test's verdict reason must also say (e.g. a soak below its asked NMI rate, rig.soak).
+        #: What the test's verdict reason must also say (e.g. a soak below its asked NMI rate, rig.device.soak).
         self.verdict_note = ""
         #: (monitor verdict, verdict after asking the power control): asked once per verdict.
         self._power_judged: tuple[Verdict, Verdict] | None = None
         self._opened = False
-        #: NMIs raised per source through this Dut's sources (the live board shows them: rig.board).
+        #: NMIs raised per source through this Dut's sources (the live board shows them: rig.reports.board).
         self.nmi_raised: Counter[str] = Counter()
         #: Shadow-box host callbacks per CPU since open, counted as the lines arrive (not from the
         #: bounded console tail, which a 20-minute soak of callback lines would overrun).
@@ -361,11 +361,11 @@ class Dut:
 
         Why at open: only the place's holder gets its resources, and they are the bench's (its
         exporter) at this moment, so every open reads them again. A place without them, with several
-        and none named, or whose exporter is offline is a LabFault (rig.coordinator.place_device).
+        and none named, or whose exporter is offline is a LabFault (rig.transports.coordinator.place_device).
         """
         if self.place is None or not self.inventory_device.takes_place_resources:
             return
-        from rig.coordinator import place_device
+        from rig.transports.coordinator import place_device
 
         inv = self.inventory_device
         dev = self.device = place_device(inv, self.place)
@@ -421,7 +421,7 @@ class Dut:
 
     def expect_self_reboot(self, after_seconds: float | None) -> None:
         """The kernel reboots itself ``after_seconds`` after a panic (``kernel.panic``, set for a soak by
-        rig.stall); None: no longer (the sysctl was restored).
+        rig.device.stall); None: no longer (the sysctl was restored).
 
         Why the Dut must know: that reboot is warm (RAM kept), so the panic's ramoops record survives
         it -- while a PDU's or a relay's power cut, the only recovery such a laptop's power control
@@ -618,7 +618,7 @@ class Dut:
         return counts
 
     def facts(self) -> DeviceFacts:
-        """Kernel, command line, CPU, microcode, VT-x and modules of this boot (rig.facts): read after each
+        """Kernel, command line, CPU, microcode, VT-x and modules of this boot (rig.device.facts): read after each
         boot and kept until the next. A device that does not answer raises (and is asked again next time)."""
         if self._facts is None:
             self._facts = read_facts(self.ssh)
@@ -641,7 +641,7 @@ class Dut:
 
     def settled_verdict(self) -> Verdict:
         """:meth:`verdict` after a hang had its chance to become the crash or reboot the console
-        prints next (:meth:`rig.monitor.HangMonitor.settled`): what reports and bisect record."""
+        prints next (:meth:`rig.device.monitor.HangMonitor.settled`): what reports and bisect record."""
         return self._judge_power(self.monitor.settled())
 
     def wait_verdict(self, timeout: float) -> Verdict | None:

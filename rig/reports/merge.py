@@ -4,8 +4,8 @@ A lab with several benches has one controller per bench; each writes its own run
 devices it drove. The lab engineer wants one matrix. Merging copies every device folder
 (``report.json``, consoles, pages) into a new run folder, writes one ``run.json`` naming where each
 device came from, and one ``summary.json`` through the same writer the plugin uses
-(:func:`rig.report.write_summary`), so the merged folder is an ordinary run folder: ``rig report
-html``, ``rig report diff`` and ``rig regress``'s reader (:func:`rig.regress.cells_of_run`) take it
+(:func:`rig.reports.report.write_summary`), so the merged folder is an ordinary run folder: ``rig report
+html``, ``rig report diff`` and ``rig regress``'s reader (:func:`rig.runs.regress.cells_of_run`) take it
 as they take any other.
 
 Why a conflict stops the merge instead of "last one wins": the same device in two runs means two
@@ -13,7 +13,7 @@ controllers drove one laptop (or one run was merged twice); which result stands 
 person, and a silently dropped hang is exactly the result a nightly must not lose. The same goes for
 runs of different builds: one matrix is one build. Both are named, with the runs involved.
 
-Runs are read with :func:`rig.results.load_run` (the one reader of run folders); a device
+Runs are read with :func:`rig.reports.results.load_run` (the one reader of run folders); a device
 whose report could not be used, or a run still going, is carried over and stays marked as such.
 """
 
@@ -28,8 +28,8 @@ from typing import Any
 
 from rig import __version__
 from rig.errors import ConfigError
-from rig.report import write_json_atomic, write_summary
-from rig.results import RunView, load_run
+from rig.reports.report import write_json_atomic, write_summary
+from rig.reports.results import RunView, load_run
 
 MERGED_KIND = "merged"
 

@@ -3,12 +3,12 @@
 Why a separate, pure module: the console reader calls it on every line of every device, the
 report and triage tools re-run it over saved logs, and tests feed it captured text. So it does
 no I/O, starts no threads, imports nothing of the rig but :mod:`rig.vocab` and its rule table
-:mod:`rig.detect_rules` (the kernel's report classes as data), and is cheap on the
+:mod:`rig.detect.rules` (the kernel's report classes as data), and is cheap on the
 99.9 % of lines that mean nothing: one combined pre-filter regex rejects them before any
 specific pattern is tried; :meth:`Detector.scan` pre-filters a whole block of lines at once.
 
 What a line may look like (everything in front of the message is stripped before matching):
-``2025-01-02T03:04:05.678Z `` (the rig's ``console.log`` format, see :mod:`rig.console`; its time
+``2025-01-02T03:04:05.678Z `` (the rig's ``console.log`` format, see :mod:`rig.console.capture`; its time
 becomes :attr:`Event.time` when the caller gives none), a syslog level ``<4>``, a kernel
 timestamp ``[   12.345678]`` with an optional caller id ``[    T1]``, a ``shadow-box: `` (or
 Hyper-box ``alcatraz: ``) prefix, and a ``watchdog: `` / ``NMI watchdog: `` / ``rcu: `` /
@@ -32,7 +32,7 @@ pairs with the ``WARNING:`` (or ``kernel BUG at``) line after it; a cut-here blo
 without either is reported as one WARNING. SHADOWBOX_FAIL (a notice: the deploy step names the
 failure) is emitted once per start attempt (attempts are separated by Shadow-box's banner).
 
-Titles (:mod:`rig.detect_rules`): ``<report type> in <guilty function>``. The event is emitted at
+Titles (:mod:`rig.detect.rules`): ``<report type> in <guilty function>``. The event is emitted at
 the report's first line; the detector then reads up to :data:`REPORT_LINES` more lines (every
 line, not only pre-filtered ones) for the first non-generic frame and sets the event's ``title``
 when it finds it. A panic that only reports an earlier report (``Fatal exception``,
@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from itertools import accumulate
 
-from rig.detect_rules import GATE, PANIC_CONSEQUENCES, RULES, WHAT_ALIASES, Rule, skip_frame
+from rig.detect.rules import GATE, PANIC_CONSEQUENCES, RULES, WHAT_ALIASES, Rule, skip_frame
 from rig.vocab import CRASH_KINDS, EventKind
 
 __all__ = ["Event", "Detector", "scan", "first_crash", "strip_prefixes"]
@@ -199,7 +199,7 @@ _HEAD = re.compile(
 _SB_PREFIX = re.compile(r"(?:shadow-box|alcatraz): ")
 _SUBSYS = re.compile(r"(?:NMI watchdog|watchdog|rcu|kernel): ")
 
-# --- kernel rules: the report classes are data (rig.detect_rules.RULES); these are the lines with state
+# --- kernel rules: the report classes are data (rig.detect.rules.RULES); these are the lines with state
 #: The boot banner, wherever it is in the line: after a reset the new boot's first line is often glued
 #: to the last of the old one (no line end before the reset) or to firmware output.
 _BANNER = re.compile(r"Linux version (\S+) \(")

@@ -1,7 +1,7 @@
 """The NMI soak: every offered NMI source, round after round, while the hang monitor watches.
 
 One piece of code for both users -- the soak suite (``suites/test_nmi_soak.py``) and the bisect
-oracle (:mod:`rig.bisect`) -- because both make the same claim: "the device survived T seconds of
+oracle (:mod:`rig.runs.bisect`) -- because both make the same claim: "the device survived T seconds of
 NMIs". That claim is only true if the NMIs were raised. So a soak keeps, per source, the rate it
 promised (asked) and the rate it achieved, and the NMIs raised in each minute:
 
@@ -29,8 +29,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from rig.device.monitor import Verdict
 from rig.errors import LabFault, RigError, Unavailable
-from rig.monitor import Verdict
 from rig.vocab import VerdictKind
 
 #: Seconds between rounds: about 10 NMIs per second per cheap source.
@@ -204,7 +204,7 @@ def run_soak(
     """NMIs from ``sources`` for ``seconds`` (or until the monitor's verdict); see the module docstring.
 
     ``dut`` needs ``monitor`` (``wait``), ``device.monitor.heartbeat_interval``, ``verdict()`` and
-    ``settled_verdict()`` (a :class:`rig.dut.Dut`). A source that is :class:`Unavailable` mid-soak
+    ``settled_verdict()`` (a :class:`rig.device.dut.Dut`). A source that is :class:`Unavailable` mid-soak
     raises (the caller skips); a source's :class:`LabFault` ends the soak (``result.stopped``, and the
     verdict is a lab fault unless the device had failed already); any other error is the device's
     to explain: the monitor is given its detection bound, and the soak goes on if it says nothing.

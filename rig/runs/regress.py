@@ -44,15 +44,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from rig.board import BOARD_FILE, live_board
-from rig.board import wanted as board_wanted
+from rig.device.lifecycle import fresh_boot
 from rig.errors import ConfigError, RigError
-from rig.gitrepo import checkout_commit, resolve_ref
 from rig.inventory import Device, load_inventory
-from rig.lifecycle import fresh_boot
-from rig.report import write_json_atomic
-from rig.results import DeviceOutcome as Cell
-from rig.results import classify_device, load_run, regressed
+from rig.reports.board import BOARD_FILE, live_board
+from rig.reports.board import wanted as board_wanted
+from rig.reports.report import write_json_atomic
+from rig.reports.results import DeviceOutcome as Cell
+from rig.reports.results import classify_device, load_run, regressed
+from rig.runs.gitrepo import checkout_commit, resolve_ref
 
 STATE_FILE = "regress.json"
 SUMMARY_FILE = "regress-summary.json"
@@ -166,7 +166,7 @@ def line_up(results: list[BuildResult]) -> list[str]:
 
 
 def cells_of_run(run_dir: Path, devices: Sequence[str]) -> dict[str, Cell]:
-    """Every expected device's cell in a run folder (rig.results reads it; missing devices are cells too)."""
+    """Every expected device's cell in a run folder (rig.reports.results reads it; missing devices are cells too)."""
     found: dict[str, dict[str, Any] | None] = {}
     if run_dir.is_dir():
         try:
@@ -305,7 +305,7 @@ class Regress:
     console: Console = field(default_factory=Console)
     runner: Runner = run_pytest
     reset: Reset | None = None
-    #: Draw the live board (rig.board) of each build's run while it runs: on a terminal, unless --no-live.
+    #: Draw the live board (rig.reports.board) of each build's run while it runs: on a terminal, unless --no-live.
     live: bool = False
 
     def prepare(self, spec: BuildSpec) -> tuple[Path, str, str | None]:
@@ -360,7 +360,7 @@ class Regress:
 
 
 def _mismatch(device: Device, tree: Path) -> str | None:
-    from rig.shadowbox import recipe_for, tree_mismatch
+    from rig.device.shadowbox import recipe_for, tree_mismatch
 
     why = tree_mismatch(recipe_for(device.shadowbox.recipe), tree)
     return None if why is None else f"recipe '{device.shadowbox.recipe}' of {device.name}: {why}"

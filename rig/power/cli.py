@@ -31,9 +31,9 @@ def power_cmd(ctx: click.Context, name: str, action: str) -> None:
     `reset` is a warm reset (RAM kept) where the back end has one (IPMI, AMT, QMP, a reset command);
     on a PDU or a power-button relay it is a power cycle. A relay's status is inferred, and says so.
     """
-    from rig.dut import DeviceBusy, DeviceLock
+    from rig.device.dut import DeviceBusy, DeviceLock
     from rig.power import offers_warm_reset, power_for, status_is_inferred
-    from rig.ssh import SshClient
+    from rig.transports.ssh import SshClient
 
     paths: Sequence[Path] = (ctx.obj or {}).get("devices", [Path("devices")])
     try:
@@ -49,7 +49,7 @@ def power_cmd(ctx: click.Context, name: str, action: str) -> None:
         if device.lab.place is not None and (action != "status" or device.takes_place_resources):
             # Another controller's run holds the laptop: refused (DEVICE BUSY) as by the local lock.
             # A from_place outlet is the place's NetworkPowerPort, which only its holder reads.
-            from rig.coordinator import PlaceLease, place_device
+            from rig.transports.coordinator import PlaceLease, place_device
 
             lease = PlaceLease(device)
             lease.acquire()

@@ -83,7 +83,7 @@ class Cell:
     kind: str
     css: str
     label: str
-    #: The crash's title (rig.detect: ``<report type> in <guilty function>``), "" if none: two runs'
+    #: The crash's title (rig.detect.detector: ``<report type> in <guilty function>``), "" if none: two runs'
     #: crashes with the same title are the same crash.
     title: str = ""
 
@@ -135,7 +135,7 @@ class DeviceRun:
     from_summary: bool = False
     problem: str = ""  # why report.json could not be used, named for the reader
     #: The JSON object of a report.json the pages cannot use (a foreign schema, a newer version), as read:
-    #: ``rig regress`` still classifies what it holds (rig.regress.cells_of_run).
+    #: ``rig regress`` still classifies what it holds (rig.runs.regress.cells_of_run).
     raw: dict[str, Any] | None = None
 
     @property
@@ -555,7 +555,8 @@ class DeviceOutcome:
     detail: str = ""  # crash kind, or the failing test / reason
     time_to_failure: float | None = None  # seconds of NMI soak before the verdict
     test: str = ""  # the test where it happened
-    title: str = ""  # a crash's title (rig.detect: "<report type> in <guilty function>"), to tell crashes apart
+    #: A crash's title (rig.detect.detector: "<report type> in <guilty function>"), to tell crashes apart.
+    title: str = ""
     #: For a crash with a title: the first build (this one included) with a crash of the same
     #: title, on any device -- this build's own label means "new crash" (set by line_up).
     first_seen: str = ""

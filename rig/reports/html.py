@@ -32,10 +32,10 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from rig import __version__
-from rig.console import parse_log_line
+from rig.console.capture import parse_log_line
 from rig.errors import ConfigError
-from rig.report import write_atomic
-from rig.results import (  # the run model (rig.results): the pages only render it
+from rig.reports.report import write_atomic
+from rig.reports.results import (  # the run model (rig.reports.results): the pages only render it
     NOT_RUN,
     DeviceRun,
     RunDiff,
@@ -47,7 +47,7 @@ from rig.results import (  # the run model (rig.results): the pages only render 
     previous_run,
     time_to_failure_of,
 )
-from rig.ttf import analyse
+from rig.runs.ttf import analyse
 from rig.vocab import VerdictKind
 
 log = logging.getLogger(__name__)
@@ -362,7 +362,7 @@ def _device_context(run: RunView, dev: DeviceRun) -> dict[str, Any]:
     deliveries = [{"d": d, "chart": delivery_chart(d)} for d in dev.data.get("nmi_deliveries", [])]
     callbacks = dev.data.get("shadowbox_callbacks") or {}
     soaks = dev.soak_attempts()
-    # time to hang across this device's soaks (rig.ttf): shown once there is a failure or several soaks
+    # time to hang across this device's soaks (rig.runs.ttf): shown once there is a failure or several soaks
     ttf_stats = analyse(soaks) if soaks and (len(soaks) > 1 or any(f for _, f in soaks)) else None
     return {
         "ttf_stats": ttf_stats,

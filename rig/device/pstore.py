@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from rig.detect import Detector, Event, first_crash
+from rig.detect.detector import Detector, Event, first_crash
 from rig.errors import RigError
 
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ copied from syzkaller.
 A row's ``title`` is a ``str.format`` template over the pattern's named groups and ``{func}``, the
 *guilty function*: the first frame of the report's stack that is not generic (:data:`SKIP_FRAMES`).
 Titles name no address, offset, PID, CPU number or source line, so the same bug gets the same title
-on every run, device and kernel build (rig/detect.py tidies the groups). :mod:`rig.detect` applies
+on every run, device and kernel build (rig/detect/detector.py tidies the groups). :mod:`rig.detect.detector` applies
 the rows in order; the first that matches wins.
 """
 
@@ -64,7 +64,7 @@ _F = r"(?P<func>[A-Za-z_][\w.]*)"  # a function name as the kernel prints it (%p
 B, OOPS, P, W = EventKind.BUG, EventKind.OOPS, EventKind.PANIC, EventKind.WARNING
 
 #: The report classes, in the order they are tried (the first match wins). The ``Kernel panic``
-#: row comes first: rig/detect.py gives a panic that only reports an earlier report
+#: row comes first: rig/detect/detector.py gives a panic that only reports an earlier report
 #: (:data:`PANIC_CONSEQUENCES`) that report's title.
 RULES: tuple[Rule, ...] = (
     _r("panic", r"Kernel panic - not syncing: ?(?:kernel: )?(?P<msg>.*?)(?: exitcode=.*)?$", P, "kernel panic: {msg}"),

@@ -39,7 +39,7 @@ from rich.console import Console
 
 from rig.files import write_atomic
 from rig.inventory import Device, device_toml
-from rig.results import RunView, load_run
+from rig.reports.results import RunView, load_run
 
 #: Share of each CPU's time in sbsim's imitated host section (percent, a string: sbsim parses decimals).
 #: The soak raises ~8 QMP+IPMI NMIs per second on this lab, each reaching both CPUs: 1 - 0.995^2 = 1 %
@@ -160,7 +160,7 @@ def summarize(run_dir: Path, console: Console) -> int:
 
 
 def _report(view: RunView, name: str) -> dict[str, Any]:
-    """A device's report.json as rig.results read it (empty if it could not be read)."""
+    """A device's report.json as rig.reports.results read it (empty if it could not be read)."""
     dev = view.device(name)
     usable = dev is not None and not dev.from_summary and not dev.problem
     return dev.data if usable and dev is not None else {"tests": [], "timeline": []}

@@ -48,14 +48,14 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from rig.board import wanted as board_wanted
+from rig.device.lifecycle import DeviceState, fresh_boot
+from rig.device.soak import NMI_INTERVAL, run_soak
 from rig.errors import ConfigError, LabFault, RigError, Unavailable
-from rig.gitrepo import clone_shared, resolve_ref
 from rig.inventory import Device, load_inventory
-from rig.lifecycle import DeviceState, fresh_boot
-from rig.report import write_json_atomic
-from rig.soak import NMI_INTERVAL, run_soak
-from rig.ttf import analyse, fit_rate, required_soak, survival_confidence
+from rig.reports.board import wanted as board_wanted
+from rig.reports.report import write_json_atomic
+from rig.runs.gitrepo import clone_shared, resolve_ref
+from rig.runs.ttf import analyse, fit_rate, required_soak, survival_confidence
 from rig.vocab import NOT_DEVICE_KINDS, VerdictKind
 
 RESULT_FILE = "bisect.json"
@@ -64,7 +64,7 @@ EXIT_INCONCLUSIVE = 3
 
 
 # ---------------------------------------------------------------------------------------------
-# the statistics: one owner, rig.ttf (fit_rate, required_soak, survival_confidence are re-exported here)
+# the statistics: one owner, rig.runs.ttf (fit_rate, required_soak, survival_confidence are re-exported here)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,8 +86,8 @@ class Attempt:
     console_lines: tuple[int, int] = (0, 0)  # line numbers in console.log covering this attempt
     excerpt: list[str] = field(default_factory=list)
     raised: dict[str, int] = field(default_factory=dict)
-    title: str = ""  # the crash's title (rig.detect: "<report type> in <guilty function>"), "" if none
-    #: rig.soak.SoakResult.to_json(): per source asked/achieved rate and NMIs per minute.
+    title: str = ""  # the crash's title (rig.detect.detector: "<report type> in <guilty function>"), "" if none
+    #: rig.device.soak.SoakResult.to_json(): per source asked/achieved rate and NMIs per minute.
     soak: dict[str, Any] = field(default_factory=dict)
     #: How the device was made clean for it: "fresh boot", "unloaded" (sbsim after a pass), "clean".
     start: str = ""
@@ -184,7 +184,7 @@ class Oracle:
         self.interval = interval
         #: Watch the monitor's hang bound (and a second more) after a soak, so a hang at its end is seen.
         self.detect_bound = dut.device.monitor.hang_bound + 1
-        #: The live board's feed (rig.board), if one is drawn: states and verdicts of each attempt.
+        #: The live board's feed (rig.reports.board), if one is drawn: states and verdicts of each attempt.
         self.board: Any = None
 
     def _show(self, state: str, **fields: Any) -> None:
@@ -226,7 +226,7 @@ class Oracle:
 
     def attempt(self, tree: Path, commit: str, seconds: float) -> Attempt:
         """Fresh boot, deploy ``tree``, NMIs for ``seconds``; a hang/crash ends it early."""
-        from rig.shadowbox import DeployFailed
+        from rig.device.shadowbox import DeployFailed
 
         d = self.dut
         start = self._fresh_start()
@@ -364,7 +364,7 @@ class BisectRun:
     console: Console = field(default_factory=Console)
     #: Only this crash is bad (a substring of its title); other failures make a step 'skip'.
     crash_title: str | None = None
-    #: Draw the live board (rig.board) while soaking: on a terminal, unless --no-live.
+    #: Draw the live board (rig.reports.board) while soaking: on a terminal, unless --no-live.
     live: bool = False
     #: Controller builds kept by tree content (default ``<out>/builds``): a commit whose tree was
     #: built already (the bad ref's second attempt, a commit that changed nothing) is not rebuilt.
@@ -449,7 +449,7 @@ class BisectRun:
         return False
 
     def run(self) -> dict[str, Any]:
-        from rig.board import BOARD_FILE, live_board
+        from rig.reports.board import BOARD_FILE, live_board
 
         with live_board(
             self.out / BOARD_FILE, self.console, enabled=self.live, title=f"rig bisect: {self.device.name}"
@@ -457,8 +457,8 @@ class BisectRun:
             return self._run()
 
     def _run(self) -> dict[str, Any]:
-        from rig.board import BOARD_FILE, BoardFeed, Sampler
-        from rig.dut import Dut
+        from rig.device.dut import Dut
+        from rig.reports.board import BOARD_FILE, BoardFeed, Sampler
 
         self.out.mkdir(parents=True, exist_ok=True)
         if self._resume():
@@ -581,7 +581,7 @@ class BisectRun:
             "per_second": rate,
             "mean_time_to_failure": round(1 / rate, 1),
             "model": "exponential, MLE: failures / total exposure (survivors censored)",
-            "time_to_failure": ttf.to_json(),  # times, censored survivors, exact interval (rig.ttf)
+            "time_to_failure": ttf.to_json(),  # times, censored survivors, exact interval (rig.runs.ttf)
         }
         self.say(f"bad ref: {ttf.summary()}")
         return rate

@@ -37,7 +37,7 @@ deploying on a hung laptop.
 
 The pure part (:class:`Lifecycle`: the state, the rules, :meth:`Lifecycle.plan`) needs no device and
 is tested alone (tests/test_lifecycle.py); :meth:`Lifecycle.transition` runs a plan through a
-:class:`LifecycleDriver`, which :class:`rig.dut.Dut` is.
+:class:`LifecycleDriver`, which :class:`rig.device.dut.Dut` is.
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ class Change:
 
 
 class LifecycleDriver(Protocol):
-    """What the lifecycle needs of a device to carry out a plan (rig.dut.Dut)."""
+    """What the lifecycle needs of a device to carry out a plan (rig.device.dut.Dut)."""
 
     def recover(self, *, timeout: float | None = None, start_monitor: bool = True) -> float: ...
 
@@ -255,12 +255,12 @@ def fresh_boot(devices: Sequence[Device], log_root: Path, console: Console) -> d
     so each build needs a fresh boot anyway, and the previous build may have left a device hung or
     panicked. Doing it for all devices at once gives every build the same clean start and keeps the
     reboot out of its first test. A device that answers SSH and runs no Shadow-box is left as it is
-    (:meth:`rig.dut.Dut.fresh_boot`). A device that cannot be reset (manual power, a lab fault) is
+    (:meth:`rig.device.dut.Dut.fresh_boot`). A device that cannot be reset (manual power, a lab fault) is
     reported and left to the run, which says why.
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from rig.dut import Dut
+    from rig.device.dut import Dut
 
     def one(dev: Device) -> str | None:
         dut = Dut(dev, log_root / dev.name, lock_wait=60)

@@ -1,13 +1,13 @@
 """``rig report``: re-render a run's HTML pages, and say what changed between two runs.
 
-Register in rig/cli.py with ``from rig.report_cli import report`` and ``main.add_command(report)``.
+Register in rig/cli.py with ``from rig.reports.cli import report`` and ``main.add_command(report)``.
 
 Why a separate command to re-render: pages are derived from the JSON files only, so a run killed
 half way, a run copied from another controller, or a run rendered by an older rig can always be
 (re)rendered later with ``rig report html reports/<run-id>``.
 
 ``rig report diff A B`` exits 1 when B has a regression against A (a test that newly fails, or fails worse:
-a crash or hang where it failed an assertion; rig.results.regressed), so a
+a crash or hang where it failed an assertion; rig.reports.results.regressed), so a
 nightly job can gate on it; 0 otherwise.
 """
 
@@ -18,8 +18,8 @@ from pathlib import Path
 import click
 
 from rig.errors import RigError
-from rig.report_html import render_run
-from rig.results import diff_runs
+from rig.reports.html import render_run
+from rig.reports.results import diff_runs
 
 
 def _resolve(ctx: click.Context, run: Path) -> Path:
@@ -77,7 +77,7 @@ def merge_cmd(ctx: click.Context, run_dirs: tuple[Path, ...], out: Path) -> None
 
     A device found in two runs, or runs of different builds, stop the merge with both named.
     """
-    from rig.report_merge import merge_runs
+    from rig.reports.merge import merge_runs
 
     try:
         summary = merge_runs([_resolve(ctx, r) for r in run_dirs], out)

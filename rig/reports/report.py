@@ -27,7 +27,7 @@ report.json, schema version 1::
      "console_transport": {"transport": "serial"|"netconsole", ...counts; netconsole: "records", "lost",
                            "gaps": [{"after", "before", "lost", "text"}], ...} | null,
      "last_words": [{"when", "at", "backend", "error", "summary", "records": [{"files", "type", "backend",
-                     "reason", "time", "crash", "events", "text"}]}]   (pstore, see rig.pstore),
+                     "reason", "time", "crash", "events", "text"}]}]   (pstore, see rig.device.pstore),
      "timeline": [{"t": unix time, "kind": str, "text": str, ...}]}
 
 Added keys (``console_transport``, ``last_words``) are optional for readers: version stays 1.
@@ -42,10 +42,10 @@ from pathlib import Path
 from typing import Any
 
 from rig import __version__
+from rig.device.pstore import NOTHING_AFTER_HANG
 from rig.errors import ConfigError
 from rig.files import write_atomic
 from rig.inventory import Device
-from rig.pstore import NOTHING_AFTER_HANG
 
 SCHEMA_VERSION = 1
 
@@ -151,7 +151,7 @@ class DeviceReport:
         self.flush()
 
     def set_identity(self, dut: Any) -> None:
-        """Kernel, command line, CPU model and microcode: the facts the Dut read after its boot (rig.facts);
+        """Kernel, command line, CPU model and microcode: the facts the Dut read after its boot (rig.device.facts);
         how it is powered."""
         # The back end in its own words (PDU model, address, outlet; a BMC's address): never a secret.
         self.data["device"]["power_backend"] = dut.power.describe()
@@ -194,7 +194,7 @@ class DeviceReport:
         self.flush()
 
     def last_words(self, harvest: Any) -> None:
-        """A look at the device's pstore (rig.pstore.PstoreHarvest): "last words before the reboot".
+        """A look at the device's pstore (rig.device.pstore.PstoreHarvest): "last words before the reboot".
 
         A hang judged by the test before this recovery whose pstore holds a crash becomes that crash,
         with the pstore text as evidence; an empty pstore after a hang is said in the timeline.
@@ -232,7 +232,8 @@ class DeviceReport:
         self.event("deploy", f"{result.recipe} started, result code {result.result_code}")
 
     def set_deploy_failure(self, exc: Any) -> None:
-        """A deploy that failed by name (rig.shadowbox.DeployFailed): reason, checks, build tail, kernel lines."""
+        """A deploy that failed by name (rig.device.shadowbox.DeployFailed): reason, checks, build tail,
+        kernel lines."""
         self.data["deploy"] = exc.to_json()
         self.event("deploy-failed", exc.summary(), reason=exc.reason)
 
@@ -324,7 +325,7 @@ def _deploy_digest(deploy: Any) -> dict[str, Any] | None:
 
 def write_summary(run_dir: Path) -> dict[str, Any]:
     """Gather every device's report.json into summary.json (devices x tests -> verdict)."""
-    from rig.results import load_run  # the one reader of run folders
+    from rig.reports.results import load_run  # the one reader of run folders
 
     try:
         view = load_run(run_dir)
@@ -357,7 +358,7 @@ def write_summary(run_dir: Path) -> dict[str, Any]:
     write_json_atomic(run_dir / "summary.json", summary)
     run_json = run_dir / "run.json"
     if run_json.exists():
-        from rig.results import read_json
+        from rig.reports.results import read_json
 
         meta = read_json(run_json)
         meta.update(status="complete", finished=summary["finished"])

@@ -10,7 +10,7 @@ console would have said ``crash(panic)`` -- reports say which console it was (``
 
 How: ``cat /dev/kmsg`` in the background of the rig's SSH connection. Each record comes in the same
 extended format as netconsole's (``<level>,<seq>,<usec>,<flag>;text`` then `` KEY=value`` lines), so
-it goes through :class:`rig.netconsole.NetconsoleStream` (sequence gaps counted: ``/dev/kmsg`` skips
+it goes through :class:`rig.console.netconsole.NetconsoleStream` (sequence gaps counted: ``/dev/kmsg`` skips
 records that were overwritten before they were read). Opening ``/dev/kmsg`` replays the whole ring
 buffer; records older than the device's uptime at the start of the follow are kept on disk but not
 shown (the boot banner and an old crash of the buffer would otherwise read as new events). The
@@ -25,12 +25,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rig.console import ConsoleCapture
+from rig.console.capture import ConsoleCapture
+from rig.console.netconsole import NetconsoleStream
 from rig.errors import RigError, Unavailable
-from rig.netconsole import NetconsoleStream
 
 if TYPE_CHECKING:
-    from rig.ssh import RemoteProcess, SshClient
+    from rig.transports.ssh import RemoteProcess, SshClient
 
 log = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from rig.detect import Detector, Event
+from rig.detect.detector import Detector, Event
 from rig.errors import LabFault
 from rig.inventory import MonitorConfig
 from rig.protocols import ConsoleLine, LineSource, LivenessProbe
@@ -89,7 +89,7 @@ class Verdict:
                 "kind": self.event.kind.value,
                 "line": self.event.line_no,
                 "text": self.event.text,
-                "title": self.event.title,  # rig.detect's "<report type> in <guilty function>": groups crashes
+                "title": self.event.title,  # rig.detect.detector's "<report type> in <guilty function>": groups crashes
             },
             "last_heartbeat": self.last_heartbeat,
             "since_heartbeat": None if self.since_heartbeat is None else round(self.since_heartbeat, 3),
