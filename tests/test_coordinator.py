@@ -688,7 +688,8 @@ def test_a_dut_whose_inventory_has_no_console_or_pdu_takes_both_from_the_exporte
         before = g.qemu_pid
         with Dut(dev, tmp_path / "logs", run_id="night-lab").open() as dut:
             assert dut.console is not None and dut.console.url == g.console_url  # the place's, not the file's
-            assert dut.power.describe() == f"pdu: PDU apc at 127.0.0.1:{g.pdu_port} outlet {g.pdu_outlet}"
+            assert dut.power.describe() == (f"pdu: PDU apc at 127.0.0.1:{g.pdu_port} outlet {g.pdu_outlet}, "
+                                              "through labgrid's apc back end")
             assert dut.power.status() is PowerState.ON
             assert lg.admin.show(place).acquired is not None
             mark = dut.console.mark()
