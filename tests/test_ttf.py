@@ -75,7 +75,9 @@ def test_analyse_censors_survivors_and_gives_the_soak_for_good() -> None:
     assert s.rate == pytest.approx(2 / 1000)
     assert (s.rate_low, s.rate_high) == pytest.approx(rate_interval(2, 1000.0, 0.95))
     assert s.rate_low < s.rate < s.rate_high
-    assert s.soak_for_good() == pytest.approx(required_soak(2 / 1000, 0.95))  # bisect's rule
+    # bisect's rule: the predictive soak, (1000 / (1000 + T)) ** 2 = 0.05, longer than the MLE's
+    assert s.soak_for_good() == pytest.approx(1000.0 * (0.05 ** -0.5 - 1.0))
+    assert s.soak_for_good() > required_soak(2 / 1000, 0.95)  # type: ignore[operator]
     conservative = s.soak_for_good_conservative()
     assert conservative is not None and conservative > s.soak_for_good()  # type: ignore[operator]
     j = s.to_json()
@@ -104,3 +106,13 @@ def test_bad_confidence_is_a_config_error() -> None:
 def test_bisect_uses_the_one_owner() -> None:
     assert bisect.fit_rate is fit_rate and bisect.required_soak is required_soak
     assert fit_rate([(0.0, True)]) == 1.0  # crashed while loading: at least one second of exposure
+
+
+def test_planning_rate_survival_matches_the_predictive_probability_and_tends_to_the_mle() -> None:
+    from rig.runs.ttf import planning_rate
+
+    for n, e, c in [(1, 10.0, 0.95), (2, 4.2, 0.99), (5, 30.0, 0.9)]:
+        t = required_soak(planning_rate(n, e, c), c)
+        assert (e / (e + t)) ** n == pytest.approx(1 - c)  # a commit as bad survives the soak with 1 - c
+        assert planning_rate(n, e, c) < n / e  # never shorter than the MLE's soak
+    assert planning_rate(10_000, 10_000.0, 0.95) == pytest.approx(1.0, rel=1e-3)

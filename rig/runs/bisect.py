@@ -55,7 +55,7 @@ from rig.inventory import Device, load_inventory
 from rig.reports.board import wanted as board_wanted
 from rig.reports.report import write_json_atomic
 from rig.runs.gitrepo import clone_shared, resolve_ref
-from rig.runs.ttf import analyse, fit_rate, required_soak, survival_confidence
+from rig.runs.ttf import analyse, fit_rate, planning_rate, required_soak, survival_confidence
 from rig.vocab import NOT_DEVICE_KINDS, VerdictKind
 
 RESULT_FILE = "bisect.json"
@@ -575,16 +575,19 @@ class BisectRun:
                 "--bad-attempts, or check that the ref really fails"
             )
         ttf = analyse(pairs, self.confidence)
+        plan = planning_rate(ttf.failures, ttf.exposure, self.confidence)
         self.result["rate"] = {
             "failures": ttf.failures,
             "exposure_seconds": round(ttf.exposure, 1),
             "per_second": rate,
             "mean_time_to_failure": round(1 / rate, 1),
             "model": "exponential, MLE: failures / total exposure (survivors censored)",
+            # what the 'good' soaks are planned with: the MLE's uncertainty from few failures included
+            "planning_per_second": plan,
             "time_to_failure": ttf.to_json(),  # times, censored survivors, exact interval (rig.runs.ttf)
         }
         self.say(f"bad ref: {ttf.summary()}")
-        return rate
+        return plan
 
 
 def render_steps(result: dict[str, Any]) -> Table:
