@@ -44,7 +44,7 @@ from pathlib import Path
 from rig.errors import ConfigError, LabFault, RigError
 from rig.files import write_atomic
 from rig.inventory import Device, SshConfig, device_toml
-from rig.lab import consoleserver, guest, image, kernels, vpdu, vpower
+from rig.lab import consoleserver, guest, image, kernels, pvh, vpdu, vpower
 from rig.lab.ports import (
     GuestPorts,
     check_port_free,
@@ -583,7 +583,7 @@ class Lab:
         self._say(name, f"starting QEMU ({accel})")
         info.started_at = time.time()
         extra = lab_cmdline_extra(info.console_kind, ports.console, info.pstore)
-        cfg = guest.QemuConfig(name=name, kernel=img.kernel, ssh_port=ports.ssh, accel=accel,
+        cfg = guest.QemuConfig(name=name, kernel=pvh.boot_kernel(img.kernel), ssh_port=ports.ssh, accel=accel,
                                cmdline=guest.KERNEL_CMDLINE + extra)
         vpower.save_qemu_config(cfg, gdir)  # how a laptop-like guest's power daemon starts it again
         info.qemu_pid = guest.start_qemu(cfg, paths)
