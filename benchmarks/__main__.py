@@ -156,6 +156,17 @@ def md_lab(r: dict[str, Any], where: str) -> str:
         (f"boot to SSH ready, 2 guests together ({r['accel']})", "none set",
          ", ".join(f"{x:.1f} s" for x in b2) + f" (median {statistics.median(b2):.1f} s)"),
     ]
+    k = r.get("kinds", {})
+    if k.get("pvh_available"):
+        bz, pv = k["bzImage"], k["pvh"]
+        ratio = statistics.median(pv["cpu_s"]) / statistics.median(bz["cpu_s"])
+        rows += [
+            ("one guest alone, QEMU start to its ready line, bzImage (wall / QEMU CPU)", "reported",
+             ", ".join(f"{w:.1f}/{c:.1f} s" for w, c in zip(bz["wall_s"], bz["cpu_s"], strict=True))),
+            ("the same, PVH ELF (rig.lab.pvh; what the lab boots)", "less CPU than the bzImage (issue 11)",
+             ", ".join(f"{w:.1f}/{c:.1f} s" for w, c in zip(pv["wall_s"], pv["cpu_s"], strict=True))
+             + f": CPU ratio PVH/bzImage {ratio:.2f} ({met(ratio < 1)})"),
+        ]
     return table(rows, where) + (
         f"\n\nMethod: `rig.lab.image.build_image(cache_dir)` into a fresh temporary folder, then again into the "
         f"same folder (initramfs {r['initramfs_bytes'] / 1e6:.1f} MB). Boot: `Lab.up(count)` on the benchmarks' lab, "
