@@ -104,6 +104,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     g.addoption("--rig-build", default=None, metavar="LABEL", help="name of the build under test, kept in reports")
     g.addoption(
+        "--rig-build-cache", default=None, metavar="DIR",
+        help="keep controller builds by tree content here, across runs (default: the run's own builds/ folder, "
+        "so a tree deployed on several devices with one kernel, or again by a later test, is built once; "
+        "'none': build at every deploy)",
+    )
+    g.addoption(
         "--rig-force-deploy",
         action="store_true",
         default=False,
@@ -202,6 +208,24 @@ def soak_minutes_of(config: pytest.Config) -> float:
 
 def report_dir(config: pytest.Config) -> Path:
     v = config.getoption("--rig-report-dir") or config.getini("rig_report_dir")
+    p = Path(v)
+    return p if p.is_absolute() else Path(config.rootpath) / p
+
+
+def build_cache(config: pytest.Config, run: RunReport) -> Path | None:
+    """Where this run keeps controller builds (rig.device.shadowbox: keyed by the staged tree's bytes,
+    recipe and headers), or None for ``--rig-build-cache none``.
+
+    Why on by default, inside the run's folder: twenty laptops on one kernel deploying one tree would
+    otherwise build it twenty times on the controller, and every test that deploys again (new module
+    parameters, after a recovery) once more; a cache that lives and dies with the run cannot serve a
+    stale build to a later run. A shared folder (``--rig-build-cache DIR``) keeps builds across runs.
+    """
+    v = config.getoption("--rig-build-cache")
+    if v is not None and str(v).lower() == "none":
+        return None
+    if v is None:
+        return run.dir / "builds"
     p = Path(v)
     return p if p.is_absolute() else Path(config.rootpath) / p
 
@@ -338,6 +362,7 @@ def dut(
             _check_place(d)
         if d is None:
             d = Dut(device, rig_run.dir / device.name, run_id=rig_run.run_id)
+            d.build_cache = build_cache(request.config, rig_run)
             _board(request.config).state(device.name, "connecting")
             try:
                 d.open()

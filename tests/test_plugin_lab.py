@@ -67,6 +67,13 @@ def test_suites_on_two_devices_in_parallel(lab: Lab, tmp_path: Path) -> None:
     # side by side: each device's tests ran while the other's did
     (a0, a1), (b0, b1) = spans["lab-1"], spans["lab-2"]
     assert a0 < b1 and b0 < a1, spans
+    # the run's build cache (--rig-build-cache's default): one sbsim build per kernel, though every test
+    # of the suites deployed again (module parameters are insmod's, not the build's)
+    builds = [p for p in (tmp_path / "par" / "builds").iterdir() if not p.name.startswith(".")]
+    assert len(builds) == 2 and all((p / "sbsim.ko").is_file() for p in builds), builds
+    reused = [n for dev in ("lab-1", "lab-2") for n in load(tmp_path / "par" / dev / "report.json")["deploy"]["notes"]
+              if n.startswith("build reused")]
+    assert reused, "the last deploy of each device reused the run's build"
     # no BMC password in any report file, console log, JUnit XML or the run's output
     for name in ("lab-1", "lab-2"):
         secret = lab.guest(name).bmc_password_file.read_text().strip()

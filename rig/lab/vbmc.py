@@ -64,8 +64,11 @@ RMCP_UNAUTHORIZED_NAME = 0x0D
 SUITE_3 = (1, 1, 1)
 #: A chassis control retransmitted within this many seconds is answered from the cache.
 RETRANSMIT_WINDOW = 5.0
-#: QMP deadline inside the BMC: IPMI clients retransmit after about a second.
-DEFAULT_QMP_TIMEOUT = 3.0
+#: QMP deadline inside the BMC. IPMI clients retransmit after about a second (answered from the cache
+#: above once the first request is done) and the rig's BMC client waits 10 s (rig.transports.bmc), so
+#: the BMC may take longer than one retransmission; 3 s ran out once on a 2-core machine at load 8
+#: (QEMU pauses every vCPU for system_reset) and the rig rightly called the refusal a lab fault.
+DEFAULT_QMP_TIMEOUT = 6.0
 
 _CONTROL_NAMES = {0: "off", 1: "on", 2: "cycle", 3: "reset", 4: "diag", 5: "softoff"}
 _REQUEST_NAMES = {
