@@ -87,15 +87,19 @@ LAB_KERNELS = ("6.1", "5.10")
 LAB_FILES_SLOWEST_FIRST = (
     "test_bisect.py",
     "test_bisect_intermittent_lab.py",
-    "test_plugin_lab.py",
     "test_netconsole_lab.py",
     "test_regress.py",
+    "test_power_lab.py",
+    "test_plugin_lab.py",
+    "test_rig_lab.py",
     "test_sbsim_residency_lab.py",
-    "test_lab.py",
     "test_faults_lab.py",
     "test_deploy_failures_lab.py",
-    "test_power_lab.py",
-    "test_rig_lab.py",
+    "test_lab.py",
+    "test_hardening_lab.py",
+    "test_soak_lab.py",
+    "test_console.py",
+    "test_bmc.py",
 )
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The rig's own tests, as `make test` runs them: two pytest processes side by side.
 #
-#   lab   tests marked `lab`: RIG_LAB_WORKERS xdist workers (default 2), each with its own
+#   lab   tests marked `lab`: RIG_LAB_WORKERS xdist workers (default 3), each with its own
 #         session-scoped labs of booted QEMU guests (own folder, ports and device locks), whole
 #         test files per worker (`--dist loadfile`: a file's tests run in order on one worker, as
 #         several rely on the state the previous test of their file left), slowest files first
@@ -11,9 +11,10 @@
 #         with xdist workers, at lower CPU priority, so the guests' heartbeats are never starved.
 #
 # Why: on a 2-core machine one lab process keeps about one core busy (boots, guest work) and waits
-# the rest of the time (hang bounds, soaks: BENCHMARKS.md, issue 11); a second lab worker and the pure
-# tests fill that time instead of queueing behind it. The cost of a second
-# lab worker is one more boot of lab-1/lab-2 (about 25 s of CPU). Extra pytest arguments go to both
+# the rest of the time (hang bounds, settle windows, soaks: BENCHMARKS.md, issue 11). Two lab workers
+# still left the cores idle a quarter of the time (1,430 s of CPU in 985 s); a third fills most of
+# that (lab side 909 s against 985 s, one run after the other on this quiet 2-core VM). Each worker costs one
+# more boot of lab-1/lab-2 (about 11 s of CPU) and 1-2 GB of guest RAM. Extra pytest arguments go to both
 # (e.g. `make test PYTEST_ARGS="-x --durations=25"`). RIG_TEST_WORKERS sets the pure side's xdist
 # workers (default 2; 0 runs it without xdist), RIG_LAB_WORKERS the lab side's (1 or 0: one process,
 # one lab, in file order). The exit status is the first failing side's.
@@ -22,7 +23,7 @@ cd "$(dirname "$0")/.."
 
 PYTEST=${PYTEST:-.venv/bin/pytest}
 workers=${RIG_TEST_WORKERS:-2}
-lab_workers=${RIG_LAB_WORKERS:-2}
+lab_workers=${RIG_LAB_WORKERS:-3}
 pure_log=$(mktemp "${TMPDIR:-/tmp}/rig-pure-tests.XXXXXX.log")
 
 xdist=()
