@@ -171,7 +171,10 @@ def md_lab(r: dict[str, Any], where: str) -> str:
         f"\n\nMethod: `rig.lab.image.build_image(cache_dir)` into a fresh temporary folder, then again into the "
         f"same folder (initramfs {r['initramfs_bytes'] / 1e6:.1f} MB). Boot: `Lab.up(count)` on the benchmarks' lab, "
         "`GuestInfo.boot_seconds` = QEMU start to a working SSH login (the image is cached by then); 1 guest, "
-        "`down`, then 2 guests started together, sharing the 2 cores under TCG (KVM hangs on this machine)."
+        "`down`, then 2 guests started together, sharing the 2 cores under TCG (KVM hangs on this machine). "
+        "bzImage beside PVH: one guest's QEMU started by the lab's own `guest.start_qemu` with the lab's command "
+        "line, booted from the bzImage and from its PVH ELF in turn (3 rounds, one guest at a time); QEMU start to "
+        "the guest's `rig-lab: NAME ready` line, and the QEMU process's CPU seconds then."
     )
 
 

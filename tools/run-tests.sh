@@ -13,8 +13,9 @@
 # Why: on a 2-core machine one lab process keeps about one core busy (boots, guest work) and waits
 # the rest of the time (hang bounds, settle windows, soaks: BENCHMARKS.md, issue 11). Two lab workers
 # still left the cores idle a quarter of the time (1,430 s of CPU in 985 s); a third fills most of
-# that (lab side 909 s against 985 s, one run after the other on this quiet 2-core VM). Each worker costs one
-# more boot of lab-1/lab-2 (about 11 s of CPU) and 1-2 GB of guest RAM. Extra pytest arguments go to both
+# that (make test 14:07 against 16:54-17:07 on clean clones, one run after the other on this 2-core
+# VM; lab side 810 s against 985-995 s: BENCHMARKS.md, issue 11). Each worker costs one
+# more boot of lab-1 and lab-2 (about 9 s of CPU) and 1-2 GB of guest RAM. Extra pytest arguments go to both
 # (e.g. `make test PYTEST_ARGS="-x --durations=25"`). RIG_TEST_WORKERS sets the pure side's xdist
 # workers (default 2; 0 runs it without xdist), RIG_LAB_WORKERS the lab side's (1 or 0: one process,
 # one lab, in file order). The exit status is the first failing side's.
