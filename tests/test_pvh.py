@@ -76,9 +76,15 @@ def test_a_kernel_that_cannot_boot_through_pvh_boots_as_its_bzimage(
     assert not list((tmp_path / "cache").rglob("*.elf"))
 
 
-def test_a_corrupt_payload_boots_as_its_bzimage(tmp_path: Path) -> None:
+@pytest.mark.parametrize("compress", [lzma.compress, gzip.compress], ids=["xz", "gzip"])
+def test_a_corrupt_or_cut_payload_boots_as_its_bzimage(tmp_path: Path, compress: object) -> None:
     kernel = tmp_path / "vmlinuz-test"
     kernel.write_bytes(_bzimage(b"\xfd7zXZ\x00" + b"\x55" * 200))
+    assert pvh.boot_kernel(kernel, tmp_path / "cache") == kernel
+    whole = compress(_elf(with_pvh_note=True) + bytes(4096))  # type: ignore[operator]
+    kernel.write_bytes(_bzimage(whole[: len(whole) // 2]))  # the stream stops half-way: its ELF is cut
+    with pytest.raises(pvh.NotPvhBootable, match="ends early"):
+        pvh.extract(kernel)
     assert pvh.boot_kernel(kernel, tmp_path / "cache") == kernel
 
 

@@ -59,10 +59,16 @@ def payload(bzimage: bytes) -> bytes:
 
 def decompress(data: bytes) -> bytes:
     """Unpack a kernel payload by its magic: xz, gzip or zstd (the formats Debian has used)."""
-    if data.startswith(b"\xfd7zXZ\x00"):
-        return lzma.LZMADecompressor().decompress(data)  # the payload carries a size trailer: ignore it
-    if data.startswith(b"\x1f\x8b"):
-        return zlib.decompressobj(wbits=31).decompress(data)  # stops at the member's end
+    if data.startswith(b"\xfd7zXZ\x00") or data.startswith(b"\x1f\x8b"):
+        # Both stop at the stream's end (the payload carries a size trailer after it); a stream that does
+        # not end is a truncated kernel, never to be booted half.
+        d: lzma.LZMADecompressor | zlib._Decompress = (
+            lzma.LZMADecompressor() if data[0] == 0xFD else zlib.decompressobj(wbits=31)
+        )
+        out = d.decompress(data)
+        if not d.eof:
+            raise NotPvhBootable("the compressed kernel ends early (truncated payload)")
+        return out
     if data.startswith(b"\x28\xb5\x2f\xfd"):
         if shutil.which("zstd") is None:
             raise NotPvhBootable("zstd payload and no `zstd` program")
