@@ -492,6 +492,9 @@ EXPECTED: dict[str, tuple[EventKind | set[EventKind] | None, set[EventKind], fro
     "sbsim_alert.log": (None, {EventKind.SHADOWBOX_ALERT}, _NO_FAIL),
     "sbsim_hang_banner.log": (EventKind.SHADOWBOX_HANG, {EventKind.SHADOWBOX_HANG}, frozenset()),
     "sbsim_unload.log": (None, {EventKind.SHADOWBOX_START}, _NO_FAIL),
+    # a lab guest's boot that wedged before /init (rig.lab.manager resets it once): an RCU stall first, then
+    # soft lockups, in the kernel's keyring set-up
+    "boot-wedged-keyring.log": (EventKind.RCU_STALL, {EventKind.RCU_STALL, EventKind.SOFT_LOCKUP}, frozenset()),
 }
 CAPTURES = sorted(p.name for p in DATA.glob("*.log")) if DATA.is_dir() else []
 

@@ -61,6 +61,7 @@ TRIAGE: dict[str, tuple[str, str | set[str] | None, set[str]]] = {
     "sbsim_alert.log": ("alert", None, {"shadowbox_alert"}),
     "sbsim_hang_banner.log": ("crash", "shadowbox_hang", {"shadowbox_hang"}),
     "sbsim_unload.log": ("alert", None, {"shadowbox_alert", "shadowbox_start"}),
+    "boot-wedged-keyring.log": ("crash", "rcu_stall", {"rcu_stall", "soft_lockup"}),  # a lab boot that wedged
 }
 
 EVENT_KEYS = {"kind", "line", "timestamp", "text", "title", "cpu"}
