@@ -206,10 +206,14 @@ def soak_minutes_of(config: pytest.Config) -> float:
     return float(v if v is not None else config.getini("rig_soak_minutes"))
 
 
-def report_dir(config: pytest.Config) -> Path:
-    v = config.getoption("--rig-report-dir") or config.getini("rig_report_dir")
-    p = Path(v)
+def _from_root(config: pytest.Config, value: str | Path) -> Path:
+    """A path option as given, relative ones under the pytest root (as pytest's own path options)."""
+    p = Path(value)
     return p if p.is_absolute() else Path(config.rootpath) / p
+
+
+def report_dir(config: pytest.Config) -> Path:
+    return _from_root(config, config.getoption("--rig-report-dir") or config.getini("rig_report_dir"))
 
 
 def build_cache(config: pytest.Config, run: RunReport) -> Path | None:
@@ -226,8 +230,7 @@ def build_cache(config: pytest.Config, run: RunReport) -> Path | None:
         return None
     if v is None:
         return run.dir / "builds"
-    p = Path(v)
-    return p if p.is_absolute() else Path(config.rootpath) / p
+    return _from_root(config, v)
 
 
 def selected_devices(config: pytest.Config) -> list[Device]:
