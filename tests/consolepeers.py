@@ -44,6 +44,20 @@ def wait_for(cond: Callable[[], object], timeout: float, what: str) -> None:
     raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
 
 
+def wait_for_progress(count: Callable[[], int], target: int, stall: float, what: str) -> None:
+    """Poll ``count`` until it reaches ``target``; fail naming ``what`` only when it has not grown for
+    ``stall`` s. For waits on throughput (a flood through a slow client), where a total deadline
+    would be a timed assertion on a loaded machine's speed."""
+    last, since = count(), time.monotonic()
+    while last < target:
+        time.sleep(0.05)
+        now = count()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since > stall:
+            raise TimeoutError(f"{what}: stuck at {last} of {target} for {stall:g} s")
+
+
 def _port_open(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2):
