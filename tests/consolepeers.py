@@ -58,6 +58,20 @@ def wait_for_progress(count: Callable[[], int], target: int, stall: float, what:
             raise TimeoutError(f"{what}: stuck at {last} of {target} for {stall:g} s")
 
 
+def wait_for_quiet(count: Callable[[], int], quiet: float, timeout: float, what: str) -> None:
+    """Wait until ``count`` has not changed for ``quiet`` s (a reader that has drained its socket);
+    fail naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    last, since = count(), time.monotonic()
+    while time.monotonic() - since < quiet:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: still changing after {timeout:g} s (at {last})")
+        time.sleep(0.05)
+        now = count()
+        if now != last:
+            last, since = now, time.monotonic()
+
+
 def _port_open(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2):

@@ -215,7 +215,7 @@ def _cmd(tmp_path: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def _in_pty(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 120) -> tuple[int, str]:
+def _in_pty(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) -> tuple[int, str]:
     """Run ``cmd`` with a real pseudo-terminal as stdout/stderr; return (exit code, what it drew)."""
     master, slave = pty.openpty()
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
@@ -240,7 +240,7 @@ def _in_pty(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 120
 
 def test_two_workers_feed_one_board_file(tmp_path: Path) -> None:
     env = {**os.environ, "RIG_RUN_ID": "run"}
-    proc = subprocess.run(_cmd(tmp_path, "-n", "2"), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(_cmd(tmp_path, "-n", "2"), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = [json.loads(x) for x in (tmp_path / "reports" / "run" / BOARD_FILE).read_text().splitlines()]
     soaks = [x for x in lines if x.get("state") == "soaking"]

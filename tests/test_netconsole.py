@@ -11,7 +11,6 @@ import os
 import random
 import re
 import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from rig.console.netconsole import MARK, NetconsoleCapture, NetconsoleStream, Se
 from rig.detect.detector import Detector
 from rig.errors import LabFault, Unavailable
 from rig.inventory import ConsoleConfig
-from tests.consolepeers import wait_for
+from tests.consolepeers import wait_for, wait_for_quiet
 from tests.netconsolepeer import Sender, datagrams, free_udp_port, record
 
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (.*)$")
@@ -193,7 +192,9 @@ def test_ten_megabyte_burst_is_on_disk_and_every_loss_accounted(capture: Netcons
     n = (10 << 20) // 1000
     for seq in range(n):
         sender.send_record(seq, text)
-    time.sleep(0.5)
+    # The end mark must not meet a full socket buffer (it would be dropped like the burst's records):
+    # send it once the reader has drained what the kernel kept, however slowly a loaded machine lets it.
+    wait_for_quiet(lambda: capture.bytes_received, 1.0, 120, "the reader draining the burst")
     sender.send_record(n, "end of the burst")
     capture.expect("end of the burst", 60, since=0)
     st_ = capture.stats()
