@@ -285,7 +285,7 @@ def test_stop_is_quick_when_peer_is_silent(capture: ConsoleCapture) -> None:
     time.sleep(0.3)  # reader is blocked in read() on a silent console
     t0 = time.monotonic()
     capture.stop()
-    assert time.monotonic() - t0 < 1.0
+    assert time.monotonic() - t0 < 3.0  # about read_timeout (0.2 s); a reader that ignores the stop costs 5
     assert not capture.connected
 
 

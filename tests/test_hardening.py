@@ -141,7 +141,8 @@ def test_bmc_unreachable_message_states_the_time_really_waited() -> None:
         assert "within 10s" in msg
     else:
         assert m is not None and "within 10s" not in msg, msg
-        assert abs(float(m.group(1)) - waited) < 1.0, (msg, waited)
+        # the real wait, not the nominal 10 s (pyghmi gives up after about 5): a starved run adds seconds
+        assert abs(float(m.group(1)) - waited) < 3.0, (msg, waited)
 
 
 # -- item 8: no secret in traceback frames (pytest -l, JUnit set-up errors) ----------------------

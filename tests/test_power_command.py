@@ -25,6 +25,7 @@ from rig.power import (
     power_for,
     status_is_inferred,
 )
+from tests.consolepeers import STARVED_SLACK_S
 
 NASTY = "bench 3; touch PWNED $(touch PWNED2) `touch PWNED3` 'q\" | rm -rf / &"
 
@@ -97,7 +98,7 @@ def test_hanging_command_is_killed_and_a_lab_fault_at_its_deadline(recorder: tup
     t0 = time.monotonic()
     with pytest.raises(LabFault, match=r"device d7: power command 'off' .* did not finish within 1 s"):
         p.off()
-    assert time.monotonic() - t0 < 3.0
+    assert time.monotonic() - t0 < 1.0 + STARVED_SLACK_S  # the command itself hangs forever
 
 
 def test_missing_program_is_a_lab_fault(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from rig.errors import InventoryError, LabFault
 from rig.inventory import PduPower, load_device
 from rig.lab import vpdu
 from rig.power import PduPowerControl, PowerState, offers_warm_reset, power_for
+from tests.consolepeers import STARVED_SLACK_S
 
 
 def free_udp_port() -> int:
@@ -99,7 +100,7 @@ def test_unreachable_pdu_is_a_lab_fault_saying_what_to_check() -> None:
     t0 = time.monotonic()
     with pytest.raises(LabFault) as ei:
         control(free_udp_port()).status()  # nobody there: net-snmp times out (1 s x 6 tries)
-    assert time.monotonic() - t0 < 10.0 + 2
+    assert time.monotonic() - t0 < 10.0 + STARVED_SLACK_S
     assert "thinkpad-7" in str(ei.value) and "community" in str(ei.value) and "outlet 3" in str(ei.value)
 
 
@@ -110,7 +111,8 @@ def test_pdu_that_accepts_and_never_answers_udp_fails_at_the_rigs_deadline() -> 
         with pytest.raises(LabFault, match=r"no answer within 2 s") as ei:
             control(silent.getsockname()[1], timeout=2.0).off()
         took = time.monotonic() - t0
-    assert 2.0 <= took < 4.0, took  # the rig's deadline, not net-snmp's 6 s
+    # The rig's deadline, not net-snmp's 6 s: that one would come as net-snmp's own words, not this text.
+    assert 2.0 <= took < 2.0 + STARVED_SLACK_S, took
     assert "thinkpad-7" in str(ei.value) and "outlet 3" in str(ei.value)
 
 
@@ -124,7 +126,7 @@ def test_http_pdu_that_accepts_and_never_answers_tcp_fails_at_the_rigs_deadline(
         t0 = time.monotonic()
         with pytest.raises(LabFault, match=r"PDU simplerest .* outlet 1: reading the outlet failed: no answer"):
             p.status()
-        assert time.monotonic() - t0 < 3.5
+        assert time.monotonic() - t0 < 1.5 + STARVED_SLACK_S
 
 
 def test_wrong_community_is_a_lab_fault_naming_the_community(tmp_path: Path) -> None:
