@@ -59,6 +59,8 @@ DEVICES_KEY = pytest.StashKey[list[Device]]()
 #: This process's board feed (rig.reports.board.BoardFeed) and, on the controller, the live board drawn.
 BOARD_KEY = pytest.StashKey["BoardFeed"]()
 LIVE_KEY: pytest.StashKey[TerminalBoard] = pytest.StashKey()
+#: The board's own stream to the terminal (a duplicate of pytest's descriptor, see _terminal).
+LIVE_TERM_KEY: pytest.StashKey[Any] = pytest.StashKey()
 
 
 @dataclass
@@ -590,8 +592,27 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         tw._file = original  # type: ignore[union-attr]
 
     path = report_dir(config) / _run_id(config) / BOARD_FILE
-    board = TerminalBoard(path, Console(file=original), f"rig: run {_run_id(config)}", attach, detach)
+    console = Console(file=_terminal(config, original))
+    board = TerminalBoard(path, console, f"rig: run {_run_id(config)}", attach, detach)
     config.stash[LIVE_KEY] = board.start()
+
+
+def _terminal(config: pytest.Config, stream: Any) -> Any:
+    """A stream to the terminal that stays one while tests run.
+
+    Why: pytest's fd capture points descriptor 1 at a temporary file for the whole of each test, so
+    a board drawn through pytest's own stream froze during a test -- a 20-minute soak included -- and
+    its frames went into the test's captured output. A duplicate of the terminal's descriptor, taken
+    here (capture is suspended between tests), reaches the terminal throughout. A stream without a
+    descriptor (wrapped by another plugin) is used as it is.
+    """
+    try:
+        fd = os.dup(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return stream
+    term = open(fd, "w", encoding=getattr(stream, "encoding", None) or "utf-8", errors="replace")  # noqa: SIM115
+    config.stash[LIVE_TERM_KEY] = term
+    return term
 
 
 def _stop_live(config: pytest.Config) -> None:
@@ -599,6 +620,11 @@ def _stop_live(config: pytest.Config) -> None:
     if board is not None:
         del config.stash[LIVE_KEY]
         board.stop()
+    term = config.stash.get(LIVE_TERM_KEY, None)
+    if term is not None:
+        del config.stash[LIVE_TERM_KEY]
+        with contextlib.suppress(OSError):
+            term.close()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -184,12 +184,18 @@ def test_board_only_on_a_terminal(tmp_path: Path) -> None:
 # the plugin, in real pytest runs (no device is contacted: the suite only uses the device param)
 
 SUITE = """
-import time
+import os, pathlib, time
 import pytest
 
 @pytest.mark.soak
 def test_soak(device):
-    time.sleep(1.5)
+    # Soak until the driving test has seen the board show it on the terminal (BOARD_SEEN): the board
+    # must be live while a test runs, not only between tests. At most 60 s; 1.5 s without BOARD_SEEN.
+    seen = os.environ.get("BOARD_SEEN")
+    end = time.monotonic() + (60 if seen else 1.5)
+    while time.monotonic() < end and not (seen and pathlib.Path(seen).exists()):
+        time.sleep(0.1)
+    assert not seen or pathlib.Path(seen).exists(), "the board did not show this soak while it ran"
 
 def test_quick(device):
     pass
@@ -215,8 +221,14 @@ def _cmd(tmp_path: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def _in_pty(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) -> tuple[int, str]:
-    """Run ``cmd`` with a real pseudo-terminal as stdout/stderr; return (exit code, what it drew)."""
+def _in_pty(
+    cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 300, *, seen: tuple[str, Path] | None = None
+) -> tuple[int, str]:
+    """Run ``cmd`` with a real pseudo-terminal as stdout/stderr; return (exit code, what it drew).
+
+    ``seen`` = (text, file): the file is created once the text has been drawn, so the run can wait for
+    its own board instead of hoping a starved process draws a frame within a fixed time.
+    """
     master, slave = pty.openpty()
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
     os.close(slave)
@@ -232,6 +244,8 @@ def _in_pty(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 300
             if not data:
                 break
             chunks.append(data)
+            if seen is not None and not seen[1].exists() and seen[0].encode() in b"".join(chunks):
+                seen[1].touch()
         elif proc.poll() is not None:
             break
     os.close(master)
@@ -252,7 +266,10 @@ def test_two_workers_feed_one_board_file(tmp_path: Path) -> None:
 
 def test_board_is_drawn_on_a_terminal_and_pytest_lines_stay(tmp_path: Path) -> None:
     env = {**os.environ, "RIG_RUN_ID": "run", "TERM": "xterm", "COLUMNS": "150", "LINES": "40"}
-    rc, shown = _in_pty(_cmd(tmp_path, "-p", "no:xdist"), tmp_path, env)
+    mark = tmp_path / "board-showed-soaking"
+    rc, shown = _in_pty(
+        _cmd(tmp_path, "-p", "no:xdist"), tmp_path, {**env, "BOARD_SEEN": str(mark)}, seen=("soaking", mark)
+    )
     assert rc == 0, shown
     assert "rig: run run" in shown and "NMIs raised" in shown
     assert "soaking" in shown and "bench1-x1" in shown and "bench2-t14" in shown
