@@ -43,7 +43,7 @@ STARVED_SLACK_S = 8.0
 
 
 def wait_for(cond: Callable[[], object], timeout: float, what: str) -> None:
-    """Poll ``cond`` until it is true; after ``timeout`` s fail naming ``what`` (the one wait helper of the tests)."""
+    """Poll ``cond`` until it is true; after ``timeout`` s fail naming ``what`` (the tests' wait for a condition)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if cond():

@@ -110,7 +110,7 @@ def test_one_megabyte_line_without_newline(capture: ConsoleCapture, pty: PtyPair
     pty.write(big)
     pty.write(b"\r\ndone\r\n")
     # What this proves is that no byte is lost or reordered, not how fast: pyserial's RFC 2217 client
-    # passes each byte through a queue (1 MB took 7 s alone here and over 30 s at load 8 in CI), so
+    # passes each byte through a queue (1 MB took 7 s alone here, over 30 s in CI's starved pure side), so
     # wait as long as bytes keep arriving and fail only when they stop.
     wait_for_progress(lambda: capture.bytes_received, len(big) + 8, stall=30, what="the 1 MB line at the console")
     capture.expect("^done$", 10, since=0)
