@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from rig.cli import main
 from rig.device.dut import Dut
-from rig.inventory import Device, load_device
+from rig.inventory import Device, device_toml, load_device
 from rig.lab.manager import Lab
 from rig.transports.ssh import SshClient
 from tests.conftest import wait_lab_guest_ready
@@ -37,11 +37,13 @@ def test_rig_check_does_not_power_cycle_a_device_whose_ssh_does_not_answer(lab: 
     dev = load_device(g.inventory_file)
     before = _boot_id(dev)
     # lab-1 as an inventory whose SSH port answers nothing (a hung sshd, a wrong port), same BMC
-    text = g.inventory_file.read_text()
-    text = text.replace('name = "lab-1"', 'name = "lab-1-nossh"', 1)
-    text = re.sub(rf"(?m)^port = {g.ssh_port}$", f"port = {free_port()}", text, count=1)
+    nossh = dev.model_copy(update={
+        "name": "lab-1-nossh",
+        "ssh": dev.ssh.model_copy(update={"port": free_port()}),
+        "monitor": dev.monitor.model_copy(update={"boot_timeout": 40}),
+    })  # fmt: skip
     (tmp_path / "inv").mkdir()
-    (tmp_path / "inv" / "lab-1-nossh.toml").write_text(text + "\n[monitor]\nboot_timeout = 40\n")
+    (tmp_path / "inv" / "lab-1-nossh.toml").write_text(device_toml(nossh))
     try:
         res = CliRunner().invoke(
             main, ["--devices", str(tmp_path / "inv"), "--report-dir", str(tmp_path / "r"), "check"],

@@ -24,6 +24,7 @@ import pytest
 from rich.console import Console
 
 from rig.errors import ConfigError
+from rig.inventory import device_toml, load_device
 from rig.runs.regress import (
     EXIT_NOTHING_JUDGED,
     EXIT_OK,
@@ -372,10 +373,10 @@ def slow_heartbeat_inventory(lab: Any, dest: Path, heartbeat: float) -> Path:
     """
     dest.mkdir(parents=True)
     for f in sorted(Path(lab.inventory_dir).glob("*.toml")):
-        text = f.read_text()
-        assert "[monitor]" not in text, f"{f} has a [monitor] section now: update slow_heartbeat_inventory"
+        dev = load_device(f)
         # crash_tail_seconds: how long the plugin keeps reading after a crash for the whole oops (default 10)
-        (dest / f.name).write_text(text + f"\n[monitor]\nheartbeat_interval = {heartbeat}\ncrash_tail_seconds = 3\n")
+        monitor = dev.monitor.model_copy(update={"heartbeat_interval": heartbeat, "crash_tail_seconds": 3})
+        (dest / f.name).write_text(device_toml(dev.model_copy(update={"monitor": monitor})))
     return dest
 
 

@@ -105,7 +105,8 @@ def test_monitor_stays_ok_under_an_nmi_flood(dut1: Dut) -> None:
         time.sleep(0.1)
     verdict = dut1.verdict()
     assert verdict.ok, verdict.reason
-    assert dut1.monitor.heartbeats >= 12, dut1.monitor.heartbeats
+    # 20 s of flood at H seconds a beat: at least 60 % of the beats came through (12 of 20 at H = 1 s)
+    assert dut1.monitor.heartbeats >= 12 / dut1.device.monitor.heartbeat_interval, dut1.monitor.heartbeats
 
 
 def test_sbsim_hang_is_a_hang_within_the_bound_then_recovered(dut2: Dut) -> None:
@@ -140,8 +141,9 @@ def test_power_cycle_through_ipmi_reboots_the_guest(dut2: Dut) -> None:
 
 def test_a_reboot_behind_the_rigs_back_is_a_reboot(dut2: Dut) -> None:
     """The settled verdict, as the plugin records it: on a loaded host the guest can be silent for
-    longer than the ~2.5 s a hang verdict takes before its firmware and kernel print the boot
-    banner (CI saw 'hang' from the raw monitor verdict); the banner then settles it into a reboot."""
+    longer than a hang verdict takes (2.5 s at H = 1 s, 5 s at the lab's TCG H of 2 s) before its
+    firmware and kernel print the boot banner (CI saw 'hang' from the raw monitor verdict); the
+    banner then settles it into a reboot."""
     dut2.ssh.run("sh -c 'sleep 0.5; echo b > /proc/sysrq-trigger' >/dev/null 2>&1 &", timeout=10)
     verdict = dut2.wait_verdict(timeout=30)
     assert verdict is not None and verdict.kind is VerdictKind.REBOOT, verdict

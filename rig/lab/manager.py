@@ -77,6 +77,12 @@ LAPTOP_PREFIX = "laptop"
 LAPTOP_POWER: tuple[str, ...] = ("pdu", "relay")
 #: The virtual PDU's SNMP deadline in the inventory (labgrid's apc: snmpget gives up after 6 s).
 LAB_PDU_TIMEOUT = 10.0
+#: The heartbeat interval H a TCG guest's inventory says (a KVM guest keeps the default, 1 s). Why: on a
+#: shared 2-core machine a TCG guest stops as a whole, console and SSH together, for 2.1-2.6 s now and
+#: then (seen in clean-clone and CI runs); at H = 1 s that is 2H of silence with an unanswered probe,
+#: a hang that was not one, and a bisection that names the wrong commit. At 2 s a hang needs 4 s of
+#: silence and a 2 s probe unanswered. A physical lab sets H per device the same way.
+LAB_TCG_HEARTBEAT = 2.0
 
 #: Console kinds a guest can have: ser2net over its serial port, or only netconsole (a laptop without UART).
 CONSOLE_KINDS = ("serial", "netconsole")
@@ -845,6 +851,9 @@ class Lab:
             "sbsim is the lab's stand-in for Shadow-box (a test payload, not Shadow-box): on a physical laptop",
             "set the shadowbox section's source to a real tree and its recipe to upstream / gooroom / gooroom-3.0.",
         ]
+        if dev.monitor.heartbeat_interval == LAB_TCG_HEARTBEAT and info.accel == "tcg":
+            notes.append(f"[monitor] heartbeat_interval = {LAB_TCG_HEARTBEAT:g}: a TCG guest on a shared machine "
+                         "stalls for seconds now and then (rig.lab.manager.LAB_TCG_HEARTBEAT).")
         if info.console_kind == "netconsole":
             notes.append(
                 "No serial port: the kernel sends its log over UDP (boot parameter "
@@ -898,6 +907,8 @@ class Lab:
                                    f"{info.kernel_version}{origin}, {how_console}"
                                    + (", ramoops pstore" if info.pstore else "") + ", virtual BMC")
             data["nmi_sources"] = ["ipmi", "sysrq", "qmp", "perf"]
+        if info.accel == "tcg":
+            data["monitor"] = {"heartbeat_interval": LAB_TCG_HEARTBEAT}
         return Device.model_validate(data)
 
     # --- down --------------------------------------------------------------------------------------
