@@ -6,6 +6,7 @@ ser2net, the client is pyserial through rig.console.capture.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
@@ -383,3 +384,50 @@ def test_qemu_guest_panic_then_reboot_seen_through_capture(tmp_path: Path, crash
     assert kinds[:2] == ["panic", "reboot"], events
     assert "sysrq triggered crash" in events[0].title
     assert "rig: userspace up" in log_texts(cap.log_path)
+
+
+def test_a_console_server_that_resets_mid_negotiation_leaves_no_thread_traceback(tmp_path: Path) -> None:
+    """A console server restarted while pyserial's RFC 2217 reader answers its telnet options: the reader
+    thread's reply hits a reset socket. Plain pyserial lets that ConnectionResetError / BrokenPipeError out
+    of its thread (a traceback on the rig's terminal; CI's run of session 7 printed four). The rig's client
+    ends that thread quietly; pyserial's read() then says the connection is lost, and the capture
+    reconnects as for any lost connection (test_reconnect_after_ser2net_restart_loses_nothing_delivered)."""
+    import socket
+    import struct
+
+    from rig.console.capture import Rfc2217Serial
+
+    srv = socket.create_server(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+    served = threading.Event()
+
+    def serve() -> None:
+        # Many unknown options (IAC DO 0x99): each makes the reader send IAC WONT 0x99, and the reset
+        # right behind them makes those replies fail. Twice, so one connection's race is not all it gets.
+        for _ in range(2):
+            conn, _addr = srv.accept()
+            with conn:
+                conn.sendall(b"\xff\xfd\x99" * 20000)
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+        served.set()
+
+    errors: list[BaseException | None] = []
+    old_hook = threading.excepthook
+    threading.excepthook = lambda args: errors.append(args.exc_value)
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        for _ in range(2):
+            with contextlib.suppress(Exception):  # open may fail: refused, reset, negotiation timeout
+                p = Rfc2217Serial(f"rfc2217://127.0.0.1:{port}?ign_set_control", timeout=0.2)
+                with contextlib.suppress(Exception):
+                    p.read(10)
+                reader = p._thread
+                p.close()
+                if reader is not None:
+                    reader.join(5)
+        assert served.wait(10), "the fake console server was not reached twice"
+    finally:
+        threading.excepthook = old_hook
+        srv.close()
+    assert errors == [], f"an RFC 2217 reader thread raised: {errors!r}"

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import socket
 import threading
 import time
 from collections import deque
@@ -41,6 +42,7 @@ from pathlib import Path
 from typing import BinaryIO, TextIO
 
 import serial
+import serial.rfc2217
 
 from rig.errors import DeviceError, LabFault
 
@@ -169,6 +171,27 @@ def console_for(url: str, log_dir: str | Path, *, name: str | None = None, baudr
             raise TypeError("console ssh://kmsg needs the device's SshClient")
         return SshKmsgCapture(ssh, log_dir, name=name or "device", sudo=sudo)
     return ConsoleCapture(url, log_dir, name=name, baudrate=baudrate)
+
+
+class Rfc2217Serial(serial.rfc2217.Serial):
+    """pyserial's RFC 2217 client, whose reader thread ends quietly when the server resets the connection.
+
+    Why: the reader thread answers the server's telnet options itself, and a console server restarted
+    at that moment (ser2net, a lab's terminal server) makes that answer fail; pyserial lets the
+    ``ConnectionResetError`` out of its thread, a traceback on the rig's terminal. Here the thread just
+    stops, which pyserial's ``read()`` already reports as a lost connection, and the capture reconnects.
+    Writes from other threads (the rig's own, negotiation at open) raise as before.
+    """
+
+    def _internal_raw_write(self, data: bytes) -> None:
+        try:
+            super()._internal_raw_write(data)
+        except OSError as e:
+            if threading.current_thread() is not self._thread:
+                raise
+            log.debug("console %s: RFC 2217 reply failed (%s): the server went away", self.portstr, e)
+            with contextlib.suppress(OSError):
+                self._socket.shutdown(socket.SHUT_RDWR)  # the thread's next recv() ends it
 
 
 class ConsoleCapture:
@@ -408,6 +431,8 @@ class ConsoleCapture:
 
     # ---------------------------------------------------------------- reader thread
     def _open(self) -> serial.SerialBase:
+        if self.url.startswith("rfc2217://"):
+            return Rfc2217Serial(self.url, baudrate=self.baudrate, timeout=self.read_timeout)
         return serial.serial_for_url(self.url, baudrate=self.baudrate, timeout=self.read_timeout)
 
     def _close_port(self) -> None:
