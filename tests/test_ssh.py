@@ -18,7 +18,9 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import paramiko
 import pytest
 
 from rig.errors import CommandTimeout, DeviceError, LabFault
@@ -330,6 +332,30 @@ def test_wrong_password_is_a_lab_fault_without_the_secret(
     assert "lap-1" in msg and "'root'" in msg and "RIG_TEST_SSH_PW" in msg
     assert secret not in msg and secret not in repr(ei.value)
     assert secret not in caplog.text
+
+
+def test_a_device_that_freezes_during_login_is_unreachable_not_a_refused_login(
+    peer: SshPeer, clients: list[SshClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A laptop that hangs (or is switched off) just as the rig logs in: the server never answers the key.
+    paramiko ends that wait with an AuthenticationException ("Authentication timeout."), the same class as
+    a refused key; taken for a refusal it made a lab fault of a hang (CI: a switched-off guest was reported
+    as 'SSH login refused' instead of powered off). It is a device that stopped answering."""
+    real = paramiko.Transport.auth_publickey
+
+    def freeze_then_auth(self: paramiko.Transport, *args: Any, **kwargs: Any) -> Any:
+        peer.freeze()  # the server side of this very connection stops: no answer to the key
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(paramiko.Transport, "auth_publickey", freeze_then_auth)
+    c = client_for(peer, clients, connect_timeout=2.0)
+    try:
+        with pytest.raises(SshUnreachable) as ei:
+            c.connect()
+    finally:
+        peer.thaw()
+    assert not isinstance(ei.value, LabFault) and "lap-1" in str(ei.value), ei.value
+    assert "login" in str(ei.value), ei.value
 
 
 def test_nothing_listening_is_ssh_unreachable_not_a_lab_fault(tmp_path: Path, clients: list[SshClient]) -> None:

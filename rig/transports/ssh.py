@@ -588,7 +588,7 @@ class SshClient:
                 t.auth_publickey(self.cfg.user, pkey)
                 return
             except paramiko.AuthenticationException:
-                pass
+                self._unless_refused(t, deadline, who)
             except paramiko.SSHException as exc:
                 raise SshUnreachable(f"{who}: connection failed during login: {exc}") from None
         if self.cfg.has_secret():
@@ -598,7 +598,7 @@ class SshClient:
                 t.auth_password(self.cfg.user, password.get_secret_value())
                 return
             except paramiko.AuthenticationException:
-                pass
+                self._unless_refused(t, deadline, who)
             except paramiko.SSHException as exc:
                 # Never echo the exception text here: some servers' replies quote the attempt.
                 raise SshUnreachable(f"{who}: connection failed during password login ({type(exc).__name__})") from None
@@ -607,6 +607,20 @@ class SshClient:
             "or fix the password source",
             component="ssh",
         )
+
+    def _unless_refused(self, t: paramiko.Transport, deadline: float, who: str) -> None:
+        """Raise SshUnreachable if a failed login was not the server's answer but its silence.
+
+        Why: paramiko ends a login the server never answers ("Authentication timeout.", at our deadline)
+        or a connection dropped mid-login with the same AuthenticationException as a refused key. A
+        laptop that hangs or is switched off just as the rig logs in is a device that stopped
+        answering; calling it "login refused" would make a lab fault of a hang.
+        """
+        if not t.is_active() or deadline - time.monotonic() <= 0.05:
+            raise SshUnreachable(
+                f"{who}: the device stopped answering during login (no reply before the deadline, or the "
+                "connection dropped)"
+            ) from None
 
     def check_key(self) -> None:
         """Raise ConfigError unless ``key_file`` (if any) exists, is readable and loads without a passphrase.
