@@ -779,6 +779,7 @@ def _record(
         stats = d.console_stats()
         if stats is not None:
             run.device(device).console_stats(stats)
+        run.device(device).liveness(d.monitor.margin())
     _board(item.config).verdict(device.name, label, report.outcome, getattr(verdict, "text", str(verdict)))
     run.device(device).test_result(
         nodeid=item.nodeid,

@@ -85,3 +85,26 @@ def test_settled_waits_out_the_window_and_wakes_on_the_crash() -> None:
     other = hung_monitor(clock, tail=1.0)
     clock.t += 2
     assert other.settled().kind is VerdictKind.HANG
+
+
+def heartbeat(mon: HangMonitor, n: int, clock: Clock) -> None:
+    mon.on_line(line(n, f"[  {clock.t:.6f}] rig-heartbeat {mon._token} {n}", clock))
+
+
+def test_margin_is_the_longest_heartbeat_gap_and_a_recovery_starts_it_afresh() -> None:
+    """report.json's ``liveness``: how close a healthy device came to the 2H of silence a hang needs."""
+    clock = Clock()
+    mon = HangMonitor("lap-1", ssh=None, console=None, settings=MonitorConfig(heartbeat_interval=1.0), clock=clock)  # type: ignore[arg-type]
+    for n, dt in enumerate([0.0, 1.0, 1.8, 1.0], start=1):
+        clock.t += dt
+        heartbeat(mon, n, clock)
+    m = mon.margin()
+    assert m["heartbeats"] == 4 and abs(m["longest_heartbeat_gap"] - 1.8) < 1e-6, m
+    assert m["hang_needs_silence"] == 2.0 and m["silence_probe_deadline"] == 1.0
+    mon.pause()  # a power cycle on purpose: 60 s without heartbeats say nothing of the device's margin
+    clock.t += 60
+    mon.resume()
+    heartbeat(mon, 5, clock)
+    clock.t += 1.1
+    heartbeat(mon, 6, clock)
+    assert abs(mon.margin()["longest_heartbeat_gap"] - 1.8) < 1e-6, mon.margin()

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from rig.inventory import load_device
 from rig.lab.manager import Lab
 from tests.helpers import CHECKOUT, assert_contiguous_in_serial_log, run_suites
 
@@ -62,6 +63,11 @@ def test_suites_on_two_devices_in_parallel(lab: Lab, tmp_path: Path) -> None:
         deliveries = {x["source"]: x for x in report["nmi_deliveries"]}
         assert set(deliveries) == {"ipmi", "qmp", "sysrq"} and all(x["ok"] for x in deliveries.values())
         assert any(e["kind"] == "recovery" for e in report["timeline"]), "crashed device was not recovered"
+        # the margin to a false hang, from the device's own monitor: its H, heartbeats seen, a gap measured
+        live = report["liveness"]
+        h = load_device(lab.guest(dev["device"]).inventory_file).monitor.heartbeat_interval
+        assert live["heartbeat_interval"] == h and live["hang_needs_silence"] == 2 * h, live
+        assert live["heartbeats"] > 2 and live["longest_heartbeat_gap"] > 0, live
         times = [e["t"] for e in report["timeline"]]
         spans[dev["device"]] = (min(times), max(times))
     # side by side: each device's tests ran while the other's did

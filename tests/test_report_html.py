@@ -466,3 +466,29 @@ def test_report_files_follow_the_umask_and_leave_no_temp_file(reports: Path) -> 
         os.umask(old)
     leftovers = [p.name for p in (reports / "hangrun").rglob(".*") if p.is_file()]
     assert leftovers == [], leftovers
+
+
+def test_a_near_miss_is_on_the_timeline_once_and_the_margin_on_the_device_page(tmp_path: Path) -> None:
+    """report.json ``liveness`` (HangMonitor.margin, written after each test): a heartbeat gap at 1.6 s of the
+    2 s a hang needs is named once as a near miss with what to change; a comfortable margin is not."""
+    from rig.inventory import Device
+    from rig.reports.report import RunReport
+
+    run = RunReport(tmp_path, "r1")
+    ssh = {"host": "10.0.0.9", "host_key": "ssh-ed25519 AAAAC3Nza", "key_file": "/nonexistent"}
+    tight, easy = (Device.model_validate({"name": n, "ssh": ssh}) for n in ("lap-tight", "lap-easy"))
+    margin = {"heartbeat_interval": 1.0, "heartbeats": 300, "longest_heartbeat_gap": 1.6, "hang_needs_silence": 2.0,
+              "slowest_probe_answer": 0.2, "silence_probe_deadline": 1.0}
+    for _ in range(3):  # written after every test: said once
+        run.device(tight).liveness(margin)
+    run.device(easy).liveness({**margin, "longest_heartbeat_gap": 1.1})
+    run.close()
+    rep = json.loads((tmp_path / "r1" / "lap-tight" / "report.json").read_text())
+    misses = [e["text"] for e in rep["timeline"] if e["kind"] == "near-miss"]
+    assert rep["liveness"] == margin and len(misses) == 1, misses
+    assert "1.6 s after the one before" in misses[0] and "raise [monitor] heartbeat_interval (now 1 s)" in misses[0]
+    easy_rep = json.loads((tmp_path / "r1" / "lap-easy" / "report.json").read_text())
+    assert not [e for e in easy_rep["timeline"] if e["kind"] == "near-miss"]
+    render_run(tmp_path / "r1")
+    page = (tmp_path / "r1" / "lap-tight" / "index.html").read_text()
+    assert 'id="liveness"' in page and "longest gap <b>1.6 s</b> (a hang needs 2.0 s" in page

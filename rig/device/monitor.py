@@ -485,6 +485,24 @@ class HangMonitor:
                 self._changed.wait(timeout=min(left, 0.5))
         return self.verdict()
 
+    def margin(self) -> dict[str, float | int]:
+        """How close this device came to a false hang (report.json ``liveness``): its longest heartbeat gap
+        against the 2H of silence a hang needs, its slowest SSH probe answer against a silence probe's deadline.
+
+        Why: H is set per device, and a device whose healthy heartbeat already went 1.8 s late at H = 1 s
+        is one stall away from a hang that is not one (the lab's TCG guests were: LAB_TCG_HEARTBEAT).
+        Gaps across a recovery or a pause do not count (the rule starts afresh then).
+        """
+        with self._lock:
+            return {
+                "heartbeat_interval": self.rule.h,
+                "heartbeats": self.heartbeats,
+                "longest_heartbeat_gap": round(self.rule.max_heartbeat_gap, 3),
+                "hang_needs_silence": 2 * self.rule.h,
+                "slowest_probe_answer": round(self.rule.slowest_answer, 3),
+                "silence_probe_deadline": self.rule.short,
+            }
+
     def last_heartbeat_age(self) -> float | None:
         with self._lock:
             return None if self._last_hb_mono is None else self.clock() - self._last_hb_mono

@@ -379,6 +379,7 @@ def _device_context(run: RunView, dev: DeviceRun) -> dict[str, Any]:
         "timeline": timeline(dev),
         "has_console": console.is_file(),
         "console_transport": dev.data.get("console_transport"),
+        "liveness": dev.data.get("liveness"),
         "last_words": dev.data.get("last_words") or [],
         "ttf": dev.time_to_failure(),
         "generated": time.time(),

@@ -26,11 +26,13 @@ report.json, schema version 1::
      "shadowbox_callbacks": {"<cpu>": count},
      "console_transport": {"transport": "serial"|"netconsole", ...counts; netconsole: "records", "lost",
                            "gaps": [{"after", "before", "lost", "text"}], ...} | null,
+     "liveness": {"heartbeat_interval", "heartbeats", "longest_heartbeat_gap", "hang_needs_silence",
+                  "slowest_probe_answer", "silence_probe_deadline"} | null   (the margin to a false hang),
      "last_words": [{"when", "at", "backend", "error", "summary", "records": [{"files", "type", "backend",
                      "reason", "time", "crash", "events", "text"}]}]   (pstore, see rig.device.pstore),
      "timeline": [{"t": unix time, "kind": str, "text": str, ...}]}
 
-Added keys (``console_transport``, ``last_words``) are optional for readers: version stays 1.
+Added keys (``console_transport``, ``last_words``, ``liveness``) are optional for readers: version stays 1.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ from rig.files import write_atomic
 from rig.inventory import Device
 
 SCHEMA_VERSION = 1
+#: A heartbeat gap or probe answer at this share of what a hang needs is a near miss (report timeline).
+NEAR_MISS = 0.75
 
 
 def write_json_atomic(path: Path, data: object) -> None:
@@ -133,10 +137,12 @@ class DeviceReport:
             "nmi_deliveries": [],
             "shadowbox_callbacks": {},
             "console_transport": None,
+            "liveness": None,
             "last_words": [],
             "timeline": [],
         }
         self._gaps_reported = 0
+        self._near_misses: set[str] = set()
         self.flush()
 
     @property
@@ -191,6 +197,30 @@ class DeviceReport:
                 self.data["timeline"].append({"t": time.time(), "kind": "console-loss",
                                               "text": f"netconsole: {new - len(gaps)} more gaps not listed"})
             self._gaps_reported = total
+        self.flush()
+
+    def liveness(self, margin: dict[str, float | int]) -> None:
+        """The monitor's margin to a false hang (:meth:`rig.device.monitor.HangMonitor.margin`), and a
+        near miss on the timeline once: a heartbeat gap or a probe answer past NEAR_MISS of what a hang needs.
+
+        Why: a lab engineer sets H per device; the report says when a device's H is too tight for it
+        before a stall of a healthy laptop is reported as a hang.
+        """
+        self.data["liveness"] = margin
+        h, gap, needs = margin["heartbeat_interval"], margin["longest_heartbeat_gap"], margin["hang_needs_silence"]
+        answer, deadline = margin["slowest_probe_answer"], margin["silence_probe_deadline"]
+        notes = []
+        if gap >= NEAR_MISS * needs and "heartbeat" not in self._near_misses:
+            self._near_misses.add("heartbeat")
+            notes.append(f"near miss: a heartbeat came {gap:.1f} s after the one before, and {needs:g} s of silence "
+                         f"with SSH dead is a hang; if the device is healthy, raise [monitor] heartbeat_interval "
+                         f"(now {h:g} s)")
+        if answer >= NEAR_MISS * deadline and "probe" not in self._near_misses:
+            self._near_misses.add("probe")
+            notes.append(f"near miss: an SSH probe took {answer:.2f} s to answer, and a probe unanswered for "
+                         f"{deadline:g} s during a heartbeat silence is a hang")
+        for text in notes:
+            self.data["timeline"].append({"t": time.time(), "kind": "near-miss", "text": text})
         self.flush()
 
     def last_words(self, harvest: Any) -> None:
