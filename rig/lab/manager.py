@@ -851,7 +851,7 @@ class Lab:
             "sbsim is the lab's stand-in for Shadow-box (a test payload, not Shadow-box): on a physical laptop",
             "set the shadowbox section's source to a real tree and its recipe to upstream / gooroom / gooroom-3.0.",
         ]
-        if dev.monitor.heartbeat_interval == LAB_TCG_HEARTBEAT and info.accel == "tcg":
+        if info.accel == "tcg":
             notes.append(f"[monitor] heartbeat_interval = {LAB_TCG_HEARTBEAT:g}: a TCG guest on a shared machine "
                          "stalls for seconds now and then (rig.lab.manager.LAB_TCG_HEARTBEAT).")
         if info.console_kind == "netconsole":
