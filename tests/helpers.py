@@ -223,3 +223,8 @@ def free_udp_port() -> int:
 def lab_device(lab_devices: list[Device], name: str) -> Device:
     """One lab guest's inventory entry by name (from the ``lab_devices`` fixture)."""
     return next(d for d in lab_devices if d.name == name)
+
+
+def with_monitor(dev: Device, **changes: Any) -> Device:
+    """``dev`` with some of its [monitor] settings changed (validated models, never text edits of a file)."""
+    return dev.model_copy(update={"monitor": dev.monitor.model_copy(update=changes)})

@@ -30,7 +30,7 @@ from rig.inventory import load_inventory
 from rig.lab.sbsim import sbsim_source_dir
 from rig.lab.sbsim_history import intermittent_history, with_defaults
 from rig.runs.bisect import BisectRun
-from tests.helpers import restore_guests
+from tests.helpers import restore_guests, with_monitor
 
 
 def test_history_rewrites_one_default_per_interesting_commit(tmp_path: Path) -> None:
@@ -58,7 +58,7 @@ def test_bisect_names_the_commit_with_the_intermittent_host_nmi_hang(lab: Any, t
     # 'lost-connection' (SSH dead, console alive) only after 15 s, not 3 s + 2 H: on a loaded machine a
     # guest's SSH can stay unanswered that long while it deploys, and the bisection would stop though
     # nothing hung. The hang rule (heartbeat silence and a short probe) is unchanged.
-    device = device.model_copy(update={"monitor": device.monitor.model_copy(update={"ssh_probe_timeout": 15.0})})
+    device = with_monitor(device, ssh_probe_timeout=15.0)
     run = BisectRun(h.repo, h.good, h.bad, device, tmp_path / "bisect", confidence=0.95, max_soak=90.0,
                     bad_attempts=2, console=Console(quiet=True))  # fmt: skip
     try:

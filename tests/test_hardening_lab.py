@@ -22,6 +22,7 @@ from rig.inventory import Device, device_toml, load_device
 from rig.lab.manager import Lab
 from rig.transports.ssh import SshClient
 from tests.conftest import wait_lab_guest_ready
+from tests.helpers import with_monitor
 from tests.sshpeers import free_port
 
 pytestmark = pytest.mark.lab
@@ -37,11 +38,9 @@ def test_rig_check_does_not_power_cycle_a_device_whose_ssh_does_not_answer(lab: 
     dev = load_device(g.inventory_file)
     before = _boot_id(dev)
     # lab-1 as an inventory whose SSH port answers nothing (a hung sshd, a wrong port), same BMC
-    nossh = dev.model_copy(update={
-        "name": "lab-1-nossh",
-        "ssh": dev.ssh.model_copy(update={"port": free_port()}),
-        "monitor": dev.monitor.model_copy(update={"boot_timeout": 40}),
-    })  # fmt: skip
+    nossh = with_monitor(dev, boot_timeout=40).model_copy(
+        update={"name": "lab-1-nossh", "ssh": dev.ssh.model_copy(update={"port": free_port()})}
+    )
     (tmp_path / "inv").mkdir()
     (tmp_path / "inv" / "lab-1-nossh.toml").write_text(device_toml(nossh))
     try:

@@ -49,7 +49,7 @@ from rig.runs.regress import (
     safe_label,
     summary_json,
 )
-from tests.helpers import commit_all, git, restore_guests, run_plugin, sbsim_variant
+from tests.helpers import commit_all, git, restore_guests, run_plugin, sbsim_variant, with_monitor
 
 pytest_plugins = ("pytester",)
 
@@ -373,10 +373,9 @@ def slow_heartbeat_inventory(lab: Any, dest: Path, heartbeat: float) -> Path:
     """
     dest.mkdir(parents=True)
     for f in sorted(Path(lab.inventory_dir).glob("*.toml")):
-        dev = load_device(f)
         # crash_tail_seconds: how long the plugin keeps reading after a crash for the whole oops (default 10)
-        monitor = dev.monitor.model_copy(update={"heartbeat_interval": heartbeat, "crash_tail_seconds": 3})
-        (dest / f.name).write_text(device_toml(dev.model_copy(update={"monitor": monitor})))
+        dev = with_monitor(load_device(f), heartbeat_interval=heartbeat, crash_tail_seconds=3)
+        (dest / f.name).write_text(device_toml(dev))
     return dest
 
 

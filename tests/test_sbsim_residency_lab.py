@@ -27,7 +27,7 @@ from rig.inventory import Device
 from rig.runs.ttf import poisson_mean_interval, rate_interval
 from rig.vocab import VerdictKind
 from tests.consolepeers import wait_for
-from tests.helpers import lab_device
+from tests.helpers import lab_device, with_monitor
 
 pytestmark = pytest.mark.lab
 
@@ -58,7 +58,7 @@ def dut2(lab_devices: list[Device], tmp_path: Path) -> Iterator[Dut]:
     # 'lost-connection' (SSH dead, console alive) only after 15 s, not 3 s + 2 H: on a loaded machine the
     # guest's SSH can stay unanswered that long during the injects, and the monitor would call that
     # instead of the hang that follows. The hang rule (heartbeat silence and a short probe) is unchanged.
-    dev = dev.model_copy(update={"monitor": dev.monitor.model_copy(update={"ssh_probe_timeout": 15.0})})
+    dev = with_monitor(dev, ssh_probe_timeout=15.0)
     d = Dut(dev, tmp_path / "lab-2").open()
     d.build_cache = tmp_path / "builds"  # five deploys of one tree: one build
     try:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run a command starved of CPU, as the pure tests are in `make test`: N busy loops (default 3) at normal
+# Run a command starved of CPU, as the pure tests are in `make test`: N busy loops (3 is what CI saw) at normal
 # priority beside it, the command itself at nice 10 (tools/run-tests.sh runs the pure side so, beside the
 # lab's guests). Use it to check that a new test's waits are guards against a hang, not timings:
 #
