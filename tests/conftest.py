@@ -75,6 +75,7 @@ import pytest
 
 from rig.inventory import Device, load_inventory
 from rig.lab.manager import GuestInfo, Lab, ssh_login_check
+from tests.helpers import lab_root
 
 #: Power cycle / crash to "SSH login works" on a lab guest (TCG, shared cores).
 LAB_READY_TIMEOUT = 180.0
@@ -122,7 +123,7 @@ def _session_lock_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def lab(tmp_path_factory: pytest.TempPathFactory, _session_lock_dir: Path) -> Iterator[Lab]:
     """A lab of 2 guests (lab-1 on 6.1, lab-2 on 5.10), up for the whole session, torn down at its end."""
     base = tmp_path_factory.mktemp("lab")
-    the_lab = Lab(root=base / "state", inventory_dir=base / "devices")
+    the_lab = Lab(root=lab_root(tmp_path_factory, base), inventory_dir=base / "devices")
     try:
         the_lab.up(count=2, kernels=list(LAB_KERNELS))
         yield the_lab
@@ -134,7 +135,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory, _session_lock_dir: Path) -> It
 def laptop_lab(tmp_path_factory: pytest.TempPathFactory, _session_lock_dir: Path) -> Iterator[Lab]:
     """A lab of 2 laptop-like guests (no BMC): laptop-1 on a virtual PDU outlet, laptop-2 on a relay."""
     base = tmp_path_factory.mktemp("laptops")
-    the_lab = Lab(root=base / "state", inventory_dir=base / "devices")
+    the_lab = Lab(root=lab_root(tmp_path_factory, base), inventory_dir=base / "devices")
     try:
         the_lab.up(count=0, laptop_like=2, laptop_power=("pdu", "relay"))
         yield the_lab
@@ -146,7 +147,7 @@ def laptop_lab(tmp_path_factory: pytest.TempPathFactory, _session_lock_dir: Path
 def netconsole_lab(tmp_path_factory: pytest.TempPathFactory, _session_lock_dir: Path) -> Iterator[Lab]:
     """One guest ``nc-1``: netconsole its only console, ramoops pstore; up for the session."""
     base = tmp_path_factory.mktemp("nclab")
-    the_lab = Lab(root=base / "state", inventory_dir=base / "devices")
+    the_lab = Lab(root=lab_root(tmp_path_factory, base), inventory_dir=base / "devices")
     try:
         the_lab.up(count=1, name_prefix="nc", console="netconsole", pstore=True)
         yield the_lab

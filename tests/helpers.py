@@ -28,6 +28,7 @@ from rich.console import Console
 
 from rig.inventory import Device
 from rig.lab.manager import Lab
+from rig.lab.ports import SLOT_WIDTH, lab_base_port, port_bound
 from rig.lab.sbsim import sbsim_source_dir
 
 CHECKOUT = Path(__file__).resolve().parent.parent
@@ -228,3 +229,27 @@ def lab_device(lab_devices: list[Device], name: str) -> Device:
 def with_monitor(dev: Device, **changes: Any) -> Device:
     """``dev`` with some of its [monitor] settings changed (validated models, never text edits of a file)."""
     return dev.model_copy(update={"monitor": dev.monitor.model_copy(update=changes)})
+
+
+def lab_root(tmp_path_factory: pytest.TempPathFactory, base: Path) -> Path:
+    """A lab folder under ``base`` whose port block no other lab of this test run has (rig.lab.ports).
+
+    Why: a lab's ports come from a hash of its folder, 625 blocks in all, and a run of the lab tests has
+    six to nine labs up at once across its xdist workers: two of them drew the same block about once in
+    twenty runs, and the second lab's bring-up failed on a port the first one's QEMU held. Each block is
+    claimed with an O_EXCL file in a folder all workers of the run share; a block whose first guest's
+    ports are bound already (a lab outside this run) is passed over too.
+    """
+    basetemp = tmp_path_factory.getbasetemp()
+    claims = basetemp.parent if os.environ.get("PYTEST_XDIST_WORKER") else basetemp
+    for attempt in range(100):
+        root = base / ("state" if attempt == 0 else f"state-{attempt}")
+        block = lab_base_port(root)
+        if any(port_bound(block + i, "tcp") or port_bound(block + i, "udp") for i in range(SLOT_WIDTH)):
+            continue
+        try:
+            os.close(os.open(claims / f"rig-lab-port-block-{block}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            continue
+        return root
+    raise RuntimeError(f"no free lab port block for a folder under {base} after 100 tries")

@@ -35,6 +35,7 @@ from rig.lab.guest import run_state
 from rig.lab.manager import Lab, vbmc_available
 from rig.lab.ports import cmdline_text, guest_ports, pid_alive, port_bound
 from rig.lab.sbsim import build_sbsim, default_headers_dir
+from tests.helpers import lab_root
 
 # --- helpers ---------------------------------------------------------------------------------------
 
@@ -84,9 +85,9 @@ def cpio_names(path: Path) -> list[str]:
 
 
 @pytest.fixture
-def isolated_lab(tmp_path: Path) -> Iterator[Lab]:
+def isolated_lab(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """A lab folder of its own (own ports); whatever a test starts in it is stopped afterwards."""
-    lab = Lab(root=tmp_path / "state", inventory_dir=tmp_path / "devices")
+    lab = Lab(root=lab_root(tmp_path_factory, tmp_path), inventory_dir=tmp_path / "devices")
     try:
         yield lab
     finally:
@@ -561,3 +562,22 @@ def test_up_down_cycle_leaves_no_process(isolated_lab: Lab) -> None:
     assert not any(pid_alive(p) for p in pids if p)
     assert not (isolated_lab.inventory_dir / "solo-1.toml").exists()
     assert all(what == [] for what in isolated_lab.down().values())  # down twice: nothing to stop
+
+
+def test_lab_root_never_gives_two_labs_of_a_run_one_port_block(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """tests.helpers.lab_root: the session labs of all workers draw distinct port blocks (a shared one made a
+    bring-up fail on a port another worker's QEMU held), and a block already bound is passed over."""
+    from rig.lab.ports import lab_base_port
+
+    roots = [lab_root(tmp_path_factory, tmp_path / f"lab{i}") for i in range(30)]
+    blocks = [lab_base_port(r) for r in roots]
+    assert len(set(blocks)) == len(blocks), blocks
+    taken = lab_base_port(tmp_path / "busy" / "state")
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", taken))
+        squatter.listen()
+        got = lab_root(tmp_path_factory, tmp_path / "busy")
+    assert got != tmp_path / "busy" / "state" and lab_base_port(got) != taken
