@@ -581,3 +581,17 @@ def test_lab_root_never_gives_two_labs_of_a_run_one_port_block(
         squatter.listen()
         got = lab_root(tmp_path_factory, tmp_path / "busy")
     assert got != tmp_path / "busy" / "state" and lab_base_port(got) != taken
+
+
+def test_a_qemu_socket_counts_as_ready_once_it_listens_not_once_it_exists(tmp_path: Path) -> None:
+    """rig.lab.guest.accepts: QEMU binds its QMP socket (the file appears) before it listens; a connect in
+    between is refused (a laptop lab's bring-up failed so). Ready means a connect is accepted."""
+    from rig.lab.guest import accepts
+
+    path = tmp_path / "qmp.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.bind(str(path))
+        assert path.exists() and not accepts(path)
+        s.listen(1)
+        assert accepts(path)
+    assert not accepts(tmp_path / "missing.sock")

@@ -26,6 +26,7 @@ import fcntl
 import json
 import os
 import shutil
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -140,6 +141,21 @@ def _log_tail(path: Path, n: int = 15) -> str:
     return "\n".join(lines[-n:]) or "(empty log)"
 
 
+def accepts(socket_path: Path) -> bool:
+    """Whether a Unix socket takes connections now (a connect, closed at once).
+
+    Why not the file's existence: QEMU binds the socket (the file appears) and listens a moment later;
+    on a loaded machine a connect in between was refused, and a lab's bring-up failed on it.
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        try:
+            s.connect(str(socket_path))
+        except OSError:
+            return False
+    return True
+
+
 def start_qemu(cfg: QemuConfig, paths: GuestPaths) -> int:
     """Start QEMU detached (own session, survives ``rig lab up``); return its pid once QMP answers.
 
@@ -164,7 +180,7 @@ def start_qemu(cfg: QemuConfig, paths: GuestPaths) -> int:
                 f"{_log_tail(paths.qemu_log)}",
                 component="qemu",
             )
-        if paths.lab_qmp_socket.exists():
+        if accepts(paths.lab_qmp_socket):
             return proc.pid
         time.sleep(0.05)
     proc.kill()
