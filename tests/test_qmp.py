@@ -186,3 +186,52 @@ def test_qemu_gone_mid_session_is_a_lab_fault(qemu: QemuPeer) -> None:
         with pytest.raises(LabFault, match=str(qemu.qmp_socket)):
             q.status()
         assert not q.connected
+
+
+def test_an_event_before_the_capabilities_reply_is_not_a_failed_connect() -> None:
+    """QEMU switches a monitor to command mode inside qmp_capabilities and answers afterwards, so an
+    event of that moment (the RESET of a ``system_reset`` another client just asked for) can come
+    before the reply. qemu.qmp's own negotiation takes the first message for the reply and fails
+    ("Negotiation failed"): a vBMC power reset followed by a status read failed so in a clean-clone
+    run. The peer here sends that order: greeting, RESET, then the reply."""
+    import json
+
+    path = Path(tempfile.mkdtemp(prefix="rigqmp-", dir="/tmp")) / "events.sock"
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(str(path))
+    srv.listen(1)
+    greeting = {"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": ""}, "capabilities": []}}
+    reset = {"timestamp": {"seconds": 1, "microseconds": 2}, "event": "RESET",
+             "data": {"guest": False, "reason": "host-qmp-system-reset"}}  # fmt: skip
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        with conn:
+            send = lambda obj: conn.sendall(json.dumps(obj).encode() + b"\r\n")  # noqa: E731
+            send(greeting)
+            buf, decoder = "", json.JSONDecoder()
+            while chunk := conn.recv(4096):
+                buf += chunk.decode()
+                while buf.strip():  # QMP is a JSON stream: qemu.qmp ends a command with no newline
+                    try:
+                        msg, end = decoder.raw_decode(buf.lstrip())
+                    except ValueError:
+                        break
+                    buf = buf.lstrip()[end:]
+                    if msg["execute"] == "qmp_capabilities":
+                        send(reset)
+                        reply: dict[str, object] = {"return": {}}
+                    else:
+                        reply = {"return": {"status": "running", "singlestep": False, "running": True}}
+                    if "id" in msg:
+                        reply["id"] = msg["id"]
+                    send(reply)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        assert QmpClient(path, timeout=5).status() == "running"
+    finally:
+        srv.close()
+        t.join(5)
+        shutil.rmtree(path.parent, ignore_errors=True)

@@ -83,8 +83,14 @@ class QmpClient:
                 raise self._lab_down("does not exist")
             self._loop = asyncio.new_event_loop()
             qmp = QMPClient(f"qmp:{self.socket_path.name}")
+            # qemu.qmp's own negotiation reads the first message after qmp_capabilities as its reply.
+            # QEMU puts the monitor into command mode inside that command and answers after it, so an
+            # event of that moment (the RESET of a system_reset another client just asked for) can
+            # come first, and the connect failed ("Negotiation failed"). Sent as an ordinary command,
+            # the reply is matched by its id and the event goes to the event queue.
+            qmp.await_greeting, qmp.negotiate = True, False
             try:
-                self._run(qmp.connect(str(self.socket_path)), self.timeout)
+                self._run(self._connect_and_negotiate(qmp), self.timeout)
             except TimeoutError:
                 self._drop(qmp)
                 raise self._lab_down(
@@ -100,6 +106,10 @@ class QmpClient:
                 self._drop(qmp)
                 raise self._lab_down(f"cannot connect ({exc})") from None
             self._qmp = qmp
+
+    async def _connect_and_negotiate(self, qmp: QMPClient) -> None:
+        await qmp.connect(str(self.socket_path))
+        await qmp.execute("qmp_capabilities")
 
     def _drop(self, qmp: QMPClient | None) -> None:
         """Disconnect (bounded) and close the private loop; never raises."""
