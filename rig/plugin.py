@@ -393,6 +393,7 @@ def dut(
         _state(request.node).setup_fault = (device, str(exc))  # a lab-fault row (pytest_runtest_makereport)
         pytest.fail(f"LAB FAULT on {device.name} (not a device failure): {exc}", pytrace=False)
     d.accepted_verdict = None
+    d.judged_after_recovery = None
     d.verdict_note = ""
     state = _state(request.node)
     state.dut = d
@@ -775,7 +776,6 @@ def _record(
         longrepr = str(report.longrepr[2])  # the skip reason
     d = _state(item).dut
     if d is not None:
-        _report_last_words(d, run.device(device))  # recoveries the test made itself (a redeploy reboots)
         stats = d.console_stats()
         if stats is not None:
             run.device(device).console_stats(stats)
@@ -792,6 +792,10 @@ def _record(
         host_callbacks=callbacks,
         longrepr=longrepr,
     )
+    if d is not None:
+        # Recoveries the test made itself (a redeploy reboots, Dut.verdict_after_last_words), after
+        # its row: a look at pstore made during the test is about this test, never the one before.
+        _report_last_words(d, run.device(device))
 
 
 def _wait_excerpt(d: Dut, verdict: Verdict, lines: int = 60) -> str:

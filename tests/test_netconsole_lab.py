@@ -60,16 +60,24 @@ def test_suites_on_a_netconsole_only_guest(netconsole_lab: Lab, tmp_path: Path) 
     assert report["device"]["console"].startswith("netconsole://127.0.0.1:")
     tests = {t["name"]: t for t in report["tests"]}
     panic = tests["test_panic_after_nmi_is_a_panic"]["verdict"]
-    assert "Kernel panic" in panic["event"]["text"], "the panic line came over netconsole"
+    assert "Kernel panic" in panic["event"]["text"], panic
+    log_text = (tmp_path / "nc" / "nc-1" / "console.log").read_text()
+    if panic["event"]["source"] == "pstore":
+        # Netconsole lost the text of this NMI panic for good (once in about twenty runs here: see
+        # rig.device.pstore.crash_after_hang); the verdict came from ramoops after the recovery.
+        assert panic["reason"].startswith("pstore (dmesg-ramoops, Panic) after the recovery"), panic
+        assert "the monitor had judged: hang" in panic["reason"], panic
+    else:
+        assert panic["event"]["source"] == "console", panic
+        panic_line = r"\[\s*\d+\.\d{6}\] Kernel panic - not syncing"
+        assert re.search(panic_line, log_text), "the panic line came over netconsole"
     ct = report["console_transport"]
     assert ct["transport"] == "netconsole" and ct["extended"] and ct["records"] > 100
     assert ct["restarts"] >= 3, "each recovery's boot log restarted the sequence (the boot parameter replays it)"
     if ct["gaps_total"] <= len(ct["gaps"]):  # every gap listed: late records are the only difference
         gap_sum = sum(g["lost"] for g in ct["gaps"])
         assert gap_sum - ct["reordered"] <= ct["lost"] <= gap_sum, ct
-    log_text = (tmp_path / "nc" / "nc-1" / "console.log").read_text()
     assert "rig-heartbeat" in log_text and "rig-lab: nc-1 ready" in log_text
-    assert re.search(r"\[\s*\d+\.\d{6}\] Kernel panic - not syncing", log_text)
     # last words: the hang left nothing (said plainly), the panic and the oops left their dumps
     harvests = report["last_words"]
     assert harvests[0]["when"] == "run start"

@@ -28,7 +28,7 @@ from rig.device.facts import DeviceFacts, read_facts
 from rig.device.lifecycle import DeviceState, Lifecycle, Step
 from rig.device.monitor import HangMonitor, Verdict
 from rig.device.nmi import SOURCES, InterruptCounts, NmiMeans, NmiSource, read_interrupts
-from rig.device.pstore import PstoreHarvest, harvest
+from rig.device.pstore import PstoreHarvest, crash_after_hang, hang_amended, harvest, nothing_after_hang
 from rig.device.shadowbox import Deployer, DeployFailed, DeployResult, recipe_for
 from rig.errors import ConfigError, DeviceError, LabFault, RigError, Unavailable
 from rig.inventory import Device, IpmiPower
@@ -304,6 +304,9 @@ class Dut:
         self._facts: DeviceFacts | None = None
         #: A verdict a test provoked on purpose (see accept_verdict).
         self.accepted_verdict: Verdict | None = None
+        #: This test's verdict when it was judged only after a recovery (:meth:`verdict_after_last_words`):
+        #: the monitor then watches the new boot, and its verdict is no longer the test's.
+        self.judged_after_recovery: Verdict | None = None
         #: What the test's verdict reason must also say (e.g. a soak below its asked NMI rate, rig.device.soak).
         self.verdict_note = ""
         #: (monitor verdict, verdict after asking the power control): asked once per verdict.
@@ -637,12 +640,42 @@ class Dut:
 
     def verdict(self) -> Verdict:
         """The device's verdict: the monitor's, with a switched-off device told apart from a hung one."""
+        if self.judged_after_recovery is not None:
+            return self.judged_after_recovery
         return self._judge_power(self.monitor.verdict())
 
     def settled_verdict(self) -> Verdict:
         """:meth:`verdict` after a hang had its chance to become the crash or reboot the console
         prints next (:meth:`rig.device.monitor.HangMonitor.settled`): what reports and bisect record."""
+        if self.judged_after_recovery is not None:
+            return self.judged_after_recovery
         return self._judge_power(self.monitor.settled())
+
+    def verdict_after_last_words(self) -> Verdict:
+        """The settled verdict, and for a hang what pstore says it was: the device is recovered now for that.
+
+        Why: the console cannot always tell a hang from a crash. A panic raised in an NMI handler can
+        leave a netconsole silent for good (rig.device.pstore.crash_after_hang says why), while
+        ramoops kept the dump. So a hang is followed at once by the recovery it needs anyway (warm
+        reset first: RAM kept), and a crash that the look at pstore after it finds is this test's
+        verdict, with the pstore text as its evidence; an empty pstore is said in the hang's reason.
+        Until the next test the Dut answers with this verdict, not the new boot's; the device is
+        already back, so the next test does not recover it again. Other verdicts are returned as they are.
+        """
+        v = self.settled_verdict()
+        if v.kind is not VerdictKind.HANG:
+            return v
+        self.recover()
+        h = self.pstore_harvests[-1]
+        found = crash_after_hang(h, v.at)
+        if found is None:
+            out = replace(v, reason=f"{v.reason}; {nothing_after_hang(h)}")
+        else:
+            rec, ev = found
+            out = replace(v, kind=VerdictKind.CRASH, detail=ev.kind.value, reason=hang_amended(rec, ev, v.reason),
+                          event=ev, source="pstore")
+        self.judged_after_recovery = out
+        return out
 
     def wait_verdict(self, timeout: float) -> Verdict | None:
         """Block until a non-ok verdict (returned settled, as :meth:`settled_verdict`) or ``timeout`` (None)."""
@@ -691,7 +724,7 @@ class Dut:
         """
         v = self.verdict()
         self.accepted_verdict = v
-        if not v.ok:
+        if not v.ok and self.judged_after_recovery is None:  # judged after a recovery: already back
             self.lifecycle.fail(v.text)
         return v
 

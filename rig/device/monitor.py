@@ -67,6 +67,7 @@ class Verdict:
     event: Event | None = None
     last_heartbeat: float | None = None  # wall time of the last heartbeat seen
     since_heartbeat: float | None = None  # seconds from that heartbeat to this verdict
+    source: str = "console"  # where ``event`` was read: the console, or "pstore" after a recovery
 
     @property
     def text(self) -> str:
@@ -90,6 +91,7 @@ class Verdict:
                 "line": self.event.line_no,
                 "text": self.event.text,
                 "title": self.event.title,  # rig.detect.detector's "<report type> in <guilty function>": groups crashes
+                "source": self.source,
             },
             "last_heartbeat": self.last_heartbeat,
             "since_heartbeat": None if self.since_heartbeat is None else round(self.since_heartbeat, 3),

@@ -189,6 +189,37 @@ def assemble(files: list[tuple[str, float, str]]) -> list[PstoreRecord]:
     return out
 
 
+def speaks_of_hang(h: PstoreHarvest, hang_at: float) -> bool:
+    """Whether this look at pstore can tell what a hang judged at ``hang_at`` was: one made by the recovery
+    after it. A look from before the hang (run start, an earlier recovery) says nothing of it."""
+    return h.when == "after recovery" and h.at > hang_at
+
+
+def crash_after_hang(h: PstoreHarvest, hang_at: float) -> tuple[PstoreRecord, Event] | None:
+    """The crash that the look at pstore after the recovery from a hang (judged at ``hang_at``) found: what
+    the hang really was (None: no crash there, or a look that :func:`speaks_of_hang` says is not about it).
+
+    Why a hang can be a crash: a panic raised in an NMI handler prints nothing until panic() flushes
+    the consoles, after it has stopped the other CPUs and written the kmsg dump. A console that needs
+    a lock a stopped CPU held (netconsole's target list, the NIC's transmit queue) never sends that
+    text, and the console shows silence; ramoops kept the dump.
+    """
+    return h.crash if speaks_of_hang(h, hang_at) else None
+
+
+def hang_amended(rec: PstoreRecord, ev: Event, judged: str) -> str:
+    """The reason of a hang verdict that pstore turned into a crash (``judged``: the hang's own reason)."""
+    return (
+        f"pstore ({rec.kind}-{rec.backend}, {rec.reason or 'dump'}) after the recovery: "
+        f"{ev.text.strip()[:200]} (the monitor had judged: hang: {judged})"
+    )
+
+
+def nothing_after_hang(h: PstoreHarvest) -> str:
+    """What to say when a look at pstore after a hang found no crash (or could not look)."""
+    return h.summary() if h.error else NOTHING_AFTER_HANG
+
+
 def harvest(ssh: CommandRunner, device: str, *, when: str, sudo: bool = False, clear: bool = True) -> PstoreHarvest:
     """Read (and by default clear) the device's pstore. Never raises: a failure is the harvest's ``error``."""
     token = "rig-pstore-" + secrets.token_hex(6)

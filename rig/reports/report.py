@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from rig import __version__
-from rig.device.pstore import NOTHING_AFTER_HANG
+from rig.device.pstore import crash_after_hang, hang_amended, nothing_after_hang, speaks_of_hang
 from rig.errors import ConfigError
 from rig.files import write_atomic
 from rig.inventory import Device
@@ -232,17 +232,13 @@ class DeviceReport:
         self.data["last_words"].append(harvest.to_json())
         self.event("last-words", harvest.summary())
         last = self.data["tests"][-1] if self.data["tests"] else None
-        if (
-            last is None
-            or harvest.when != "after recovery"
-            or last["verdict"].get("kind") != "hang"
-            or harvest.at <= float(last["verdict"].get("at") or 0)  # a recovery before the hang says nothing of it
-        ):
+        hang_at = float(last["verdict"].get("at") or 0) if last is not None else 0.0
+        if last is None or last["verdict"].get("kind") != "hang" or not speaks_of_hang(harvest, hang_at):
             self.flush()
             return
-        found = harvest.crash
+        found = crash_after_hang(harvest, hang_at)
         if found is None:
-            self.event("last-words", f"after the hang in {last['name']}: " + _nothing_after_hang(harvest))
+            self.event("last-words", f"after the hang in {last['name']}: " + nothing_after_hang(harvest))
             return
         rec, ev = found
         v = last["verdict"]
@@ -250,8 +246,7 @@ class DeviceReport:
             verdict=f"crash({ev.kind.value})",
             kind="crash",
             detail=ev.kind.value,
-            reason=f"pstore ({rec.kind}-{rec.backend}, {rec.reason or 'dump'}) after the recovery: "
-            f"{ev.text.strip()[:200]} (the monitor had judged: hang: {v.get('reason', '')})",
+            reason=hang_amended(rec, ev, v.get("reason", "")),
             event={"kind": ev.kind.value, "line": ev.line_no, "text": ev.text, "source": "pstore"},
         )
         self.event("verdict-amended", f"{last['name']}: hang -> crash({ev.kind.value}) from pstore")
@@ -396,6 +391,3 @@ def write_summary(run_dir: Path) -> dict[str, Any]:
     return summary
 
 
-def _nothing_after_hang(harvest: Any) -> str:
-    """What to say when a hang left no crash in pstore (or pstore could not be read)."""
-    return harvest.summary() if harvest.error else NOTHING_AFTER_HANG
