@@ -63,8 +63,8 @@ def test_suites_on_a_netconsole_only_guest(netconsole_lab: Lab, tmp_path: Path) 
     assert "Kernel panic" in panic["event"]["text"], panic
     log_text = (tmp_path / "nc" / "nc-1" / "console.log").read_text()
     if panic["event"]["source"] == "pstore":
-        # Netconsole lost the text of this NMI panic for good (once in about twenty runs here: see
-        # rig.device.pstore.crash_after_hang); the verdict came from ramoops after the recovery.
+        # Netconsole did not bring this NMI panic's text within the settle window (once in about twenty
+        # runs here: see rig.device.pstore.crash_after_hang); the verdict came from ramoops after the recovery.
         assert panic["reason"].startswith("pstore (dmesg-ramoops, Panic) after the recovery"), panic
         assert "the monitor had judged: hang" in panic["reason"], panic
     else:

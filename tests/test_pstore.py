@@ -155,8 +155,8 @@ def _dut_after(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, v: Verdict,
 def test_a_hang_whose_pstore_holds_a_panic_is_that_panic_before_the_test_ends(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Netconsole can lose an NMI panic's text for good; ramoops keeps it (the lab's netconsole guest did so
-    once in about twenty runs). The test then learns the verdict the report would have amended later."""
+    """An NMI panic's netconsole text can come after the settle window or never; ramoops keeps it (the lab's
+    netconsole guest did so once in about twenty runs). The test learns the verdict the report amended later."""
     hang = Verdict(VerdictKind.HANG, reason="no heartbeat for 4.1 s", at=1000.0, since_heartbeat=4.1)
     d, recoveries = _dut_after(tmp_path, monkeypatch, hang,
                                assemble([("dmesg-ramoops-0", 1005.0, "Panic#1 Part1\n" + PANIC_OLD)]))

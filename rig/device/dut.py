@@ -654,9 +654,9 @@ class Dut:
     def verdict_after_last_words(self) -> Verdict:
         """The settled verdict, and for a hang what pstore says it was: the device is recovered now for that.
 
-        Why: the console cannot always tell a hang from a crash. A panic raised in an NMI handler can
-        leave a netconsole silent for good (rig.device.pstore.crash_after_hang says why), while
-        ramoops kept the dump. So a hang is followed at once by the recovery it needs anyway (warm
+        Why: the console cannot always tell a hang from a crash. The text of a panic raised in an NMI
+        handler can reach a netconsole after the settle window, or never (rig.device.pstore.crash_after_hang
+        says why), while ramoops kept the dump. So a hang is followed at once by the recovery it needs anyway (warm
         reset first: RAM kept), and a crash that the look at pstore after it finds is this test's
         verdict, with the pstore text as its evidence; an empty pstore is said in the hang's reason.
         Until the next test the Dut answers with this verdict, not the new boot's; the device is

@@ -199,10 +199,12 @@ def crash_after_hang(h: PstoreHarvest, hang_at: float) -> tuple[PstoreRecord, Ev
     """The crash that the look at pstore after the recovery from a hang (judged at ``hang_at``) found: what
     the hang really was (None: no crash there, or a look that :func:`speaks_of_hang` says is not about it).
 
-    Why a hang can be a crash: a panic raised in an NMI handler prints nothing until panic() flushes
-    the consoles, after it has stopped the other CPUs and written the kmsg dump. A console that needs
-    a lock a stopped CPU held (netconsole's target list, the NIC's transmit queue) never sends that
-    text, and the console shows silence; ramoops kept the dump.
+    Why a hang can be a crash: a panic raised in an NMI handler prints nothing until panic() has
+    stopped the other CPUs and written the kmsg dump (the ramoops record: compressed, with ECC), and
+    only then flushes the consoles. On a starved machine that flush can come seconds later (2.9 s on
+    the lab's 2-core VM with two busy loops beside it, against 0.03-0.08 s in 25 other runs; more than
+    the 10 s settle window in one CI run), or not at all where a console needs what the panic stopped.
+    The console shows silence, the monitor judges a hang, and pstore holds the dump.
     """
     return h.crash if speaks_of_hang(h, hang_at) else None
 

@@ -389,5 +389,3 @@ def write_summary(run_dir: Path) -> dict[str, Any]:
         meta.update(status="complete", finished=summary["finished"])
         write_json_atomic(run_json, meta)
     return summary
-
-
