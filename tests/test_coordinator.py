@@ -734,3 +734,28 @@ def test_rig_power_on_a_place_another_controller_holds_is_device_busy(
         a.stdin.write("\n")
         a.stdin.flush()
         a.wait(EXIT_WAIT_S)
+
+
+def test_a_place_is_read_as_the_coordinator_has_it_now_not_as_the_stream_last_said(
+    lg: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session's places are a copy the coordinator streams. In a clean-clone run another controller's
+    acquire had not reached that copy yet, and `rig power off` said "refused although nobody holds it"
+    instead of naming the holder. Here the copy's updates are held back 1.5 s, as a loaded machine did."""
+    import asyncio
+
+    place = new_place(lg)
+    reader = session_for(lg.address, 10)  # this process's one session (the coordinator allows one stream)
+    try:
+        assert not reader.place(place).acquired
+        apply = reader.client.on_place_changed
+
+        async def late(update: Any) -> None:
+            await asyncio.sleep(1.5)
+            await apply(update)
+
+        monkeypatch.setattr(reader.client, "on_place_changed", late)
+        client_as(lg.address, "bench-b/ci", "-p", place, "acquire")
+        assert reader.place(place).acquired == "bench-b/ci"
+    finally:
+        client_as(lg.address, "bench-b/ci", "-p", place, "release")

@@ -209,6 +209,17 @@ class Session:
         return self._run(fn(self.client), what, timeout)
 
     def place(self, name: str) -> Any | None:
+        """The coordinator's place ``name`` as it is now (None: there is no such place).
+
+        Why the sync first: the session's places are a copy that the coordinator streams to it, so an
+        acquire another controller made a moment ago may not have arrived yet. An acquire of ours that
+        the coordinator then refused read as "nobody holds it" instead of naming the holder.
+        """
+
+        async def sync(c: Any) -> None:
+            await c.sync_with_coordinator()
+
+        self.call("sync", sync)
         return self.client.places.get(name)
 
     def close(self) -> None:
